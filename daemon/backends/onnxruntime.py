@@ -1,0 +1,137 @@
+"""ONNX Runtime on the CPU: the backend that runs everywhere (how anyone tries trtstream, and CI).
+
+Asynchrony comes from a small thread pool (``engine.streams`` workers): ONNX Runtime releases the GIL
+while it runs, so the scheduler fills the next slot while this one computes. Inputs and outputs are
+bound with IOBinding to the slot's preallocated arrays, so a batch allocates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import numpy as np
+
+from ..config import OnnxRuntimeConfig
+from ..errors import BackendError
+from .base import BackendInfo, Slot, TensorSpec
+
+__all__ = ["OnnxRuntimeBackend", "ort_available"]
+
+log = logging.getLogger("trtstream.backends.onnxruntime")
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _spec(node) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
+    if node.type not in _ORT_TYPES:
+        raise BackendError(f"tensor {node.name!r} has unsupported type {node.type}")
+    return TensorSpec(node.name, np.dtype(_ORT_TYPES[node.type]), shape)
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX model with ONNX Runtime's CPU execution provider."""
+
+    def __init__(self, model_path: Path, max_batch: int, streams: int, options: OnnxRuntimeConfig):
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        spin = "1" if options.spin_wait else "0"
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[options.graph_optimization])
+        try:
+            self._session = ort.InferenceSession(str(model_path), session_options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+        inputs = tuple(_spec(i) for i in self._session.get_inputs())
+        outputs = tuple(_spec(o) for o in self._session.get_outputs())
+        batch_limit = max_batch if all(t.dynamic_batch for t in inputs) else max(1, inputs[0].shape[0])
+        if batch_limit < max_batch:
+            log.warning("model has a fixed batch of %d; engine.max_batch=%d lowered to it", batch_limit, max_batch)
+        self.info = BackendInfo(
+            name="onnxruntime",
+            version=ort.__version__,
+            device=f"cpu ({os.cpu_count()} cores)",
+            inputs=inputs,
+            outputs=outputs,
+            max_batch=batch_limit,
+            details={"intra_op_threads": options.intra_op_threads},
+        )
+        self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="onnxruntime")
+
+    def create_slot(self, index: int) -> Slot:
+        batch = self.info.max_batch
+        inputs = {}
+        for spec in self.info.inputs:
+            if any(d < 0 for d in spec.shape[1:]):
+                raise BackendError(
+                    f"input {spec.name!r} has dynamic dimensions {list(spec.shape)}; set model.input_size for this model"
+                )
+            inputs[spec.name] = np.zeros(spec.with_batch(batch), dtype=spec.dtype)
+        outputs = {
+            spec.name: np.zeros(spec.with_batch(batch), dtype=spec.dtype)
+            for spec in self.info.outputs
+            if all(d > 0 for d in spec.shape[1:])
+        }
+        return Slot(index=index, inputs=inputs, outputs=outputs)
+
+    def _run(self, slot: Slot, batch_size: int) -> dict[str, np.ndarray]:
+        binding = self._session.io_binding()
+        for name, array in slot.inputs.items():
+            binding.bind_cpu_input(name, array[:batch_size])
+        for spec in self.info.outputs:
+            array = slot.outputs.get(spec.name)
+            if array is None:
+                binding.bind_output(spec.name, "cpu")
+            else:
+                view = array[:batch_size]
+                binding.bind_output(spec.name, "cpu", 0, spec.dtype, list(view.shape), view.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        results = {}
+        for spec, value in zip(self.info.outputs, binding.get_outputs()):
+            array = slot.outputs.get(spec.name)
+            results[spec.name] = array[:batch_size] if array is not None else value.numpy()
+        return results
+
+    def submit(self, slot: Slot, batch_size: int) -> None:
+        slot.batch_size = batch_size
+        slot.state = self._pool.submit(self._run, slot, batch_size)
+
+    def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
+        future: Future = slot.state
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise BackendError(f"inference did not finish within {timeout}s") from None
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            slot.state = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

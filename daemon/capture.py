@@ -1,0 +1,138 @@
+"""Frame producers: the only code that talks to OpenCV's VideoCapture (or makes synthetic frames).
+
+A producer opens one source and yields BGR frames; it knows nothing about queues, threads or retries
+(that is :mod:`daemon.sources`). ``open_producer`` raises :class:`SourceError` with the URI masked and
+``retryable`` set by whether trying again can help (a missing file cannot; a refused RTSP connection can).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .config import SourceConfig, SourceKind, parse_synthetic_uri
+from .errors import SourceError
+from .redact import mask_url
+
+__all__ = ["FrameProducer", "open_producer", "gstreamer_available"]
+
+
+class FrameProducer(Protocol):
+    """An opened source."""
+
+    fps: float | None  # native frame rate when known
+    width: int
+    height: int
+
+    def read(self) -> tuple[np.ndarray | None, float | None]:
+        """The next BGR frame and its presentation time in ms, or (None, None) at end or on error."""
+
+    def rewind(self) -> bool:
+        """Go back to the first frame (files); False when not possible."""
+
+    def close(self) -> None: ...
+
+
+@functools.cache
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build has the GStreamer backend."""
+    info = cv2.getBuildInformation()
+    return bool(re.search(r"GStreamer:\s+YES", info))
+
+
+class OpenCVProducer:
+    """A ``cv2.VideoCapture`` for files, network streams, USB cameras and GStreamer pipelines."""
+
+    def __init__(self, capture: cv2.VideoCapture, kind: SourceKind):
+        self._capture = capture
+        self._kind = kind
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+
+    def read(self) -> tuple[np.ndarray | None, float | None]:
+        ok, image = self._capture.read()
+        if not ok or image is None:
+            return None, None
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self._kind is SourceKind.FILE else None
+        return image, pts
+
+    def rewind(self) -> bool:
+        return bool(self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class SyntheticProducer:
+    """A moving test pattern (colour bars plus a sliding box); needs no file, camera or network."""
+
+    def __init__(self, width: int, height: int, fps: float):
+        self.width, self.height, self.fps = width, height, fps
+        self._index = 0
+        bars = np.array(
+            [[192, 192, 192], [0, 192, 192], [192, 192, 0], [0, 192, 0], [192, 0, 192], [0, 0, 192], [192, 0, 0]],
+            dtype=np.uint8,
+        )
+        columns = (np.arange(width) * len(bars)) // width
+        self._background = np.ascontiguousarray(np.broadcast_to(bars[columns][None], (height, width, 3)))
+
+    def read(self) -> tuple[np.ndarray | None, float | None]:
+        image = self._background.copy()
+        size = max(8, min(self.width, self.height) // 4)
+        x = (self._index * 7) % max(1, self.width - size)
+        y = (self.height - size) // 2
+        image[y : y + size, x : x + size] = 255
+        pts = self._index * 1000.0 / self.fps
+        self._index += 1
+        return image, pts
+
+    def rewind(self) -> bool:
+        self._index = 0
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def open_producer(source: SourceConfig) -> FrameProducer:
+    """Open a source, or raise SourceError (URI masked) saying whether a retry may help."""
+    kind = source.resolved_kind
+    shown = mask_url(source.uri)
+    if kind is SourceKind.SYNTHETIC:
+        return SyntheticProducer(*parse_synthetic_uri(source.uri))
+    if kind is SourceKind.FILE:
+        if not os.path.isfile(source.uri):
+            raise SourceError(f"file not found: {shown}", retryable=False)
+        capture = cv2.VideoCapture(source.uri)
+    elif kind is SourceKind.STREAM:
+        timeouts = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(source.reconnect.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(source.reconnect.read_timeout_s * 1000),
+        ]
+        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts)
+    elif kind is SourceKind.USB:
+        device = source.uri.removeprefix("usb:")
+        capture = cv2.VideoCapture(int(device) if device.isdigit() else device)
+    elif kind is SourceKind.GSTREAMER:
+        if not gstreamer_available():
+            raise SourceError(f"this OpenCV build has no GStreamer support, cannot open pipeline: {shown}", retryable=False)
+        capture = cv2.VideoCapture(source.uri, cv2.CAP_GSTREAMER)
+    else:  # pragma: no cover - exhaustive over SourceKind
+        raise SourceError(f"unknown source kind {kind}", retryable=False)
+    if not capture.isOpened():
+        capture.release()
+        raise SourceError(f"cannot open {kind.value} source: {shown}", retryable=kind is not SourceKind.FILE)
+    return OpenCVProducer(capture, kind)

@@ -1,0 +1,163 @@
+"""The ``trtstream`` command: run, check-config, subscribe.
+
+Exit codes: 0 success; 1 a runtime failure (model cannot load, endpoint in use); 2 an invalid config
+or command line. User mistakes print one line per problem on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, check_files, load_config
+from .errors import ConfigError, UserError
+
+__all__ = ["main"]
+
+log = logging.getLogger("trtstream")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+def _load(path: str | None) -> tuple[Config, str]:
+    config_path = Path(path) if path else DEFAULT_CONFIG
+    config = load_config(config_path)
+    problems = check_files(config, str(config_path))
+    if problems:
+        raise ConfigError(problems)
+    return config, str(config_path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, origin = _load(args.config)
+    sources = ", ".join(f"{s.id} ({s.resolved_kind.value})" for s in config.enabled_sources)
+    print(f"{origin}: ok — model {config.model.path.name} ({config.model.pipeline}), backend {config.engine.backend}, sources: {sources}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+    from .service import Daemon
+
+    config, origin = _load(args.config)
+    configure_logging(config.logging, args.log_level)
+    daemon = Daemon(config)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("starting with %s", origin)
+    return daemon.run()
+
+
+def _format_message(message, show_heartbeats: bool) -> str | None:
+    header = message.header
+    kind = message.type
+    if kind == "heartbeat":
+        if not show_heartbeats:
+            return None
+        parts = [f"{s['id']}:{s['state']} {s['fps']}fps pub={s['frames_published']} drop={s['frames_dropped']}" for s in header["sources"]]
+        return f"[heartbeat] backend={header['backend']['name'] if header.get('backend') else '?'} " + " | ".join(parts)
+    if kind == "eos":
+        return f"{header['source_id']}: end of stream ({header['reason']}{': ' + header['detail'] if header.get('detail') else ''}), {header['frames_published']} results"
+    stamps = header["timestamps"]
+    latency_ms = (stamps["published"] - stamps["captured"]) * 1000
+    prefix = f"{header['source_id']} #{header['frame']['index']:<5} seq={header['seq']:<5} {latency_ms:6.1f}ms"
+    if "detections" in header:
+        items = [f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in header["detections"]]
+        return f"{prefix}  {len(items)} det: " + ("; ".join(items) if items else "-")
+    if "classifications" in header:
+        return f"{prefix}  " + ", ".join(f"{c['label']} {c['score']:.2f}" for c in header["classifications"])
+    return prefix
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from .client import ResultSubscriber
+
+    stopped = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    received = 0
+    ended: set[str] = set()
+    with ResultSubscriber(args.endpoint, args.source or None, topic_prefix=args.topic_prefix) as subscriber:
+        try:
+            while not stopped:
+                message = subscriber.receive(timeout=args.timeout if args.timeout else 0.5)
+                if message is None:
+                    if args.timeout:
+                        print(f"no message within {args.timeout}s from {args.endpoint}", file=sys.stderr)
+                        return 1
+                    continue
+                if args.json:
+                    print(json.dumps(message.header, ensure_ascii=False), flush=True)
+                else:
+                    line = _format_message(message, args.heartbeats)
+                    if line:
+                        print(line, flush=True)
+                if message.type == "result":
+                    received += 1
+                if message.type == "eos":
+                    ended.add(message.source_id)
+                    done = set(args.source) <= ended if args.source else message.header.get("sources_remaining") == 0
+                    if args.until_eos and done:
+                        break
+                if args.count and received >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trtstream", description="Edge video inference daemon.")
+    parser.add_argument("--version", action="version", version=f"trtstream {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("config", nargs="?", help=f"TOML config (default: {DEFAULT_CONFIG})")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit (0 ok, 2 invalid)")
+    check.add_argument("config", nargs="?")
+    check.set_defaults(handler=cmd_check_config)
+
+    sub = commands.add_parser("subscribe", help="print results as they arrive")
+    sub.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560 or ipc:///run/trtstream/results.ipc")
+    sub.add_argument("--source", action="append", help="only this source id (repeatable)")
+    sub.add_argument("--json", action="store_true", help="print each message header as one JSON line")
+    sub.add_argument("--heartbeats", action="store_true", help="also print heartbeats (text mode)")
+    sub.add_argument("--count", type=int, default=0, help="exit after this many results")
+    sub.add_argument("--until-eos", action="store_true", help="exit once every (selected) source has ended")
+    sub.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives for this many seconds")
+    sub.add_argument("--topic-prefix", default="trtstream")
+    sub.set_defaults(handler=cmd_subscribe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            print(f"trtstream: error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

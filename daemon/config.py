@@ -1,0 +1,372 @@
+"""The configuration: pydantic models are the single source of truth for every setting.
+
+Every model forbids unknown keys (a typo must fail, not be ignored), every field has bounds where they
+apply, and ``load_config`` turns any problem into one line per problem that names the key path
+(``sources[1].uri: ...``), raised as :class:`ConfigError` (exit code 2). Validation does no I/O beyond
+reading the file; ``check_files`` separately checks that the referenced model and label files exist.
+Relative paths are resolved against the config file's directory, so a config works from any cwd.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "SourceConfig",
+    "SourceKind",
+    "DropPolicy",
+    "ModelConfig",
+    "EngineConfig",
+    "PublisherConfig",
+    "load_config",
+    "parse_config",
+    "check_files",
+    "resolve_source_kind",
+]
+
+SOURCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SourceKind(str, Enum):
+    FILE = "file"
+    STREAM = "stream"
+    USB = "usb"
+    GSTREAMER = "gstreamer"
+    SYNTHETIC = "synthetic"
+
+
+class DropPolicy(str, Enum):
+    """What a source does when its queue is full.
+
+    ``block``: wait for room (no frame lost; right for files read as fast as possible).
+    ``drop_oldest``: discard the oldest queued frame (latency stays bounded; right for live sources).
+    ``auto``: ``block`` for unpaced files, ``drop_oldest`` for everything live or paced.
+    """
+
+    AUTO = "auto"
+    BLOCK = "block"
+    DROP_OLDEST = "drop_oldest"
+
+
+def resolve_source_kind(uri: str, kind: str = "auto") -> SourceKind:
+    """The kind of a source from its URI when not given: URL scheme, device, pipeline or path."""
+    if kind != "auto":
+        return SourceKind(kind)
+    lowered = uri.lower()
+    if lowered.startswith("synthetic:"):
+        return SourceKind.SYNTHETIC
+    if lowered.startswith(_STREAM_SCHEMES):
+        return SourceKind.STREAM
+    if re.fullmatch(r"(usb:)?\d+", lowered) or lowered.startswith("/dev/video"):
+        return SourceKind.USB
+    if " ! " in uri:
+        return SourceKind.GSTREAMER
+    return SourceKind.FILE
+
+
+class ReconnectConfig(StrictModel):
+    """Exponential backoff with jitter between attempts to (re)open a live source."""
+
+    initial_delay_s: float = Field(0.5, gt=0, le=3600, description="First wait after a failure.")
+    max_delay_s: float = Field(30.0, gt=0, le=86400, description="Upper bound of the doubling wait.")
+    max_attempts: int = Field(0, ge=0, description="Give up after this many failed opens in a row; 0 = never.")
+    open_timeout_s: float = Field(10.0, gt=0, le=600, description="OpenCV/FFmpeg open timeout for network streams.")
+    read_timeout_s: float = Field(10.0, gt=0, le=600, description="OpenCV/FFmpeg read timeout for network streams.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReconnectConfig":
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError("max_delay_s must be >= initial_delay_s")
+        return self
+
+
+class SourceConfig(StrictModel):
+    """One video source; one reader thread per source."""
+
+    id: str = Field(pattern=SOURCE_ID_PATTERN, description="Unique id; part of the ZeroMQ topic.")
+    uri: str = Field(
+        min_length=1,
+        description="File path, rtsp/http(s) URL, USB index ('usb:0', '0', '/dev/video0'), GStreamer pipeline "
+        "ending in appsink, or 'synthetic:WIDTHxHEIGHT@FPS'.",
+    )
+    kind: Literal["auto", "file", "stream", "usb", "gstreamer", "synthetic"] = "auto"
+    loop: bool = Field(False, description="Files: start again at the end instead of ending.")
+    pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
+    drop_policy: DropPolicy = DropPolicy.AUTO
+    queue_size: int = Field(4, ge=1, le=4096, description="Frames buffered between this reader and the batcher.")
+    max_frames: int | None = Field(None, ge=1, description="End the source after this many frames.")
+    enabled: bool = True
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+
+    @property
+    def resolved_kind(self) -> SourceKind:
+        return resolve_source_kind(self.uri, self.kind)
+
+    @property
+    def is_live(self) -> bool:
+        """Live sources produce frames whether or not we keep up; paced files behave the same way."""
+        return self.resolved_kind is not SourceKind.FILE or self.pace
+
+    @property
+    def effective_drop_policy(self) -> DropPolicy:
+        if self.drop_policy is not DropPolicy.AUTO:
+            return self.drop_policy
+        return DropPolicy.DROP_OLDEST if self.is_live else DropPolicy.BLOCK
+
+    @model_validator(mode="after")
+    def _resolve_relative_file(self, info: ValidationInfo) -> "SourceConfig":
+        if self.resolved_kind is SourceKind.FILE:
+            self.uri = str(_resolve(Path(self.uri).expanduser(), info))
+        elif self.resolved_kind is SourceKind.SYNTHETIC:
+            parse_synthetic_uri(self.uri)
+        if (self.loop or self.pace) and self.resolved_kind is not SourceKind.FILE:
+            raise ValueError("loop and pace apply to file sources only")
+        return self
+
+
+def parse_synthetic_uri(uri: str) -> tuple[int, int, float]:
+    """``synthetic:640x360@25`` -> (640, 360, 25.0). The fps may be omitted (25)."""
+    match = re.fullmatch(r"synthetic:(\d+)x(\d+)(?:@(\d+(?:\.\d+)?))?", uri.strip(), flags=re.IGNORECASE)
+    if not match:
+        raise ValueError("synthetic sources look like 'synthetic:640x360@25'")
+    width, height = int(match[1]), int(match[2])
+    fps = float(match[3] or 25)
+    if not (16 <= width <= 8192 and 16 <= height <= 8192 and 0 < fps <= 1000):
+        raise ValueError("synthetic size must be 16..8192 pixels and fps 0..1000")
+    return width, height, fps
+
+
+class PreprocessConfig(StrictModel):
+    """Pixel normalisation: ``out = (pixel * scale - mean[c]) / std[c]`` in the model's channel order."""
+
+    color: Literal["rgb", "bgr"] = "rgb"
+    scale: float = Field(1 / 255, gt=0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: Literal["nearest", "linear", "cubic", "area"] = "linear"
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std values must be non-zero")
+        return value
+
+
+class DetectionConfig(StrictModel):
+    score_threshold: float = Field(0.3, ge=0, le=1)
+    iou_threshold: float = Field(0.45, ge=0, le=1)
+    max_detections: int = Field(100, ge=1, le=10000)
+    layout: Literal["auto", "yolo_objectness", "yolo_anchors_last"] = Field(
+        "auto",
+        description="'yolo_objectness': [N, boxes, 5+classes] (YOLOv3/v5); "
+        "'yolo_anchors_last': [N, 4+classes, anchors] (YOLOv8 and later); 'auto' decides from the shape.",
+    )
+    pad_value: int = Field(114, ge=0, le=255, description="Grey level of the letterbox border.")
+    class_agnostic_nms: bool = False
+
+
+class ClassificationConfig(StrictModel):
+    top_k: int = Field(5, ge=1, le=1000)
+    resize_short: int | None = Field(None, ge=1, description="Short side before the centre crop; default input/0.875.")
+    softmax: Literal["auto", "yes", "no"] = Field("auto", description="'auto' applies softmax unless outputs already sum to 1.")
+
+
+class ModelConfig(StrictModel):
+    """The model and how to pre- and post-process for it."""
+
+    path: Path = Field(description="ONNX model file.")
+    pipeline: Literal["detection", "classification"]
+    id: str | None = Field(None, min_length=1, description="Model id in messages; default '<file stem>@<sha256[:12]>'.")
+    input_size: tuple[int, int] | None = Field(None, description="[width, height]; default from the model's static shape.")
+    labels: Path | list[str] | None = Field(None, description="Label file (one per line) or inline list.")
+    output: str | None = Field(None, description="Output tensor to decode when the model has several.")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+
+    @field_validator("path", "labels", mode="after")
+    @classmethod
+    def _resolve_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        return _resolve(value.expanduser(), info) if isinstance(value, Path) else value
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(8 <= v <= 8192 for v in value):
+            raise ValueError("width and height must be 8..8192")
+        return value
+
+
+class OnnxRuntimeConfig(StrictModel):
+    intra_op_threads: int = Field(0, ge=0, le=256, description="0 = ONNX Runtime's default (all cores).")
+    inter_op_threads: int = Field(1, ge=0, le=256)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    spin_wait: bool = Field(
+        False,
+        description="Let ONNX Runtime's threads spin between ops. Off by default: spinning steals the cores that "
+        "decode and preprocess the next batch.",
+    )
+
+
+class EngineConfig(StrictModel):
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+        "auto", description="'auto' picks tensorrt, then torch, then onnxruntime, by what this machine has."
+    )
+    max_batch: int = Field(8, ge=1, le=1024, description="Frames per batch across sources.")
+    max_wait_ms: float = Field(5.0, ge=0, le=10000, description="How long a partial batch waits for more frames.")
+    streams: int = Field(1, ge=1, le=64, description="Batches in flight at once (CUDA streams on a GPU).")
+    warmup: bool = Field(True, description="Run one batch before serving, so the first frame is not slow.")
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+
+
+class ThumbnailConfig(StrictModel):
+    enabled: bool = False
+    max_width: int = Field(320, ge=16, le=8192)
+    jpeg_quality: int = Field(75, ge=1, le=100)
+
+
+class PublisherConfig(StrictModel):
+    endpoints: list[str] = Field(
+        default_factory=lambda: ["tcp://127.0.0.1:5560"], min_length=1, description="ZeroMQ endpoints to bind."
+    )
+    topic_prefix: str = Field("trtstream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    send_hwm: int = Field(100, ge=1, le=1_000_000, description="Messages queued per subscriber before dropping.")
+    linger_ms: int = Field(1000, ge=0, le=60000, description="How long to flush messages at exit.")
+    heartbeat_interval_s: float = Field(2.0, gt=0, le=3600)
+    queue_size: int = Field(1024, ge=1, le=1_000_000, description="Results waiting for the publisher thread.")
+    thumbnail: ThumbnailConfig = Field(default_factory=ThumbnailConfig)
+    wait_for_subscribers: int = Field(
+        0, ge=0, le=1000, description="Start reading sources only once this many subscriptions arrived (batch jobs, tests)."
+    )
+    wait_for_subscribers_timeout_s: float = Field(30.0, gt=0, le=3600, description="Start anyway after this long.")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_transports(cls, endpoints: list[str]) -> list[str]:
+        for endpoint in endpoints:
+            if not re.match(r"^(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)$", endpoint):
+                raise ValueError(f"{endpoint!r} is not a ZeroMQ endpoint like 'tcp://127.0.0.1:5560' or 'ipc:///run/x.ipc'")
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError("endpoints must be unique")
+        return endpoints
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class DaemonConfig(StrictModel):
+    exit_when_sources_end: bool = Field(True, description="Exit 0 once every source has ended (files without loop).")
+    drain_timeout_s: float = Field(10.0, gt=0, le=600, description="On SIGTERM, how long in-flight frames may take.")
+
+
+class Config(StrictModel):
+    sources: list[SourceConfig] = Field(min_length=1)
+    model: ModelConfig
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    publisher: PublisherConfig = Field(default_factory=PublisherConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_ids(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for source in sources:
+            if source.id in seen:
+                raise ValueError(f"source id {source.id!r} is used twice")
+            seen.add(source.id)
+        return sources
+
+    @property
+    def enabled_sources(self) -> list[SourceConfig]:
+        return [s for s in self.sources if s.enabled]
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> str:
+    """('sources', 1, 'uri') -> 'sources[1].uri' (with the source id when known)."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("id"), str) and parts[0] == "sources":
+                parts[-1] += f"(id={node['id']!r})"
+        else:
+            if not isinstance(item, str) or item.startswith(("function-", "literal[")):
+                continue
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see README 'Configuration')"
+    if kind == "missing":
+        return "required key is missing"
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)) and kind not in ("value_error",):
+        message += f" (got {value!r})"
+    return message
+
+
+def parse_config(data: dict[str, Any], *, origin: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a config mapping; raise ConfigError with one line per problem."""
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [f"{origin}: {_key_path(tuple(e['loc']), data)}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    return parse_config(data, origin=str(path), base_dir=path.resolve().parent)
+
+
+def check_files(config: Config, origin: str = "<config>") -> list[str]:
+    """Problems with files the daemon cannot start without (model, labels); empty when all is well."""
+    problems = []
+    if not config.model.path.is_file():
+        problems.append(f"{origin}: model.path: model file not found: {config.model.path}")
+    if isinstance(config.model.labels, Path) and not config.model.labels.is_file():
+        problems.append(f"{origin}: model.labels: label file not found: {config.model.labels}")
+    return problems

@@ -1,0 +1,43 @@
+"""Records passed between stages. Stages talk only through bounded queues carrying these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Frame", "EndOfStream", "FrameResult"]
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded frame. ``image`` is BGR uint8 HxWx3, owned by this frame (readers never reuse it)."""
+
+    source_id: str
+    index: int
+    pts_ms: float | None
+    image: np.ndarray
+    t_captured: float  # wall clock (time.time()) for messages
+    mono_captured: float  # monotonic seconds, for latency measurements
+
+
+@dataclass(slots=True, frozen=True)
+class EndOfStream:
+    """A source has ended: no frame of it follows. ``reason``: end_of_file, error, max_frames, shutdown."""
+
+    source_id: str
+    reason: str
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """A frame's decoded results and the wall-clock time of each stage, ready to publish."""
+
+    frame: Frame
+    results: dict[str, Any]
+    t_preprocessed: float
+    t_inferred: float
+    batch_size: int
+    stage_s: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,149 @@
+"""Bounded per-source frame queues and the multiplexer that batches across them.
+
+Each source owns one :class:`FrameQueue`; all queues share the multiplexer's lock and condition, so the
+batcher sleeps on one condition and wakes when any source has a frame. The drop policy is applied at
+``put``: ``block`` waits for room (files: no frame lost), ``drop_oldest`` discards the oldest queued
+frame and counts it (live: latency stays bounded). ``next_batch`` takes frames round-robin, one per
+source per round, so a fast source cannot starve a slow one, and each source's order is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import DropPolicy
+from .entities import EndOfStream, Frame
+
+__all__ = ["FrameQueue", "Multiplexer", "Gathered"]
+
+
+class FrameQueue:
+    """The bounded queue between one source's reader and the batcher."""
+
+    def __init__(self, mux: "Multiplexer", source_id: str, capacity: int, policy: DropPolicy):
+        if policy is DropPolicy.AUTO:
+            raise ValueError("resolve DropPolicy.AUTO before building a queue")
+        self.source_id = source_id
+        self.capacity = capacity
+        self.policy = policy
+        self.dropped = 0  # frames discarded by drop_oldest
+        self._mux = mux
+        self._frames: deque[Frame] = deque()
+        self._end: EndOfStream | None = None
+        self._end_delivered = False
+
+    def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
+        """Queue a frame. Returns False if the queue was closed (or ``stop`` was set while blocked)."""
+        cond = self._mux.cond
+        with cond:
+            if self._end is not None:
+                return False
+            if self.policy is DropPolicy.BLOCK:
+                while len(self._frames) >= self.capacity and self._end is None:
+                    if stop is not None and stop.is_set():
+                        return False
+                    cond.wait(0.1 if stop is not None else None)
+                if self._end is not None:
+                    return False
+            elif len(self._frames) >= self.capacity:
+                self._frames.popleft()
+                self.dropped += 1
+            self._frames.append(frame)
+            cond.notify_all()
+            return True
+
+    def close(self, reason: str, detail: str | None = None) -> None:
+        """No more frames; the batcher reports the end once the queued frames are taken."""
+        with self._mux.cond:
+            if self._end is None:
+                self._end = EndOfStream(self.source_id, reason, detail)
+                self._mux.cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def finished(self) -> bool:
+        """Closed, drained and its end already handed to the batcher."""
+        return self._end_delivered
+
+
+@dataclass(slots=True)
+class Gathered:
+    frames: list[Frame] = field(default_factory=list)
+    ends: list[EndOfStream] = field(default_factory=list)
+
+
+class Multiplexer:
+    """Gathers frames from every source queue into batches (max size, max wait)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._queues: list[FrameQueue] = []
+        self._next = 0
+
+    def add_queue(self, source_id: str, capacity: int, policy: DropPolicy) -> FrameQueue:
+        with self.cond:
+            queue = FrameQueue(self, source_id, capacity, policy)
+            self._queues.append(queue)
+            return queue
+
+    def queued(self) -> int:
+        with self.cond:
+            return sum(len(q) for q in self._queues)
+
+    def all_finished(self) -> bool:
+        with self.cond:
+            return all(q.finished for q in self._queues)
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _take_round(self, into: Gathered, max_batch: int) -> None:
+        """Take frames round-robin (one per source per round) and the ends of drained, closed queues."""
+        queues = self._queues
+        count = len(queues)
+        progress = True
+        while progress and len(into.frames) < max_batch:
+            progress = False
+            for offset in range(count):
+                if len(into.frames) >= max_batch:
+                    break
+                queue = queues[(self._next + offset) % count]
+                if queue._frames:
+                    into.frames.append(queue._frames.popleft())
+                    progress = True
+            self._next = (self._next + 1) % max(count, 1)
+        for queue in queues:
+            if queue._end is not None and not queue._frames and not queue._end_delivered:
+                queue._end_delivered = True
+                into.ends.append(queue._end)
+
+    def next_batch(self, max_batch: int, max_wait_s: float, stop: threading.Event, idle_timeout_s: float = 0.5) -> Gathered:
+        """Block until there is work, then gather up to ``max_batch`` frames, waiting at most ``max_wait_s``
+        after the first one for the batch to fill. Returns an empty Gathered after ``idle_timeout_s`` of
+        nothing, or at once when every queue is finished, so the caller can check for shutdown."""
+        gathered = Gathered()
+        with self.cond:
+            deadline_idle = time.monotonic() + idle_timeout_s
+            while True:
+                self._take_round(gathered, max_batch)
+                if gathered.frames or gathered.ends or all(q.finished for q in self._queues):
+                    break
+                remaining = deadline_idle - time.monotonic()
+                if remaining <= 0 or stop.is_set():
+                    return gathered
+                self.cond.wait(remaining)
+            deadline = time.monotonic() + max_wait_s
+            while len(gathered.frames) < max_batch and not gathered.ends and not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+                self._take_round(gathered, max_batch)
+            self.cond.notify_all()  # wake readers blocked on a full queue
+        return gathered

@@ -1,0 +1,40 @@
+"""Logging set-up: one handler on stderr (journald captures it under systemd), credentials masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from .config import LoggingConfig
+from .redact import RedactingFormatter, mask_text
+
+__all__ = ["configure_logging"]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return mask_text(json.dumps(entry, ensure_ascii=False))
+
+
+def configure_logging(config: LoggingConfig | None = None, level: str | None = None) -> None:
+    config = config or LoggingConfig()
+    handler = logging.StreamHandler(sys.stderr)
+    if config.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(threadName)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or config.level)

@@ -1,0 +1,233 @@
+"""Publishes results, end-of-stream messages and heartbeats on a ZeroMQ PUB socket.
+
+The publisher thread creates and owns the socket (pyzmq sockets are not thread-safe); other threads
+hand it work through a bounded queue with a non-blocking put, so a stalled publisher costs counted
+drops, never a stalled pipeline. Every send is non-blocking and the socket has a small send high-water
+mark: a slow or dead subscriber loses its own messages (visible to it as gaps in ``seq``) and never
+slows the daemon or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import cv2
+import zmq
+
+from .config import PublisherConfig
+from .entities import EndOfStream, FrameResult
+from .errors import PublisherError
+from .messages import base_header, encode_header, heartbeat_topic, source_topic
+from .stats import PublisherStats, SourceStats
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger("trtstream.publisher")
+
+_STOP = object()
+
+
+class Publisher:
+    """Owns the PUB socket on a thread named ``publisher``."""
+
+    def __init__(
+        self,
+        config: PublisherConfig,
+        instance_id: str,
+        model_info: dict[str, Any],
+        source_stats: dict[str, SourceStats],
+        heartbeat: Callable[[], dict[str, Any]],
+        context: zmq.Context | None = None,
+    ):
+        self.config = config
+        self.instance_id = instance_id
+        self.stats = PublisherStats()
+        self._model_info = model_info
+        self._source_stats = source_stats
+        self._heartbeat = heartbeat
+        self._context = context or zmq.Context.instance()
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self._seq: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._started = threading.Event()
+        self._subscriptions = 0
+        self._subscribers_wanted = 0
+        self._subscribed = threading.Event()
+        self._start_error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+
+    # -- called from other threads -----------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Bind every endpoint; raises PublisherError naming the endpoint that failed."""
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise PublisherError("publisher did not start within %.0fs" % timeout)
+        if self._start_error is not None:
+            raise self._start_error
+
+    def wait_for_subscribers(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` subscriptions have arrived (so a subscriber started first misses nothing)."""
+        if count <= 0:
+            return True
+        self._subscribers_wanted = count
+        if self._subscriptions >= count:
+            return True
+        return self._subscribed.wait(timeout)
+
+    def submit(self, item: FrameResult | EndOfStream) -> None:
+        """Queue a result or end-of-stream; never blocks. A full queue drops results (counted), never ends."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if isinstance(item, EndOfStream):
+                self._queue.put(item)  # ends are rare and must arrive
+            else:
+                self.stats.dropped_queue_full += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Publish what is queued and a final heartbeat, then close the socket with the configured linger."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    # -- publisher thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        # XPUB sends exactly like PUB, and also tells us about subscriptions (see wait_for_subscribers).
+        socket = self._context.socket(zmq.XPUB)
+        socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        socket.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        socket.setsockopt(zmq.LINGER, self.config.linger_ms)
+        for endpoint in self.config.endpoints:
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                self._start_error = PublisherError(f"publisher.endpoints: cannot bind {endpoint}: {exc.strerror}")
+                socket.close(linger=0)
+                self._started.set()
+                return
+        log.info("publishing on %s (topic prefix %r)", ", ".join(self.config.endpoints), self.config.topic_prefix)
+        self._started.set()
+        try:
+            self._serve(socket)
+        except Exception:
+            log.exception("publisher crashed")
+        finally:
+            socket.close()
+
+    def _serve(self, socket: zmq.Socket) -> None:
+        interval = self.config.heartbeat_interval_s
+        next_heartbeat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(False))])
+                next_heartbeat = now + interval
+            self._read_subscriptions(socket)
+            timeout = max(0.0, next_heartbeat - time.monotonic())
+            if self._subscribers_wanted and not self._subscribed.is_set():
+                timeout = min(timeout, 0.02)
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            self.stats.queue_depth = self._queue.qsize()
+            if item is _STOP:
+                break
+            if isinstance(item, EndOfStream):
+                self._send(socket, self._end_message(item))
+            else:
+                self._send(socket, self._result_message(item), item.frame.source_id)
+        self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(True))])
+
+    def _read_subscriptions(self, socket: zmq.Socket) -> None:
+        """Drain XPUB's subscription notices (first byte 1 = subscribe, 0 = unsubscribe)."""
+        while True:
+            try:
+                notice = socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if notice[:1] == b"\x01":
+                self._subscriptions += 1
+                if self._subscribers_wanted and self._subscriptions >= self._subscribers_wanted:
+                    self._subscribed.set()
+
+    def _send(self, socket: zmq.Socket, parts: list[bytes], source_id: str | None = None) -> None:
+        try:
+            socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts) < 3)
+        except zmq.Again:
+            self.stats.dropped_socket += 1
+            return
+        self.stats.sent += 1
+        if source_id is not None and source_id in self._source_stats:
+            self._source_stats[source_id].frames_published += 1
+
+    def _next_seq(self, source_id: str) -> int:
+        seq = self._seq.get(source_id, 0)
+        self._seq[source_id] = seq + 1
+        return seq
+
+    def _result_message(self, result: FrameResult) -> list[bytes]:
+        frame = result.frame
+        header = base_header("result", self.instance_id)
+        header.update(
+            source_id=frame.source_id,
+            seq=self._next_seq(frame.source_id),
+            frame={"index": frame.index, "pts_ms": frame.pts_ms, "width": frame.image.shape[1], "height": frame.image.shape[0]},
+            model=self._model_info,
+            batch_size=result.batch_size,
+        )
+        header.update(result.results)
+        parts = [source_topic(self.config.topic_prefix, frame.source_id), b""]
+        payloads = []
+        thumbnail = self.config.thumbnail
+        if thumbnail.enabled:
+            image = frame.image
+            if image.shape[1] > thumbnail.max_width:
+                height = max(1, round(image.shape[0] * thumbnail.max_width / image.shape[1]))
+                image = cv2.resize(image, (thumbnail.max_width, height), interpolation=cv2.INTER_AREA)
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, thumbnail.jpeg_quality])
+            if ok:
+                payloads.append({"kind": "thumbnail", "content_type": "image/jpeg", "width": image.shape[1], "height": image.shape[0]})
+                parts.append(jpeg.tobytes())
+        header["payloads"] = payloads
+        t_published = time.time()
+        header["timestamps"] = {
+            "captured": frame.t_captured,
+            "preprocessed": result.t_preprocessed,
+            "inferred": result.t_inferred,
+            "published": t_published,
+        }
+        stats = self._source_stats.get(frame.source_id)
+        if stats is not None:
+            stats.latency.add(time.monotonic() - frame.mono_captured)
+        parts[1] = encode_header(header)
+        return parts
+
+    def _end_message(self, end: EndOfStream) -> list[bytes]:
+        self._ended.add(end.source_id)
+        header = base_header("eos", self.instance_id)
+        stats = self._source_stats.get(end.source_id)
+        header.update(
+            source_id=end.source_id,
+            seq=self._next_seq(end.source_id),
+            reason=end.reason,
+            detail=end.detail,
+            frames_captured=stats.frames_captured if stats else 0,
+            frames_dropped=stats.frames_dropped if stats else 0,
+            frames_published=(stats.frames_published if stats else 0),
+            sources_remaining=len(set(self._source_stats) - self._ended),
+            timestamps={"published": time.time()},
+        )
+        return [source_topic(self.config.topic_prefix, end.source_id), encode_header(header)]
+
+    def _heartbeat_header(self, final: bool) -> dict[str, Any]:
+        header = base_header("heartbeat", self.instance_id)
+        header.update(self._heartbeat())
+        header["final"] = final
+        header["publisher"] = self.stats.snapshot()
+        header["timestamps"] = {"published": time.time()}
+        return header

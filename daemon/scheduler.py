@@ -1,0 +1,208 @@
+"""Batching, in-flight slots and in-order completion: the hot path between the queues and the publisher.
+
+Two threads. The **batcher** takes a batch from the multiplexer, acquires a free slot (blocking here is
+the backpressure: when every slot is in flight, no more frames are taken and the per-source queues
+apply their drop policies), preprocesses each frame straight into the slot's input buffer, submits it
+and queues the slot for completion. The **completer** waits for slots in submission order, decodes
+results, hands them to the publisher and returns the slot. Submission order is per-source order, so
+results and end-of-stream messages leave in the order the frames arrived, even with several slots in
+flight. A failing batch is counted and reported; it never stops the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .backends.base import InferenceBackend, Slot
+from .entities import EndOfStream, Frame, FrameResult
+from .errors import BackendError
+from .framequeue import Multiplexer
+from .stats import PipelineStats, SourceStats
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("trtstream.scheduler")
+
+ResultSink = Callable[[FrameResult | EndOfStream], None]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    slot: Slot | None
+    frames: list[Frame]
+    metas: list = field(default_factory=list)
+    ends: list[EndOfStream] = field(default_factory=list)
+    t_preprocessed: float = 0.0
+
+
+class Scheduler:
+    """Runs the batcher and completer threads over a backend and a pipeline."""
+
+    def __init__(
+        self,
+        mux: Multiplexer,
+        backend: InferenceBackend,
+        pipeline,
+        sink: ResultSink,
+        source_stats: dict[str, SourceStats],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        slots: int,
+    ):
+        self._mux = mux
+        self._backend = backend
+        self._pipeline = pipeline
+        self._sink = sink
+        self._source_stats = source_stats
+        self._max_batch = min(max_batch, backend.info.max_batch)
+        self._max_wait_s = max_wait_s
+        self.stats = PipelineStats()
+        self._free: queue.Queue[Slot] = queue.Queue()
+        for index in range(slots):
+            self._free.put(backend.create_slot(index))
+        self._slot_count = slots
+        self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
+        self._abort = threading.Event()  # hard stop: give up on queued frames
+        self.finished = threading.Event()  # every source ended and every result was handed on
+        self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
+        self._completer = threading.Thread(target=self._complete_loop, name="completer", daemon=True)
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    def warm_up(self) -> float:
+        """Run one full batch of zeros so the first real frame is not slow; returns seconds taken."""
+        slot = self._free.get()
+        try:
+            start = time.monotonic()
+            self._backend.submit(slot, self._max_batch)
+            self._backend.wait(slot, timeout=300)
+            return time.monotonic() - start
+        finally:
+            self._free.put(slot)
+
+    def start(self) -> None:
+        self._batcher.start()
+        self._completer.start()
+
+    def abort(self) -> None:
+        """Stop without draining (after the drain timeout)."""
+        self._abort.set()
+        self._mux.wake()
+
+    def join(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in (self._batcher, self._completer):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not (self._batcher.is_alive() or self._completer.is_alive())
+
+    # -- batcher -------------------------------------------------------------------------------------
+    def _batch_loop(self) -> None:
+        try:
+            while not self._abort.is_set():
+                gathered = self._mux.next_batch(self._max_batch, self._max_wait_s, self._abort)
+                self.stats.queued_frames = self._mux.queued()
+                if gathered.frames:
+                    self._submit(gathered.frames, gathered.ends)
+                elif gathered.ends:
+                    self._inflight.put(_InFlight(None, [], ends=gathered.ends))
+                elif self._mux.all_finished():
+                    break
+        except Exception:
+            log.exception("batcher crashed")
+        finally:
+            self._inflight.put(None)
+
+    def _acquire_slot(self) -> Slot | None:
+        while not self._abort.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def _submit(self, frames: list[Frame], ends: list[EndOfStream]) -> None:
+        slot = self._acquire_slot()
+        if slot is None:
+            return
+        self.stats.busy_slots = self._slot_count - self._free.qsize()
+        input_buffer = slot.inputs[self._pipeline.input_name]
+        kept: list[Frame] = []
+        metas = []
+        for frame in frames:
+            try:
+                metas.append(self._pipeline.preprocess(frame.image, input_buffer[len(kept)]))
+                kept.append(frame)
+            except Exception as exc:  # one bad frame must not sink the batch
+                self._count_error(frame.source_id, f"preprocessing failed: {exc}")
+        item = _InFlight(slot, kept, metas, ends, time.time())
+        if not kept:
+            self._free.put(slot)
+            item.slot = None
+        else:
+            try:
+                self._backend.submit(slot, len(kept))
+            except Exception as exc:
+                log.error("inference submit failed: %s", exc)
+                for frame in kept:
+                    self._count_error(frame.source_id, f"inference failed: {exc}")
+                self._free.put(slot)
+                item.slot, item.frames = None, []
+        self._inflight.put(item)
+
+    # -- completer -----------------------------------------------------------------------------------
+    def _complete_loop(self) -> None:
+        try:
+            while True:
+                item = self._inflight.get()
+                if item is None:
+                    break
+                if item.slot is not None:
+                    self._complete(item)
+                for end in item.ends:
+                    self._sink(end)
+        except Exception:
+            log.exception("completer crashed")
+        finally:
+            self.finished.set()
+
+    def _complete(self, item: _InFlight) -> None:
+        slot = item.slot
+        try:
+            try:
+                outputs = self._backend.wait(slot)
+            except BackendError as exc:
+                log.error("inference failed for a batch of %d: %s", len(item.frames), exc)
+                self.stats.inference_errors += 1
+                for frame in item.frames:
+                    self._count_error(frame.source_id, f"inference failed: {exc}")
+                return
+            t_inferred = time.time()
+            self.stats.batches += 1
+            self.stats.frames += len(item.frames)
+            for row, (frame, meta) in enumerate(zip(item.frames, item.metas)):
+                stats = self._source_stats.get(frame.source_id)
+                try:
+                    results = self._pipeline.postprocess(outputs, row, meta)
+                except Exception as exc:
+                    self._count_error(frame.source_id, f"postprocessing failed: {exc}")
+                    continue
+                if stats is not None:
+                    stats.frames_inferred += 1
+                self._sink(FrameResult(frame, results, item.t_preprocessed, t_inferred, len(item.frames)))
+        finally:
+            self._free.put(slot)
+            self.stats.busy_slots = self._slot_count - self._free.qsize()
+
+    def _count_error(self, source_id: str, message: str) -> None:
+        stats = self._source_stats.get(source_id)
+        if stats is not None:
+            stats.inference_errors += 1
+            stats.last_error = message

@@ -1,0 +1,184 @@
+"""One reader thread per source: open, read, pace, reconnect, end.
+
+The reader is an explicit state machine (``SourceState``); every transition goes through
+``_set_state`` which logs it and updates the source's stats. A live source that fails is reopened
+after an exponential, jittered backoff waited out on the stop event (never a blind sleep); a file that
+cannot be opened fails at once; a file at its end either loops or ends. In every case the reader closes
+its queue with a reason, so the batcher publishes an end-of-stream message after the last frame, and
+nothing a reader does can stop the other sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from enum import Enum
+from typing import Callable
+
+from .backoff import Backoff
+from .capture import FrameProducer, open_producer
+from .config import SourceConfig, SourceKind
+from .entities import Frame
+from .errors import SourceError
+from .framequeue import FrameQueue
+from .redact import mask_text
+from .stats import SourceStats
+
+__all__ = ["SourceState", "SourceReader"]
+
+log = logging.getLogger("trtstream.sources")
+
+ProducerFactory = Callable[[SourceConfig], FrameProducer]
+
+
+class SourceState(str, Enum):
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    ENDED = "ended"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+_TERMINAL = {SourceState.ENDED, SourceState.FAILED, SourceState.STOPPED}
+
+
+class SourceReader:
+    """Reads one source into its queue on a thread named ``capture:<id>``."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        queue: FrameQueue,
+        stats: SourceStats,
+        producer_factory: ProducerFactory = open_producer,
+    ):
+        self.config = config
+        self.queue = queue
+        self.stats = stats
+        self._open = producer_factory
+        self._stop = threading.Event()
+        self._state = SourceState.STARTING
+        self._thread = threading.Thread(target=self._run, name=f"capture:{config.id}", daemon=True)
+        self._backoff = Backoff(config.reconnect.initial_delay_s, config.reconnect.max_delay_s)
+        self._next_index = 0
+        self._log = log.getChild(config.id)
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop taking frames now: close the queue (what is queued still drains) and end the thread,
+        which returns from a blocking read within the source's read timeout."""
+        self._stop.set()
+        self.queue.close("shutdown")
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _set_state(self, state: SourceState, detail: str | None = None) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self.stats.state = state.value
+        if detail:
+            detail = mask_text(detail)
+            self.stats.last_error = detail if state in (SourceState.BACKOFF, SourceState.FAILED) else self.stats.last_error
+        level = logging.WARNING if state in (SourceState.BACKOFF, SourceState.FAILED) else logging.INFO
+        self._log.log(level, "source %s: %s%s", self.config.id, state.value, f" ({detail})" if detail else "")
+
+    def _run(self) -> None:
+        reason, detail = "shutdown", None
+        try:
+            reason, detail = self._loop()
+        except Exception as exc:  # a bug must end this source, never the daemon
+            self._log.exception("source %s: reader crashed", self.config.id)
+            reason, detail = "error", mask_text(f"{type(exc).__name__}: {exc}")
+            self._set_state(SourceState.FAILED, detail)
+        finally:
+            if self._state not in _TERMINAL:
+                self._set_state(SourceState.STOPPED)
+            self.queue.close(reason, detail)
+
+    def _loop(self) -> tuple[str, str | None]:
+        """Returns the end-of-stream reason and detail."""
+        attempts_in_a_row = 0
+        while not self._stop.is_set():
+            self._set_state(SourceState.CONNECTING)
+            try:
+                producer = self._open(self.config)
+            except SourceError as exc:
+                attempts_in_a_row += 1
+                limit = self.config.reconnect.max_attempts
+                if not exc.retryable or (limit and attempts_in_a_row >= limit):
+                    self._set_state(SourceState.FAILED, str(exc))
+                    return "error", mask_text(str(exc))
+                if not self._wait_backoff(str(exc)):
+                    break
+                continue
+            try:
+                outcome = self._read_frames(producer)
+            finally:
+                producer.close()
+            if outcome is not None:
+                return outcome
+            attempts_in_a_row = 0
+            self.stats.reconnects += 1
+            if not self._wait_backoff("stream interrupted: no frame could be read"):
+                break
+        self._set_state(SourceState.STOPPED)
+        return "shutdown", None
+
+    def _wait_backoff(self, why: str) -> bool:
+        delay = self._backoff.next_delay()
+        self._set_state(SourceState.BACKOFF, f"{why}; retrying in {delay:.1f}s")
+        return not self._stop.wait(delay)
+
+    def _read_frames(self, producer: FrameProducer) -> tuple[str, str | None] | None:
+        """Read until the end, an error or stop. None means 'reconnect'; otherwise the end reason."""
+        is_file = self.config.resolved_kind is SourceKind.FILE
+        paced = self.config.pace or self.config.resolved_kind is SourceKind.SYNTHETIC  # a test pattern acts as a camera
+        pace_interval = 1.0 / producer.fps if paced and producer.fps else None
+        paced_start: float | None = None
+        paced_count = 0
+        got_any = False
+        while not self._stop.is_set():
+            if self.config.max_frames is not None and self._next_index >= self.config.max_frames:
+                self._set_state(SourceState.ENDED)
+                return "max_frames", None
+            image, pts = producer.read()
+            if image is None:
+                if is_file:
+                    if self.config.loop and got_any and producer.rewind():
+                        got_any = False
+                        continue
+                    self._set_state(SourceState.ENDED)
+                    return "end_of_file", None
+                return None  # a live source stopped delivering: reconnect
+            if not got_any:
+                got_any = True
+                self._set_state(SourceState.RUNNING)
+                self._backoff.reset()
+            if pace_interval is not None:
+                now = time.monotonic()
+                if paced_start is None:
+                    paced_start = now
+                due = paced_start + paced_count * pace_interval
+                paced_count += 1
+                if due > now and self._stop.wait(due - now):
+                    break
+            frame = Frame(self.config.id, self._next_index, pts, image, time.time(), time.monotonic())
+            self._next_index += 1
+            if not self.queue.put(frame, self._stop):
+                break  # closed by stop(): this frame was never accepted, so it is not counted
+            self.stats.frames_captured += 1
+            self.stats.frames_dropped = self.queue.dropped
+        self._set_state(SourceState.STOPPED)
+        return "shutdown", None

@@ -1,0 +1,119 @@
+"""Counters and latency windows, written by one stage each and read by the heartbeat.
+
+Each counter has a single writer thread, so plain integer updates are safe under the GIL; readers take a
+consistent-enough snapshot for monitoring. Latencies live in bounded deques (no growth over months).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SourceStats", "PipelineStats", "PublisherStats", "LatencyWindow", "RateMeter"]
+
+
+class LatencyWindow:
+    """The last ``size`` latencies in seconds; percentiles in milliseconds."""
+
+    def __init__(self, size: int = 512):
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._values.append(seconds)
+
+    def percentiles_ms(self, *qs: float) -> dict[str, float] | None:
+        with self._lock:
+            if not self._values:
+                return None
+            values = np.fromiter(self._values, dtype=np.float64)
+        return {f"p{int(q)}": round(float(np.percentile(values, q)) * 1000, 3) for q in qs}
+
+
+class RateMeter:
+    """Events per second between two successive readings (the heartbeat's fps)."""
+
+    def __init__(self) -> None:
+        self._last_count = 0
+        self._last_time = time.monotonic()
+
+    def rate(self, count: int) -> float:
+        now = time.monotonic()
+        elapsed = now - self._last_time
+        rate = (count - self._last_count) / elapsed if elapsed > 0 else 0.0
+        self._last_count, self._last_time = count, now
+        return round(rate, 2)
+
+
+@dataclass
+class SourceStats:
+    source_id: str
+    uri: str  # masked
+    kind: str
+    state: str = "starting"
+    frames_captured: int = 0
+    frames_dropped: int = 0  # by the queue's drop policy
+    frames_inferred: int = 0
+    frames_published: int = 0
+    inference_errors: int = 0
+    reconnects: int = 0
+    last_error: str | None = None  # masked
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+    fps_meter: RateMeter = field(default_factory=RateMeter)
+
+    def snapshot(self) -> dict:
+        return {
+            "id": self.source_id,
+            "uri": self.uri,
+            "kind": self.kind,
+            "state": self.state,
+            "frames_captured": self.frames_captured,
+            "frames_dropped": self.frames_dropped,
+            "frames_inferred": self.frames_inferred,
+            "frames_published": self.frames_published,
+            "inference_errors": self.inference_errors,
+            "reconnects": self.reconnects,
+            "fps": self.fps_meter.rate(self.frames_published),
+            "latency_ms": self.latency.percentiles_ms(50, 95, 99),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    frames: int = 0
+    inference_errors: int = 0
+    busy_slots: int = 0
+    queued_frames: int = 0
+
+    def snapshot(self) -> dict:
+        return {
+            "batches": self.batches,
+            "frames": self.frames,
+            "mean_batch_size": round(self.frames / self.batches, 3) if self.batches else 0.0,
+            "inference_errors": self.inference_errors,
+            "busy_slots": self.busy_slots,
+            "queued_frames": self.queued_frames,
+        }
+
+
+@dataclass
+class PublisherStats:
+    sent: int = 0
+    dropped_queue_full: int = 0  # the publisher thread could not keep up
+    dropped_socket: int = 0  # ZeroMQ refused the message (would block)
+    queue_depth: int = 0
+
+    def snapshot(self) -> dict:
+        return {
+            "sent": self.sent,
+            "dropped_queue_full": self.dropped_queue_full,
+            "dropped_socket": self.dropped_socket,
+            "queue_depth": self.queue_depth,
+        }

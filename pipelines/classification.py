@@ -1,0 +1,73 @@
+"""Image classification: resize the short side, centre-crop, normalise; softmax top-k with labels."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from daemon.config import ClassificationConfig, PreprocessConfig
+
+from .imageops import INTERPOLATION, Normalizer, ScratchPool, crop_geometry
+
+__all__ = ["ClassificationPipeline", "top_k"]
+
+
+def top_k(logits: np.ndarray, k: int, softmax: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices, probabilities) of the k best classes, best first."""
+    values = logits.astype(np.float64, copy=False).reshape(-1)
+    already_probabilities = values.min() >= 0 and abs(values.sum() - 1.0) < 1e-3
+    if softmax == "yes" or (softmax == "auto" and not already_probabilities):
+        exp = np.exp(values - values.max())
+        values = exp / exp.sum()
+    k = min(k, values.size)
+    best = np.argpartition(-values, k - 1)[:k]
+    best = best[np.argsort(-values[best], kind="stable")]
+    return best, values[best]
+
+
+class ClassificationPipeline:
+    kind = "classification"
+
+    def __init__(
+        self,
+        input_name: str,
+        input_size: tuple[int, int],
+        output_name: str,
+        labels: list[str],
+        preprocess: PreprocessConfig,
+        options: ClassificationConfig,
+    ):
+        self.input_name = input_name
+        self.input_size = input_size
+        self.output_name = output_name
+        self.labels = labels
+        self.options = options
+        width, height = input_size
+        self._short_side = options.resize_short or round(min(width, height) / 0.875)
+        self._normalizer = Normalizer(preprocess.color, preprocess.scale, preprocess.mean, preprocess.std)
+        self._interpolation = INTERPOLATION[preprocess.interpolation]
+        self._scratch = ScratchPool()
+
+    def preprocess(self, image: np.ndarray, out: np.ndarray) -> None:
+        width, height = self.input_size
+        geometry = crop_geometry(image.shape[1], image.shape[0], self._short_side, width, height)
+        resized = self._scratch.get(geometry.resized_w, geometry.resized_h)
+        cv2.resize(image, (geometry.resized_w, geometry.resized_h), dst=resized, interpolation=self._interpolation)
+        crop = resized[geometry.y : geometry.y + height, geometry.x : geometry.x + width]
+        self._normalizer.write(crop, out)
+        return None
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: None) -> dict[str, Any]:
+        indices, probabilities = top_k(outputs[self.output_name][row], self.options.top_k, self.options.softmax)
+        return {
+            "classifications": [
+                {
+                    "label": self.labels[i] if i < len(self.labels) else f"class_{i}",
+                    "class_id": int(i),
+                    "score": round(float(p), 4),
+                }
+                for i, p in zip(indices.tolist(), probabilities.tolist())
+            ]
+        }

@@ -1,0 +1,143 @@
+"""Shared fixtures: the real assets, free ports, a daemon subprocess, and a schema-checking subscriber.
+
+Assets (real ONNX models, real video, real images) are built by ``scripts/fetch-assets``; the test
+command runs it first. A missing asset is a failure with a hint, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "assets"
+SCHEMA_PATH = REPO / "docs" / "schema" / "message-v1.schema.json"
+
+_SCHEMA = json.loads(SCHEMA_PATH.read_text())
+_VALIDATOR = jsonschema.Draft202012Validator(_SCHEMA)
+
+
+def asset(relative: str) -> Path:
+    path = ASSETS / relative
+    if not path.is_file():
+        pytest.fail(f"missing test asset {path}: run scripts/fetch-assets first")
+    return path
+
+
+def validate_message(header: dict) -> None:
+    """Every message in every test goes through the published JSON Schema."""
+    errors = sorted(_VALIDATOR.iter_errors(header), key=lambda e: list(e.path))
+    if errors:
+        raise AssertionError(f"message does not match {SCHEMA_PATH.name}: {errors[0].message} at {list(errors[0].path)}\n{header}")
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def detector_config(sources_toml: str, port: int, **overrides: str) -> str:
+    """A detection config over the real YOLOv3-tiny model, with the given [[sources]] blocks."""
+    engine = overrides.get("engine", "max_batch = 4\nmax_wait_ms = 5")
+    publisher = overrides.get("publisher", "")
+    return textwrap.dedent(
+        f"""
+        {textwrap.dedent(sources_toml)}
+        [model]
+        path = "{asset('models/yolov3_tiny_416.onnx')}"
+        pipeline = "detection"
+        labels = "{asset('labels/coco.txt')}"
+        [model.detection]
+        pad_value = 127
+        [engine]
+        {engine}
+        [publisher]
+        endpoints = ["tcp://127.0.0.1:{port}"]
+        heartbeat_interval_s = 0.5
+        wait_for_subscribers = 1
+        wait_for_subscribers_timeout_s = 20
+        {publisher}
+        [logging]
+        level = "INFO"
+        """
+    )
+
+
+class DaemonProcess:
+    """``python -m daemon run CONFIG`` as a real subprocess, stderr captured for the assertions."""
+
+    def __init__(self, config_path: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", str(config_path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.stderr = ""
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            _, self.stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, self.stderr = self.process.communicate()
+            raise AssertionError(f"daemon did not exit within {timeout}s; stderr:\n{self.stderr[-4000:]}")
+        return self.process.returncode
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    started: list[DaemonProcess] = []
+
+    def start(config_text: str, name: str = "daemon.toml") -> DaemonProcess:
+        path = tmp_path / name
+        path.write_text(config_text)
+        daemon = DaemonProcess(path)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def collect(subscriber, until, timeout: float = 60.0) -> list:
+    """Receive (and schema-check) messages until ``until(messages)`` is true; fail after ``timeout``."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    while not until(messages):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"condition not met within {timeout}s; got {len(messages)} messages, last: {messages[-1:]}")
+        message = subscriber.receive(timeout=min(remaining, 1.0))
+        if message is not None:
+            validate_message(message.header)
+            messages.append(message)
+    return messages
+
+
+def all_ended(messages) -> bool:
+    """The daemon's last message: the final heartbeat, which follows every end-of-stream."""
+    return any(m.type == "heartbeat" and m.header["final"] for m in messages)

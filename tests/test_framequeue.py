@@ -1,0 +1,102 @@
+"""Per-source queues and the cross-source multiplexer (real threads, no sleeps)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from daemon.config import DropPolicy
+from daemon.entities import Frame
+from daemon.framequeue import Multiplexer
+
+IMAGE = np.zeros((2, 2, 3), np.uint8)
+
+
+def frame(source: str, index: int) -> Frame:
+    return Frame(source, index, None, IMAGE, time.time(), time.monotonic())
+
+
+def test_drop_oldest_keeps_the_newest_frames_and_counts_drops():
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 3, DropPolicy.DROP_OLDEST)
+    for i in range(10):
+        assert queue.put(frame("cam", i))
+    assert queue.dropped == 7
+    batch = mux.next_batch(8, 0, threading.Event())
+    assert [f.index for f in batch.frames] == [7, 8, 9]
+
+
+def test_block_policy_loses_nothing_and_waits_for_room():
+    mux = Multiplexer()
+    queue = mux.add_queue("file", 2, DropPolicy.BLOCK)
+    produced = threading.Event()
+
+    def producer():
+        for i in range(20):
+            queue.put(frame("file", i))
+        queue.close("end_of_file")
+        produced.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got, ends = [], []
+    stop = threading.Event()
+    while not ends:
+        batch = mux.next_batch(3, 0.01, stop)
+        got += [f.index for f in batch.frames]
+        ends += batch.ends
+    thread.join(5)
+    assert produced.is_set()
+    assert got == list(range(20))
+    assert queue.dropped == 0
+    assert [e.reason for e in ends] == ["end_of_file"]
+    assert mux.all_finished()
+
+
+def test_round_robin_is_fair_and_keeps_per_source_order():
+    mux = Multiplexer()
+    fast = mux.add_queue("fast", 100, DropPolicy.BLOCK)
+    slow = mux.add_queue("slow", 100, DropPolicy.BLOCK)
+    for i in range(10):
+        fast.put(frame("fast", i))
+    for i in range(2):
+        slow.put(frame("slow", i))
+    batch = mux.next_batch(4, 0, threading.Event())
+    assert sorted((f.source_id, f.index) for f in batch.frames) == [("fast", 0), ("fast", 1), ("slow", 0), ("slow", 1)]
+    rest = mux.next_batch(100, 0, threading.Event())
+    assert [f.index for f in rest.frames] == list(range(2, 10))
+
+
+def test_end_of_stream_comes_after_the_sources_last_frame():
+    mux = Multiplexer()
+    queue = mux.add_queue("a", 10, DropPolicy.BLOCK)
+    for i in range(5):
+        queue.put(frame("a", i))
+    queue.close("end_of_file")
+    first = mux.next_batch(3, 0, threading.Event())
+    assert [f.index for f in first.frames] == [0, 1, 2] and first.ends == []
+    second = mux.next_batch(3, 0, threading.Event())
+    assert [f.index for f in second.frames] == [3, 4]
+    assert [e.source_id for e in second.ends] == ["a"]
+    assert not queue.put(frame("a", 99)), "a closed queue takes no frames"
+
+
+def test_partial_batch_is_released_after_max_wait():
+    mux = Multiplexer()
+    queue = mux.add_queue("a", 10, DropPolicy.BLOCK)
+    queue.put(frame("a", 0))
+    started = time.monotonic()
+    batch = mux.next_batch(8, 0.05, threading.Event())
+    assert len(batch.frames) == 1
+    assert time.monotonic() - started >= 0.05
+
+
+def test_a_frame_arriving_during_max_wait_joins_the_batch():
+    mux = Multiplexer()
+    queue = mux.add_queue("a", 10, DropPolicy.BLOCK)
+    queue.put(frame("a", 0))
+    threading.Timer(0.02, lambda: queue.put(frame("a", 1))).start()
+    batch = mux.next_batch(2, 5.0, threading.Event())
+    assert [f.index for f in batch.frames] == [0, 1]
