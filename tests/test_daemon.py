@@ -167,3 +167,41 @@ def test_sigterm_exits_0_after_publishing_in_flight_results(start_daemon, free_p
     assert "received SIGTERM" in daemon.stderr
     final = [m for m in messages if m.type == "heartbeat" and m.header["final"]]
     assert final, "a final heartbeat is sent before exit"
+
+
+def test_subscribe_command_prints_json_lines_for_the_selected_source(start_daemon, free_port):
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    sources = f"""
+[[sources]]
+id = "cam1"
+uri = "{asset('media/bikes.mp4')}"
+max_frames = 12
+[[sources]]
+id = "cam10"
+uri = "synthetic:320x240@200"
+max_frames = 30
+"""
+    subscriber = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "subscribe", f"tcp://127.0.0.1:{free_port}", "--source", "cam1", "--json", "--until-eos"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        daemon = start_daemon(detector_config(sources, free_port))
+        out, err = subscriber.communicate(timeout=120)
+        assert daemon.wait(30) == 0, daemon.stderr
+    finally:
+        subscriber.kill()
+    assert subscriber.returncode == 0, err
+    headers = [json.loads(line) for line in out.splitlines()]
+    sources_seen = {h.get("source_id") for h in headers if h["type"] != "heartbeat"}
+    assert sources_seen == {"cam1"}, "subscribing to cam1 must not deliver cam10"
+    assert [h["frame"]["index"] for h in headers if h["type"] == "result"] == list(range(12))
+    assert headers[-1]["type"] == "eos" and headers[-1]["reason"] == "max_frames"
