@@ -1,4 +1,4 @@
-"""The ``trtstream`` command: run, check-config, subscribe.
+"""The ``trtstream`` command: run, check-config, subscribe, engine, convert.
 
 Exit codes: 0 success; 1 a runtime failure (model cannot load, endpoint in use); 2 an invalid config
 or command line. User mistakes print one line per problem on stderr, never a traceback.
@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives for this many seconds")
     sub.add_argument("--topic-prefix", default="trtstream")
     sub.set_defaults(handler=cmd_subscribe)
+
+    from .engine.commands import add_engine_commands
+
+    add_engine_commands(commands, _load)
+    try:
+        from .convert import add_convert_commands
+    except ImportError:  # pragma: no cover - the module is part of the package
+        pass
+    else:
+        add_convert_commands(commands)
     return parser
 
 

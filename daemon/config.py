@@ -225,6 +225,30 @@ class OnnxRuntimeConfig(StrictModel):
     )
 
 
+class TensorRTConfig(StrictModel):
+    """TensorRT build options. Every one of them is part of the engine cache fingerprint."""
+
+    precision: Literal["fp32", "fp16", "int8", "fp8"] = Field(
+        "fp16",
+        description="TensorRT 10: builder flag (int8/fp8 need a Q/DQ model). TensorRT 11 is strongly typed: "
+        "precision comes from the ONNX itself (make an FP16 ONNX with 'trtstream convert --fp16').",
+    )
+    strongly_typed: bool = Field(False, description="TensorRT 10: build a strongly typed network (always on in 11).")
+    workspace_mb: int = Field(1024, ge=16, le=1 << 20)
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int | None = Field(None, ge=1, description="Batch size tuned for; default engine.max_batch.")
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = Field(False, description="Plan loadable by later TensorRT versions (lean runtime).")
+    plugins: list[Path] = Field(default_factory=list, description="Plugin libraries to load before building and loading.")
+    dla_core: int | None = Field(None, ge=0, description="Jetson with TensorRT 10: run on this DLA core (GPU fallback on).")
+
+    @field_validator("plugins", mode="after")
+    @classmethod
+    def _resolve_plugins(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve(p.expanduser(), info) for p in value]
+
+
 class EngineConfig(StrictModel):
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
         "auto", description="'auto' picks tensorrt, then torch, then onnxruntime, by what this machine has."
@@ -234,6 +258,21 @@ class EngineConfig(StrictModel):
     streams: int = Field(1, ge=1, le=64, description="Batches in flight at once (CUDA streams on a GPU).")
     warmup: bool = Field(True, description="Run one batch before serving, so the first frame is not slow.")
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    cache_dir: Path | None = Field(
+        None, description="Engine cache; default $CACHE_DIRECTORY (systemd), else $XDG_CACHE_HOME/trtstream, else ~/.cache/trtstream."
+    )
+    use_cache: bool = Field(True, description="Build and load engines through the cache (ONNX Runtime: its optimised model).")
+    on_missing_engine: Literal["fallback", "wait", "fail"] = Field(
+        "fallback",
+        description="When the cached engine is missing or stale: 'fallback' serves at once with ONNX Runtime, builds in the "
+        "background and switches over; 'wait' builds first; 'fail' exits (use 'trtstream engine build' ahead of time).",
+    )
+
+    @field_validator("cache_dir", mode="after")
+    @classmethod
+    def _resolve_cache_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(value.expanduser(), info) if value is not None else None
 
 
 class ThumbnailConfig(StrictModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,4 +40,5 @@ class FrameResult:
     t_preprocessed: float
     t_inferred: float
     batch_size: int
-    stage_s: dict[str, float] = field(default_factory=dict)
+    backend: str = ""
+    artifact: str | None = None  # cache key of the engine that produced it; None for an uncached model

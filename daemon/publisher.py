@@ -177,7 +177,7 @@ class Publisher:
             source_id=frame.source_id,
             seq=self._next_seq(frame.source_id),
             frame={"index": frame.index, "pts_ms": frame.pts_ms, "width": frame.image.shape[1], "height": frame.image.shape[0]},
-            model=self._model_info,
+            model={**self._model_info, "backend": result.backend, "artifact": result.artifact},
             batch_size=result.batch_size,
         )
         header.update(result.results)

@@ -33,6 +33,7 @@ ResultSink = Callable[[FrameResult | EndOfStream], None]
 
 @dataclass(slots=True)
 class _InFlight:
+    backend: InferenceBackend
     slot: Slot | None
     frames: list[Frame]
     metas: list = field(default_factory=list)
@@ -70,6 +71,9 @@ class Scheduler:
         self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
         self._abort = threading.Event()  # hard stop: give up on queued frames
         self.finished = threading.Event()  # every source ended and every result was handed on
+        self._pending_backend: InferenceBackend | None = None
+        self._configured_max_batch = max_batch
+        self.on_backend_switched: Callable[[InferenceBackend], None] | None = None
         self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
         self._completer = threading.Thread(target=self._complete_loop, name="completer", daemon=True)
 
@@ -77,16 +81,42 @@ class Scheduler:
     def max_batch(self) -> int:
         return self._max_batch
 
+    @property
+    def backend(self) -> InferenceBackend:
+        return self._backend
+
+    def replace_backend(self, backend: InferenceBackend) -> None:
+        """Switch to ``backend`` between two batches (called from any thread). Frames keep queueing
+        meanwhile; none is dropped by the switch itself."""
+        _check_compatible(self._backend, backend)
+        self._pending_backend = backend
+        self._mux.wake()
+
+    def _switch_backend(self) -> None:
+        """Take back every slot (in-flight batches of the old backend finish first), then swap."""
+        new, self._pending_backend = self._pending_backend, None
+        old_slots = []
+        while len(old_slots) < self._slot_count:
+            slot = self._acquire_slot()
+            if slot is None:  # aborting
+                new.close()
+                for slot in old_slots:
+                    self._free.put(slot)
+                return
+            old_slots.append(slot)
+        old = self._backend
+        self._backend = new
+        self._max_batch = min(self._configured_max_batch, new.info.max_batch)
+        for index in range(self._slot_count):
+            self._free.put(new.create_slot(index))
+        old.close()
+        log.info("switched inference from %s to %s %s", old.info.name, new.info.name, new.info.details.get("artifact") or "")
+        if self.on_backend_switched is not None:
+            self.on_backend_switched(new)
+
     def warm_up(self) -> float:
         """Run one full batch of zeros so the first real frame is not slow; returns seconds taken."""
-        slot = self._free.get()
-        try:
-            start = time.monotonic()
-            self._backend.submit(slot, self._max_batch)
-            self._backend.wait(slot, timeout=300)
-            return time.monotonic() - start
-        finally:
-            self._free.put(slot)
+        return warm_up(self._backend, self._max_batch)
 
     def start(self) -> None:
         self._batcher.start()
@@ -107,12 +137,14 @@ class Scheduler:
     def _batch_loop(self) -> None:
         try:
             while not self._abort.is_set():
+                if self._pending_backend is not None:
+                    self._switch_backend()
                 gathered = self._mux.next_batch(self._max_batch, self._max_wait_s, self._abort)
                 self.stats.queued_frames = self._mux.queued()
                 if gathered.frames:
                     self._submit(gathered.frames, gathered.ends)
                 elif gathered.ends:
-                    self._inflight.put(_InFlight(None, [], ends=gathered.ends))
+                    self._inflight.put(_InFlight(self._backend, None, [], ends=gathered.ends))
                 elif self._mux.all_finished():
                     break
         except Exception:
@@ -142,13 +174,14 @@ class Scheduler:
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
                 self._count_error(frame.source_id, f"preprocessing failed: {exc}")
-        item = _InFlight(slot, kept, metas, ends, time.time())
+        backend = self._backend
+        item = _InFlight(backend, slot, kept, metas, ends, time.time())
         if not kept:
             self._free.put(slot)
             item.slot = None
         else:
             try:
-                self._backend.submit(slot, len(kept))
+                backend.submit(slot, len(kept))
             except Exception as exc:
                 log.error("inference submit failed: %s", exc)
                 for frame in kept:
@@ -177,7 +210,7 @@ class Scheduler:
         slot = item.slot
         try:
             try:
-                outputs = self._backend.wait(slot)
+                outputs = item.backend.wait(slot)
             except BackendError as exc:
                 log.error("inference failed for a batch of %d: %s", len(item.frames), exc)
                 self.stats.inference_errors += 1
@@ -185,6 +218,8 @@ class Scheduler:
                     self._count_error(frame.source_id, f"inference failed: {exc}")
                 return
             t_inferred = time.time()
+            info = item.backend.info
+            artifact = info.details.get("artifact")
             self.stats.batches += 1
             self.stats.frames += len(item.frames)
             for row, (frame, meta) in enumerate(zip(item.frames, item.metas)):
@@ -196,7 +231,9 @@ class Scheduler:
                     continue
                 if stats is not None:
                     stats.frames_inferred += 1
-                self._sink(FrameResult(frame, results, item.t_preprocessed, t_inferred, len(item.frames)))
+                self._sink(
+                    FrameResult(frame, results, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact)
+                )
         finally:
             self._free.put(slot)
             self.stats.busy_slots = self._slot_count - self._free.qsize()
@@ -206,3 +243,25 @@ class Scheduler:
         if stats is not None:
             stats.inference_errors += 1
             stats.last_error = message
+
+
+def warm_up(backend: InferenceBackend, batch: int) -> float:
+    """One full batch through a slot of its own (lazy initialisation happens here, not on a frame)."""
+    slot = backend.create_slot(-1)
+    start = time.monotonic()
+    backend.submit(slot, min(batch, backend.info.max_batch))
+    backend.wait(slot, timeout=300)
+    return time.monotonic() - start
+
+
+def _check_compatible(old: InferenceBackend, new: InferenceBackend) -> None:
+    """A replacement must take the same inputs and produce the same outputs (names and per-item shapes)."""
+
+    def shapes(specs):
+        return {spec.name: tuple(spec.shape[1:]) for spec in specs}
+
+    if shapes(old.info.inputs) != shapes(new.info.inputs) or set(shapes(old.info.outputs)) != set(shapes(new.info.outputs)):
+        raise BackendError(
+            f"the new {new.info.name} engine does not match the serving one: inputs {shapes(new.info.inputs)} "
+            f"vs {shapes(old.info.inputs)}, outputs {sorted(shapes(new.info.outputs))} vs {sorted(shapes(old.info.outputs))}"
+        )

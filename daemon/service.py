@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .backends import create_backend
+from .engine.lifecycle import EngineProvider
 from .config import Config
 from .entities import EndOfStream
 from .framequeue import Multiplexer
 from .publisher import Publisher
 from .redact import mask_url
-from .scheduler import Scheduler
+from .scheduler import Scheduler, warm_up
 from .sources import SourceReader
 from .stats import SourceStats
 
@@ -71,7 +71,7 @@ class Daemon:
         self.started = threading.Event()  # set once serving (engine loaded, warmed up, publishing)
         self._stop = threading.Event()
         self._started_at = time.monotonic()
-        self._backend = None
+        self._provider: EngineProvider | None = None
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
         self._readers: list[SourceReader] = []
@@ -84,13 +84,15 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         model_name, model_sha = model_id(config.model.path, config.model.id)
-        self._backend = backend = create_backend(config.model, config.engine)
+        self._provider = provider = EngineProvider(config.model, config.engine)
+        backend = provider.start()
+        scheduler: Scheduler | None = None
         try:
             from pipelines import create_pipeline
 
             info = backend.info
             pipeline = create_pipeline(config.model, info, _metadata_names(info.details))
-            model_info = {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind, "backend": info.name}
+            model_info = {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
             mux = Multiplexer()
             for source in config.enabled_sources:
                 self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)
@@ -110,6 +112,7 @@ class Daemon:
                 max_wait_s=config.engine.max_wait_ms / 1000,
                 slots=config.engine.streams * 2,  # double buffering per stream
             )
+            scheduler.on_backend_switched = provider.mark_switched
             if config.engine.warmup:
                 seconds = scheduler.warm_up()
                 log.info("warm-up batch of %d took %.3fs", scheduler.max_batch, seconds)
@@ -124,6 +127,7 @@ class Daemon:
             ):
                 log.warning("no subscriber after %.0fs; starting anyway", config.publisher.wait_for_subscribers_timeout_s)
             scheduler.start()
+            provider.set_on_ready(self._switch_to)
             self._readers = [SourceReader(s, queues[s.id], self.source_stats[s.id]) for s in config.enabled_sources]
             for reader in self._readers:
                 reader.start()
@@ -131,6 +135,18 @@ class Daemon:
             self._wait_until_done(scheduler)
             return self._shutdown(scheduler, publisher)
         finally:
+            provider.close()
+            (scheduler.backend if scheduler is not None else backend).close()
+
+    def _switch_to(self, backend) -> None:
+        """A background build finished (on its thread): warm the new engine up off the hot path, then let
+        the scheduler swap it in between two batches."""
+        try:
+            seconds = warm_up(backend, self._scheduler.max_batch)
+            log.info("new %s engine warmed up in %.3fs", backend.info.name, seconds)
+            self._scheduler.replace_backend(backend)
+        except Exception as exc:  # an incompatible engine must not take the daemon down
+            log.error("cannot switch to the new engine: %s", exc)
             backend.close()
 
     def _wait_until_done(self, scheduler: Scheduler) -> None:
@@ -164,12 +180,13 @@ class Daemon:
         return 0
 
     def _heartbeat_body(self) -> dict[str, Any]:
-        info = self._backend.info if self._backend else None
         scheduler = self._scheduler
+        info = scheduler.backend.info if scheduler else None
         return {
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "version": __version__,
             "backend": info.describe() if info else None,
+            "engine": self._provider.status() if self._provider else None,
             "pipeline": scheduler.stats.snapshot() if scheduler else None,
             "sources": [stats.snapshot() for stats in self.source_stats.values()],
         }

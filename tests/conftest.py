@@ -78,14 +78,14 @@ def detector_config(sources_toml: str, port: int, **overrides: str) -> str:
 class DaemonProcess:
     """``python -m daemon run CONFIG`` as a real subprocess, stderr captured for the assertions."""
 
-    def __init__(self, config_path: Path):
+    def __init__(self, config_path: Path, cache_home: Path):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", str(config_path)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cache_home)},
         )
         self.stderr = ""
 
@@ -114,7 +114,7 @@ def start_daemon(tmp_path):
     def start(config_text: str, name: str = "daemon.toml") -> DaemonProcess:
         path = tmp_path / name
         path.write_text(config_text)
-        daemon = DaemonProcess(path)
+        daemon = DaemonProcess(path, tmp_path / "cache-home")
         started.append(daemon)
         return daemon
 

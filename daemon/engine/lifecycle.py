@@ -1,0 +1,132 @@
+"""Self-healing start: serve at once, build what is missing in the background, switch without a gap.
+
+``EngineProvider.start()`` returns the backend to serve with now:
+
+* a valid cached engine -> load it (seconds);
+* none, policy ``wait`` -> build it first, then serve;
+* none, policy ``fail`` -> a one-line error pointing at ``trtstream engine build``;
+* none, policy ``fallback`` (the default) -> serve at once with ONNX Runtime on the plain ONNX model,
+  build the engine on a background thread and hand it to ``on_ready`` (the scheduler swaps it in
+  between two batches; queued frames wait, none is lost).
+
+``status()`` says which backend serves and how far a build is, for heartbeats and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from ..backends import resolve_backend_name
+from ..backends.base import InferenceBackend
+from ..config import EngineConfig, ModelConfig
+from ..errors import BackendError, UserError
+from .builders import create_builder
+from .cache import CacheMiss, EngineCache, Obtained, default_cache_dir
+
+__all__ = ["EngineProvider"]
+
+log = logging.getLogger("trtstream.engine")
+
+
+def plain_onnxruntime(model: ModelConfig, engine: EngineConfig) -> InferenceBackend:
+    from ..backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams, engine.onnxruntime)
+    backend.info.details["artifact"] = None
+    return backend
+
+
+class EngineProvider:
+    def __init__(self, model: ModelConfig, engine: EngineConfig, on_ready: Callable[[InferenceBackend], None] | None = None):
+        self.model = model
+        self.engine = engine
+        self.cache = EngineCache(engine.cache_dir or default_cache_dir())
+        self.target = resolve_backend_name(engine.backend)
+        self._on_ready = on_ready
+        self._state: dict[str, Any] = {"target": self.target, "state": "starting", "progress": 0.0, "message": None}
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._ready: InferenceBackend | None = None
+
+    def set_on_ready(self, on_ready: Callable[[InferenceBackend], None]) -> None:
+        """Where a background-built engine goes; one finished before this call is delivered now."""
+        with self._lock:
+            self._on_ready = on_ready
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            on_ready(ready)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self._state.update(progress=round(fraction, 3), message=message)
+
+    def start(self) -> InferenceBackend:
+        if not self.engine.use_cache:
+            from ..backends import create_backend
+
+            self._state.update(state="serving", source="uncached")
+            return create_backend(self.model, self.engine)
+        builder = create_builder(self.model, self.engine, self.target)
+        try:
+            obtained = self.cache.load_cached(builder, self.model.path)
+            log.info("engine cache hit: %s (loaded in %.2fs)", obtained.entry.artifact, obtained.seconds)
+            self._state.update(state="serving", source="cache", artifact=obtained.entry.name, progress=1.0)
+            return obtained.backend
+        except CacheMiss as miss:
+            reason = miss.reason
+        log.info("no usable cached %s engine for %s: %s", self.target, self.model.path.name, reason)
+        policy = self.engine.on_missing_engine
+        if policy == "fail":
+            raise UserError(
+                f"engine.on_missing_engine = 'fail' and there is no usable cached {self.target} engine ({reason}); "
+                "build it with 'trtstream engine build CONFIG'"
+            )
+        if policy == "wait":
+            return self._build_now(builder).backend
+        self._state.update(state="building", source="fallback", reason=reason)
+        self._thread = threading.Thread(target=self._build_in_background, args=(builder,), name="engine-build", daemon=True)
+        self._thread.start()
+        log.info("serving with ONNX Runtime on the plain model while the %s engine builds", self.target)
+        return plain_onnxruntime(self.model, self.engine)
+
+    def _build_now(self, builder) -> Obtained:
+        self._state.update(state="building", source="build")
+        started = time.monotonic()
+        obtained = self.cache.obtain(builder, self.model.path, self._progress)
+        log.info("engine ready (%s) after %.1fs: %s", obtained.outcome, time.monotonic() - started, obtained.entry.name)
+        self._state.update(state="serving", source=obtained.outcome, artifact=obtained.entry.name, progress=1.0)
+        return obtained
+
+    def _build_in_background(self, builder) -> None:
+        try:
+            obtained = self._build_now(builder)
+        except (BackendError, OSError) as exc:
+            log.error("background %s engine build failed; staying on the ONNX Runtime fallback: %s", self.target, exc)
+            self._state.update(state="failed", message=str(exc))
+            return
+        except Exception:
+            log.exception("background engine build crashed; staying on the fallback")
+            self._state.update(state="failed")
+            return
+        if self._cancel.is_set():
+            obtained.backend.close()
+            return
+        self._state.update(state="switching")
+        with self._lock:
+            on_ready = self._on_ready
+            if on_ready is None:
+                self._ready = obtained.backend
+        if on_ready is not None:
+            on_ready(obtained.backend)
+
+    def mark_switched(self, backend: InferenceBackend) -> None:
+        self._state.update(state="serving", source="switched", serving=backend.info.name)
+
+    def close(self) -> None:
+        self._cancel.set()
