@@ -2,38 +2,70 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError
 from .base import BackendInfo, InferenceBackend, Slot, TensorSpec
 
-__all__ = ["BackendInfo", "InferenceBackend", "Slot", "TensorSpec", "create_backend", "resolve_backend_name"]
+__all__ = ["BackendInfo", "InferenceBackend", "Slot", "TensorSpec", "create_backend", "resolve_backend_name", "available_backends"]
 
 log = logging.getLogger("trtstream.backends")
 
 AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
-IMPLEMENTED = ("onnxruntime",)
+
+
+def _tensorrt_usable() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    from ..cuda import cuda_available
+
+    return cuda_available()
+
+
+def available_backends() -> dict[str, bool]:
+    """Which backends this build can use on this machine (the torch backend is not in this build yet)."""
+    return {
+        "tensorrt": _tensorrt_usable(),
+        "torch": False,
+        "onnxruntime": importlib.util.find_spec("onnxruntime") is not None,
+    }
 
 
 def resolve_backend_name(requested: str) -> str:
-    """'auto' -> the first backend of AUTO_ORDER that is implemented and usable on this machine."""
+    """'auto' -> the first usable backend of AUTO_ORDER; an explicit name must be usable here."""
+    usable = available_backends()
     if requested != "auto":
-        if requested not in IMPLEMENTED:
-            raise BackendError(f"engine.backend: the {requested!r} backend is not available in this build of trtstream")
+        if not usable.get(requested, False):
+            hints = {
+                "tensorrt": "TensorRT and a CUDA GPU (pip install tensorrt cuda-python)",
+                "torch": "the torch backend, which is not in this build yet",
+                "onnxruntime": "pip install onnxruntime",
+            }
+            raise BackendError(f"engine.backend = {requested!r} needs {hints.get(requested, 'an unknown backend')}")
         return requested
     for name in AUTO_ORDER:
-        if name in IMPLEMENTED:
+        if usable[name]:
             return name
-    raise BackendError("engine.backend: no usable inference backend on this machine")  # pragma: no cover
+    raise BackendError("engine.backend: no usable inference backend on this machine (pip install onnxruntime)")
 
 
 def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend:
+    """A backend on the plain model, without the engine cache (``engine.use_cache = false``)."""
     name = resolve_backend_name(engine.backend)
     if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend, ort_available
+        from .onnxruntime import OnnxRuntimeBackend
 
-        if not ort_available():
-            raise BackendError("engine.backend: onnxruntime is not installed (pip install onnxruntime)")
         return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams, engine.onnxruntime)
+    if name == "tensorrt":
+        import tempfile
+        from pathlib import Path
+
+        from ..engine.builders import create_builder
+
+        builder = create_builder(model, engine, name)
+        plan = Path(tempfile.mkdtemp(prefix="trtstream-uncached-")) / f"{model.path.stem}.engine"
+        builder.build(model.path, plan, None, lambda fraction, message: None)
+        return builder.load(plan)
     raise BackendError(f"engine.backend: unknown backend {name!r}")  # pragma: no cover

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..backends import resolve_backend_name
+from ..backends import available_backends, resolve_backend_name
 from ..backends.base import InferenceBackend
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError, UserError
@@ -82,6 +82,9 @@ class EngineProvider:
             reason = miss.reason
         log.info("no usable cached %s engine for %s: %s", self.target, self.model.path.name, reason)
         policy = self.engine.on_missing_engine
+        if policy == "fallback" and not available_backends()["onnxruntime"]:
+            log.warning("no ONNX Runtime to fall back on; building the %s engine before serving", self.target)
+            policy = "wait"
         if policy == "fail":
             raise UserError(
                 f"engine.on_missing_engine = 'fail' and there is no usable cached {self.target} engine ({reason}); "
