@@ -40,6 +40,7 @@ from typing import Any, Iterator
 from .. import __version__
 from ..backends.base import InferenceBackend
 from ..errors import BackendError
+from ..fsutil import fsync_dir, write_atomically
 from .artifact import ArtifactBuilder, ArtifactInvalid, Progress
 from .fingerprint import CACHE_FORMAT, diff_fingerprints, file_sha256, fingerprint_key, model_digest
 
@@ -89,31 +90,6 @@ class Obtained:
     entry: CacheEntry
     outcome: str  # "hit", "built", "built-by-other-process"
     seconds: float
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(path.parent)
 
 
 class EngineCache:
@@ -274,7 +250,7 @@ class EngineCache:
                 "trtstream_version": __version__,
             }
             os.replace(temp, artifact)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             write_atomically(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
         except BaseException:
             with contextlib.suppress(OSError):
