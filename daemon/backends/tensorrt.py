@@ -1,0 +1,722 @@
+"""TensorRT: build a plan from the ONNX model (:class:`TensorRTBuilder`) and serve it (:class:`TensorRTBackend`).
+
+A thin adapter over the TensorRT 10.x / 11.x Python API (``/work/shared/trt/NOTES.md`` has the API notes).
+
+Why this shape:
+
+* One object owns the hot path, like ``ModelInstanceState`` in Triton's tensorrt_backend: ``engine.streams``
+  CUDA streams with **one execution context per stream** (a context must not run on two streams at once), and
+  per slot, allocated once in :meth:`TensorRTBackend.create_slot`: page-locked host arrays, device buffers and
+  an event. A batch is: async H2D copies, ``set_input_shape`` / ``set_tensor_address``, ``execute_async_v3``,
+  async D2H copies, all on the slot's stream, then the slot's event is recorded. ``wait`` blocks on that event,
+  created with blocking sync, so the waiting thread sleeps instead of spinning a core.
+* CUDA goes through :mod:`daemon.cuda` (NVIDIA's ``samples/python/common_runtime.py`` pattern: one small class
+  per resource, every call checked in one place).
+* ``tensorrt`` and cuda-python are imported lazily, so this module imports on machines without them. Every class
+  takes the ``trt`` module and the ``cuda`` layer (default: ``tensorrt`` and :mod:`daemon.cuda`), so tests can
+  stand a double in (``tests/doubles``): on a CPU machine that proves the call sequence, not that TensorRT works.
+
+Conventions that ``tests/test_tensorrt_api_surface.py`` relies on (it parses this file):
+
+* TensorRT names are spelled ``trt.X.Y`` with ``trt`` the module (``trt = self._trt`` at the top of a method).
+* Code that differs between TensorRT 10 and 11 sits under ``if self._v11:`` (11 only) and its ``else:`` (10 only);
+  ``not``, ``and`` and ``or`` around ``self._v11`` are understood. Everything else must work on both versions.
+* Variables holding TensorRT objects are annotated with their TensorRT type (``network: trt.INetworkDefinition``)
+  or assigned straight from a TensorRT call, so the methods called on them are checked too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import EngineConfig, ModelConfig
+from ..engine.artifact import ArtifactInvalid, Progress
+from ..errors import BackendError
+from .base import BackendInfo, Slot, TensorSpec
+
+if TYPE_CHECKING:  # only for annotations; never imported at run time here
+    import tensorrt as trt
+
+__all__ = [
+    "TensorRTBackend",
+    "TensorRTBuilder",
+    "TrtLogger",
+    "import_tensorrt",
+    "tensorrt_available",
+    "trt_major",
+]
+
+log = logging.getLogger("trtstream.backends.tensorrt")
+
+_VERBOSE = 5  # below DEBUG: TensorRT's VERBOSE is very chatty
+
+
+def import_tensorrt() -> Any:
+    """The real ``tensorrt`` module, or a BackendError saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendError(
+            "engine.backend = 'tensorrt' needs NVIDIA's TensorRT Python package (pip install tensorrt-cu13, or "
+            "tensorrt-cu12 for CUDA 12; JetPack ships it), or use engine.backend = 'onnxruntime'"
+        ) from None
+    return tensorrt
+
+
+def tensorrt_available() -> bool:
+    """Whether TensorRT is installed and a CUDA GPU answers (cheap; does not import TensorRT)."""
+    from .. import cuda
+
+    return importlib.util.find_spec("tensorrt") is not None and cuda.cuda_available()
+
+
+def _default_cuda() -> Any:
+    from .. import cuda
+
+    return cuda
+
+
+def trt_major(trt: Any) -> int:
+    """TensorRT's major version from ``trt.__version__`` ("11.1.0.106" -> 11)."""
+    return int(str(trt.__version__).split(".")[0])
+
+
+class TrtLogger:
+    """TensorRT's log into Python logging, remembering the last error lines for error messages.
+
+    TensorRT reports why a build or a deserialization failed only through its logger, so failures quote
+    :meth:`describe_errors`. Create with :meth:`create`: the object must also be a ``trt.ILogger`` of the module
+    in use (injected, so not known when this class is defined), so each logger gets a subclass of both.
+    """
+
+    @classmethod
+    def create(cls, trt: Any, name: str = "trtstream.tensorrt") -> TrtLogger:
+        return type("TrtLogger", (cls, trt.ILogger), {})(trt, name)
+
+    def __init__(self, trt: Any, name: str = "trtstream.tensorrt"):
+        trt.ILogger.__init__(self)
+        self._levels = {
+            trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
+            trt.ILogger.Severity.ERROR: logging.ERROR,
+            trt.ILogger.Severity.WARNING: logging.WARNING,
+            trt.ILogger.Severity.INFO: logging.DEBUG,
+            trt.ILogger.Severity.VERBOSE: _VERBOSE,
+        }
+        self._error_severities = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+        self._errors: deque[str] = deque(maxlen=20)
+        self._logger = logging.getLogger(name)
+
+    def log(self, severity: Any, msg: str) -> None:  # called by TensorRT, from its own threads too
+        if severity in self._error_severities:
+            self._errors.append(str(msg).strip())
+        self._logger.log(self._levels.get(severity, logging.WARNING), "TensorRT: %s", msg)
+
+    def last_errors(self) -> list[str]:
+        return list(self._errors)
+
+    def describe_errors(self, limit: int = 5) -> str:
+        errors = self.last_errors()[-limit:]
+        return "; ".join(errors) if errors else "TensorRT logged no error"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_fully(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: memoryview) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename over ``path``: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+# Plugin libraries stay loaded for the life of the process: TensorRT keeps pointers into them.
+_plugin_libraries: dict[str, ctypes.CDLL] = {}
+_plugin_lock = threading.Lock()
+
+
+def _load_plugins(trt: Any, plugins: list[Path], logger: TrtLogger) -> None:
+    with _plugin_lock:
+        for path in plugins:
+            if str(path) not in _plugin_libraries:
+                try:
+                    _plugin_libraries[str(path)] = ctypes.CDLL(str(path))
+                except OSError as exc:
+                    raise BackendError(f"engine.tensorrt.plugins: cannot load {path}: {exc}") from None
+        if not trt.init_libnvinfer_plugins(logger, ""):
+            log.warning("TensorRT's built-in plugins could not be registered: %s", logger.describe_errors())
+
+
+class TensorRTBuilder:
+    """Builds and loads TensorRT plans for the engine cache (:class:`daemon.engine.artifact.ArtifactBuilder`)."""
+
+    backend = "tensorrt"
+    artifact_suffix = ".engine"
+    uses_timing_cache = True
+
+    def __init__(self, model: ModelConfig, engine: EngineConfig, trt: Any = None, cuda: Any = None):
+        self._model = model
+        self._engine = engine
+        self._options = engine.tensorrt
+        self._trt = trt if trt is not None else import_tensorrt()
+        self._cuda = cuda if cuda is not None else _default_cuda()
+        self._major = trt_major(self._trt)
+        self._v11 = self._major >= 11
+        self._min_batch, self._opt_batch, self._max_batch = self._batch_range()
+        if self._options.dla_core is not None and self._v11:
+            raise BackendError(
+                f"engine.tensorrt.dla_core: DLA needs TensorRT 10 (this is TensorRT {self._trt.__version__}, which "
+                "has no DLA support); remove dla_core to run on the GPU"
+            )
+
+    def _batch_range(self) -> tuple[int, int, int]:
+        options, max_batch = self._options, self._engine.max_batch
+        opt = options.opt_batch if options.opt_batch is not None else max_batch
+        if not options.min_batch <= opt <= max_batch:
+            raise BackendError(
+                f"engine.tensorrt: need min_batch <= opt_batch <= engine.max_batch, got {options.min_batch}, {opt}, {max_batch}"
+            )
+        return options.min_batch, opt, max_batch
+
+    # -- fingerprint ---------------------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        trt = self._trt
+        gpu = self._cuda.device_properties(0)
+        versions = self._cuda.cuda_versions()
+        options = self._options.model_dump(mode="json")  # every TensorRTConfig option, new ones included
+        options.update(
+            min_batch=self._min_batch,
+            opt_batch=self._opt_batch,
+            max_batch=self._max_batch,
+            plugins=[self._plugin_fingerprint(Path(p)) for p in self._options.plugins],
+        )
+        return {
+            "backend": self.backend,
+            "tensorrt": str(trt.__version__),
+            "tensorrt_major": self._major,
+            "gpu": gpu["name"],
+            "compute_capability": gpu["compute_capability"],
+            "cuda_runtime": versions["runtime"],
+            "cuda_driver": versions["driver"],
+            "input_size": list(self._model.input_size) if self._model.input_size else None,
+            "options": options,
+        }
+
+    @staticmethod
+    def _plugin_fingerprint(path: Path) -> dict[str, str]:
+        try:
+            return {"path": str(path), "sha256": _sha256(path)}
+        except OSError as exc:
+            raise BackendError(f"engine.tensorrt.plugins: cannot read {path}: {exc.strerror}") from None
+
+    # -- build ---------------------------------------------------------------------------------------------
+
+    def build(self, model_path: Path, output_path: Path, timing_cache_path: Path | None, progress: Progress) -> None:
+        trt = self._trt
+        options = self._options
+        logger = TrtLogger.create(trt)
+        progress(0.0, "loading TensorRT plugins")
+        _load_plugins(trt, options.plugins, logger)
+
+        builder = trt.Builder(logger)
+        flags = 0
+        if options.strongly_typed or self._v11:  # always on in 11; the flag is deprecated there but still accepted
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)  # keep it until the build is done: the network uses weights it owns
+        progress(0.05, f"parsing {model_path.name}")
+        try:
+            data = model_path.read_bytes()
+        except OSError as exc:
+            raise BackendError(f"{model_path}: cannot read the model: {exc.strerror}") from None
+        if not parser.parse(data, path=str(model_path)):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or [logger.describe_errors()]
+            raise BackendError(
+                f"{model_path}: TensorRT {trt.__version__} cannot parse the model ({len(errors)} error(s)):\n"
+                + "\n".join(f"  {error}" for error in errors)
+            )
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+        config.builder_optimization_level = options.builder_optimization_level
+        config.hardware_compatibility_level = {
+            "none": trt.HardwareCompatibilityLevel.NONE,
+            "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+            "same_compute_capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
+        }[options.hardware_compatibility]
+        if options.version_compatible:
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        self._configure_precision(network, config)
+        if not self._v11 and options.dla_core is not None:
+            if options.dla_core >= builder.num_DLA_cores:
+                raise BackendError(
+                    f"engine.tensorrt.dla_core = {options.dla_core}, but this device has {builder.num_DLA_cores} DLA core(s)"
+                )
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = options.dla_core
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        self._add_profile(builder, network, config, logger)
+        if timing_cache_path is not None:
+            self._load_timing_cache(config, timing_cache_path)
+
+        progress(0.1, "building the TensorRT engine (this can take minutes)")
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise BackendError(f"{model_path}: TensorRT could not build an engine: {logger.describe_errors()}")
+        progress(0.95, "writing the engine")
+        if timing_cache_path is not None:
+            self._save_timing_cache(config, timing_cache_path)
+        _write_fully(output_path, memoryview(plan))
+        progress(1.0, "engine built")
+
+    def _configure_precision(self, network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> None:
+        trt = self._trt
+        precision = self._options.precision
+        if self._v11:
+            self._check_typed_precision(network)  # strongly typed: the ONNX's own types decide
+        elif self._options.strongly_typed:
+            self._check_typed_precision(network)
+        elif precision != "fp32":
+            # TensorRT 10 weak typing: the flag lets TensorRT pick lower-precision kernels. INT8/FP8 need a
+            # Q/DQ model (calibrators are deprecated and not supported here).
+            flag = {"fp16": trt.BuilderFlag.FP16, "int8": trt.BuilderFlag.INT8, "fp8": trt.BuilderFlag.FP8}[precision]
+            config.set_flag(flag)
+            if precision in ("int8", "fp8") and not self._network_types(network)[1]:
+                log.warning(
+                    "engine.tensorrt.precision = %r needs a quantized ONNX (Q/DQ nodes, e.g. from NVIDIA ModelOpt); "
+                    "this model has none, so TensorRT will fall back to higher precision",
+                    precision,
+                )
+
+    def _check_typed_precision(self, network: trt.INetworkDefinition) -> None:
+        """Strongly typed builds take precision from the ONNX: warn (don't fail) if it cannot give what was asked."""
+        trt = self._trt
+        precision = self._options.precision
+        dtypes, quantized = self._network_types(network)
+        if precision == "fp16" and not dtypes & {trt.DataType.HALF, trt.DataType.BF16}:
+            log.warning(
+                "engine.tensorrt.precision = 'fp16', but %s is an FP32 model and this TensorRT build is strongly typed "
+                "(precision comes from the ONNX), so the engine will run in FP32. Convert it first: "
+                "trtstream convert --fp16 %s",
+                self._model.path.name,
+                self._model.path,
+            )
+        elif precision in ("int8", "fp8") and not quantized:
+            log.warning(
+                "engine.tensorrt.precision = %r, but %s has no Q/DQ nodes and this TensorRT build is strongly typed: "
+                "the engine will run in the model's own precision. Quantize it first (NVIDIA ModelOpt)",
+                precision,
+                self._model.path.name,
+            )
+
+    def _network_types(self, network: trt.INetworkDefinition) -> tuple[set[Any], bool]:
+        """The data types of the network's tensors, and whether it has quantize/dequantize layers."""
+        trt = self._trt
+        dtypes: set[Any] = set()
+        quantized = False
+        for i in range(network.num_inputs):
+            dtypes.add(network.get_input(i).dtype)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE, trt.LayerType.DYNAMIC_QUANTIZE):
+                quantized = True
+            for j in range(layer.num_outputs):
+                dtypes.add(layer.get_output(j).dtype)
+        return dtypes, quantized
+
+    def _input_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The input's shape with every dynamic dimension but the batch filled in (H and W from model.input_size)."""
+        dims = list(shape)
+        if len(dims) == 4 and self._model.input_size is not None:
+            width, height = self._model.input_size
+            nhwc = 0 < dims[3] <= 4 and not 0 < dims[1] <= 4  # channels last
+            for axis, value in zip((1, 2) if nhwc else (2, 3), (height, width)):
+                if dims[axis] == -1:
+                    dims[axis] = value
+        if any(d < 0 for d in dims[1:]):
+            raise BackendError(
+                f"model input {name!r} has dynamic dimensions {list(shape)}: TensorRT needs them fixed; set "
+                "model.input_size = [width, height] (only the batch dimension may stay dynamic)"
+            )
+        return tuple(dims)
+
+    def _add_profile(
+        self, builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, logger: TrtLogger
+    ) -> None:
+        """One optimization profile: batch min/opt/max for every input whose dimension 0 is dynamic."""
+        profile = builder.create_optimization_profile()
+        dynamic = False
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            declared = tuple(tensor.shape)
+            shape = self._input_shape(tensor.name, declared)
+            if -1 not in declared:
+                continue
+            dynamic = True
+            if shape[0] == -1:
+                lo, opt, hi = ((batch, *shape[1:]) for batch in (self._min_batch, self._opt_batch, self._max_batch))
+            else:
+                lo = opt = hi = shape
+            profile.set_shape(tensor.name, lo, opt, hi)
+        if dynamic and config.add_optimization_profile(profile) < 0:
+            raise BackendError(f"TensorRT rejected the optimization profile: {logger.describe_errors()}")
+
+    def _load_timing_cache(self, config: trt.IBuilderConfig, path: Path) -> None:
+        """Start from the timing cache file if there is one; a cache from another GPU or TensorRT is replaced."""
+        data = b""
+        if path.is_file():
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                log.warning("timing cache %s: cannot read it (%s); starting a new one", path, exc.strerror)
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+        log.warning("timing cache %s does not match this GPU or TensorRT version; starting a new one", path)
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, False):
+            raise BackendError("TensorRT could not create an empty timing cache")
+
+    def _save_timing_cache(self, config: trt.IBuilderConfig, path: Path) -> None:
+        cache = config.get_timing_cache()
+        if cache is None:
+            return
+        try:
+            _write_atomic(path, memoryview(cache.serialize()))
+        except OSError as exc:  # a lost timing cache only makes the next build slower
+            log.warning("timing cache %s: cannot write it (%s)", path, exc.strerror)
+
+    # -- load ----------------------------------------------------------------------------------------------
+
+    def load(self, artifact_path: Path) -> TensorRTBackend:
+        trt = self._trt
+        options = self._options
+        logger = TrtLogger.create(trt)
+        _load_plugins(trt, options.plugins, logger)
+        runtime = trt.Runtime(logger)
+        if options.version_compatible:
+            runtime.engine_host_code_allowed = True  # the plan carries its lean runtime (host code): we built it
+        if not self._v11 and options.dla_core is not None:
+            runtime.DLA_core = options.dla_core
+        try:
+            data = artifact_path.read_bytes()
+        except OSError as exc:
+            raise ArtifactInvalid(f"{artifact_path}: cannot read the engine: {exc.strerror}") from None
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise ArtifactInvalid(
+                f"{artifact_path}: TensorRT {trt.__version__} cannot load this engine: {logger.describe_errors()}"
+            )
+        io = self._verify_io(engine, artifact_path)
+        gpu = self._cuda.device_properties(0)
+        return TensorRTBackend(
+            engine,
+            io,
+            max_batch=self._max_batch,
+            streams=self._engine.streams,
+            trt=trt,
+            cuda=self._cuda,
+            device=gpu["name"],
+            keep_alive=(runtime, logger),
+            logger=logger,
+            details={
+                "compute_capability": gpu["compute_capability"],
+                "precision": options.precision,
+                "plan": str(artifact_path),
+            },
+        )
+
+    def _verify_io(self, engine: trt.ICudaEngine, path: Path) -> list[_IO]:
+        """The engine's inputs and outputs, checked against what this configuration needs."""
+        trt = self._trt
+        io: list[_IO] = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            mode = engine.get_tensor_mode(name)
+            if mode not in (trt.TensorIOMode.INPUT, trt.TensorIOMode.OUTPUT):
+                raise ArtifactInvalid(f"{path}: tensor {name!r} is neither an input nor an output")
+            is_input = mode == trt.TensorIOMode.INPUT
+            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+            try:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            except TypeError:
+                raise BackendError(
+                    f"tensor {name!r} has type {engine.get_tensor_dtype(name)}, which numpy cannot hold; "
+                    "export the model with FP32/FP16/INT inputs and outputs"
+                ) from None
+            batch_range = None
+            if is_input:
+                if engine.get_tensor_location(name) != trt.TensorLocation.DEVICE:
+                    raise BackendError(f"input {name!r} is a shape tensor (host memory): not supported")
+                if any(d < 0 for d in shape[1:]):
+                    raise ArtifactInvalid(f"{path}: input {name!r} has dynamic dimensions {list(shape)} besides the batch")
+                if shape[0] < 0:
+                    lo, _, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+                    batch_range = (int(lo[0]), int(hi[0]))
+                    if batch_range[0] > self._min_batch or batch_range[1] < self._max_batch:
+                        raise ArtifactInvalid(
+                            f"{path}: input {name!r} accepts batches {batch_range[0]}..{batch_range[1]}, "
+                            f"not {self._min_batch}..{self._max_batch} (engine.max_batch changed?)"
+                        )
+            io.append(_IO(name, is_input, shape, dtype, batch_range))
+        if not any(t.is_input for t in io) or all(t.is_input for t in io):
+            raise ArtifactInvalid(f"{path}: the engine needs at least one input and one output")
+        return io
+
+
+@dataclass(frozen=True)
+class _IO:
+    """One engine tensor as the backend sees it."""
+
+    name: str
+    is_input: bool
+    shape: tuple[int, ...]  # engine shape: -1 on a dynamic batch
+    dtype: np.dtype
+    batch_range: tuple[int, int] | None  # the profile's batch min and max, for a dynamic-batch input
+
+
+@dataclass(eq=False)
+class _SlotState:
+    """A slot's share of the hot path: its stream and context (shared with other slots of the same stream),
+    and its own pinned host arrays, device buffers and completion event."""
+
+    stream_index: int
+    inputs: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)  # name -> (pinned view, DeviceBuffer)
+    outputs: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)
+    addresses: tuple[tuple[str, int], ...] = ()  # every IO tensor's device address, for set_tensor_address
+    event: Any = None
+
+
+class TensorRTBackend:
+    """Serves a deserialized TensorRT engine (:class:`daemon.backends.base.InferenceBackend`)."""
+
+    def __init__(
+        self,
+        engine: trt.ICudaEngine,
+        io: list[_IO],
+        *,
+        max_batch: int,
+        streams: int,
+        trt: Any,
+        cuda: Any,
+        device: str,
+        logger: TrtLogger,
+        keep_alive: tuple[Any, ...] = (),
+        details: dict[str, Any] | None = None,
+    ):
+        self._trt = trt
+        self._cuda = cuda
+        self._engine = engine
+        self._keep_alive = keep_alive  # the Runtime must outlive its engine
+        self._logger = logger
+        self._closed = False
+        self._inputs = [t for t in io if t.is_input]
+        self._outputs = [t for t in io if not t.is_input]
+        self._resources: list[Any] = []  # pinned buffers, device buffers, events: freed in reverse order
+        self._slots: list[_SlotState] = []
+        self._streams: list[Any] = []
+        self._contexts: list[Any] = []
+        self._locks: list[threading.Lock] = []
+
+        batch_limit = max_batch
+        for tensor in self._inputs:
+            limit = tensor.batch_range[1] if tensor.batch_range else tensor.shape[0]
+            batch_limit = min(batch_limit, limit)
+        if batch_limit < max_batch:
+            log.warning("the engine takes batches up to %d; engine.max_batch=%d lowered to it", batch_limit, max_batch)
+        self._max_batch = batch_limit
+        try:
+            for _ in range(streams):
+                self._streams.append(cuda.Stream())
+                context = engine.create_execution_context()
+                if context is None:
+                    raise BackendError(f"TensorRT could not create an execution context: {logger.describe_errors()}")
+                self._contexts.append(context)
+                self._locks.append(threading.Lock())
+            output_shapes = self._output_shapes(self._contexts[0])
+        except BaseException:
+            self.close()
+            raise
+
+        self.info = BackendInfo(
+            name="tensorrt",
+            version=str(trt.__version__),
+            device=device,
+            inputs=tuple(TensorSpec(t.name, t.dtype, t.shape) for t in self._inputs),
+            outputs=tuple(TensorSpec(t.name, t.dtype, output_shapes[t.name]) for t in self._outputs),
+            max_batch=batch_limit,
+            details={"streams": streams, **(details or {})},
+        )
+
+    def _output_shapes(self, context: trt.IExecutionContext) -> dict[str, tuple[int, ...]]:
+        """Output shapes at the largest batch (TensorRT infers them once the input shapes are set)."""
+        for tensor in self._inputs:
+            shape = self._run_shape(tensor, self._max_batch)
+            if tensor.batch_range is not None and not context.set_input_shape(tensor.name, shape):
+                raise BackendError(f"TensorRT rejected batch {self._max_batch} for input {tensor.name!r}")
+        shapes = {}
+        for tensor in self._outputs:
+            shape = tuple(int(d) for d in context.get_tensor_shape(tensor.name))
+            if any(d < 0 for d in shape):
+                raise BackendError(
+                    f"output {tensor.name!r} has a data-dependent shape {list(shape)}: not supported by this backend"
+                )
+            shapes[tensor.name] = (-1, *shape[1:]) if tensor.shape[0] < 0 else shape
+        return shapes
+
+    def _run_shape(self, tensor: _IO, batch: int) -> tuple[int, ...]:
+        return (batch, *tensor.shape[1:]) if tensor.batch_range is not None else tensor.shape
+
+    def _allocate(self, spec: TensorSpec) -> tuple[np.ndarray, Any]:
+        shape = spec.with_batch(self._max_batch)
+        nbytes = math.prod(shape) * np.dtype(spec.dtype).itemsize
+        pinned = self._cuda.PinnedBuffer(nbytes)
+        self._resources.append(pinned)
+        device = self._cuda.DeviceBuffer(nbytes)
+        self._resources.append(device)
+        host = pinned.array(spec.dtype, shape)
+        host.fill(0)
+        return host, device
+
+    def create_slot(self, index: int) -> Slot:
+        if self._closed:
+            raise BackendError("the TensorRT backend is closed")
+        state = _SlotState(stream_index=index % len(self._streams))
+        state.inputs = {spec.name: self._allocate(spec) for spec in self.info.inputs}
+        state.outputs = {spec.name: self._allocate(spec) for spec in self.info.outputs}
+        state.addresses = tuple((name, device.ptr) for name, (_, device) in (*state.inputs.items(), *state.outputs.items()))
+        state.event = self._cuda.Event()
+        self._resources.append(state.event)
+        self._slots.append(state)
+        return Slot(
+            index=index,
+            inputs={name: host for name, (host, _) in state.inputs.items()},
+            outputs={name: host for name, (host, _) in state.outputs.items()},
+            state=state,
+        )
+
+    def submit(self, slot: Slot, batch_size: int) -> None:
+        if self._closed:
+            raise BackendError("the TensorRT backend is closed")
+        if not 1 <= batch_size <= self._max_batch:
+            raise BackendError(f"batch of {batch_size} frames; this engine takes 1..{self._max_batch}")
+        cuda = self._cuda
+        state: _SlotState = slot.state
+        stream = self._streams[state.stream_index]
+        context: trt.IExecutionContext = self._contexts[state.stream_index]
+        with self._locks[state.stream_index]:  # slots sharing a stream share its context: one enqueue at a time
+            for host, device in state.inputs.values():
+                cuda.memcpy_htod_async(device.ptr, host[:batch_size], stream)
+            for tensor in self._inputs:
+                if tensor.batch_range is not None and not context.set_input_shape(
+                    tensor.name, self._run_shape(tensor, batch_size)
+                ):
+                    raise BackendError(f"TensorRT rejected batch {batch_size} for input {tensor.name!r}")
+            for name, address in state.addresses:
+                if not context.set_tensor_address(name, address):
+                    raise BackendError(f"TensorRT rejected the device address of {name!r}")
+            if not context.execute_async_v3(stream.handle):
+                raise BackendError(f"TensorRT could not enqueue the batch: {self._logger.describe_errors()}")
+            for host, device in state.outputs.values():
+                cuda.memcpy_dtoh_async(host[:batch_size], device.ptr, stream)
+            state.event.record(stream)
+        slot.batch_size = batch_size
+
+    def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
+        state: _SlotState = slot.state
+        if timeout is None:
+            state.event.synchronize()  # blocking sync: the thread sleeps until the GPU signals
+        else:
+            self._wait_until(state.event, timeout)
+        n = slot.batch_size
+        return {name: host[:n] for name, (host, _) in state.outputs.items()}
+
+    @staticmethod
+    def _wait_until(event: Any, timeout: float) -> None:
+        """CUDA events have no timed wait: poll (with growing sleeps) only when a timeout is asked for, which
+        the scheduler does for the warm-up batch; the hot path waits without one."""
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while not event.query():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendError(f"TensorRT inference did not finish within {timeout}s")
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.01)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for stream in self._streams:  # nothing may still be using the buffers we are about to free
+            try:
+                stream.synchronize()
+            except Exception as exc:
+                errors.append(exc)
+        for resource in reversed(self._resources):
+            try:
+                resource.close()
+            except Exception as exc:
+                errors.append(exc)
+        self._resources.clear()
+        self._slots.clear()
+        self._contexts.clear()  # contexts go before their engine, the engine before the runtime
+        self._engine = None
+        for stream in reversed(self._streams):
+            try:
+                stream.close()
+            except Exception as exc:
+                errors.append(exc)
+        self._streams.clear()
+        self._keep_alive = ()
+        if errors:
+            log.warning("closing the TensorRT backend: %s", "; ".join(str(e) for e in errors))

@@ -1,0 +1,319 @@
+"""The little CUDA the TensorRT backend needs, on cuda-python's low-level runtime bindings.
+
+Shaped like NVIDIA's ``samples/python/common_runtime.py``: one small class per resource
+(:class:`PinnedBuffer`, :class:`DeviceBuffer`, :class:`Stream`, :class:`Event`), each freeing it in an
+idempotent ``close()`` and usable as a context manager, and one error-check choke point,
+:func:`cuda_call`, through which every cuda-bindings call goes. Everything is allocated once (per slot,
+at start) and reused: nothing here is created per frame or per batch.
+
+cuda-python (``cuda-bindings``, the ``gpu`` extra) is optional: it is imported inside the functions, so
+importing this module never fails; :func:`cuda_available` says whether CUDA can be used on this machine.
+The device is the runtime's current device (0 unless something called ``cudaSetDevice``).
+
+Written against cuda-bindings 12.9/13.x (``from cuda.bindings import runtime``; the old ``from cuda
+import cudart`` was removed in 13.0). Every call returns a tuple whose first item is a ``cudaError_t``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError
+
+__all__ = [
+    "CudaError",
+    "cuda_call",
+    "cuda_available",
+    "device_properties",
+    "cuda_versions",
+    "PinnedBuffer",
+    "DeviceBuffer",
+    "Stream",
+    "Event",
+    "memcpy_htod_async",
+    "memcpy_dtoh_async",
+]
+
+# Flag values from driver_types.h, used only if a cuda-bindings release lacks the module constant.
+_EVENT_BLOCKING_SYNC = 0x01
+_EVENT_DISABLE_TIMING = 0x02
+_STREAM_NON_BLOCKING = 0x01
+
+_cudart: Any = None
+
+
+class CudaError(BackendError):
+    """A CUDA runtime call failed (or cuda-python is missing). ``code`` is the ``cudaError_t`` value."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+def _runtime() -> Any:
+    """``cuda.bindings.runtime``, imported on first use."""
+    global _cudart
+    if _cudart is None:
+        try:
+            from cuda.bindings import runtime
+        except ImportError:
+            raise CudaError(
+                "cuda-python is not installed: pip install cuda-bindings with the CUDA major of your TensorRT wheel "
+                "(cu12 or cu13), or pip install 'trtstream[gpu]'"
+            ) from None
+        _cudart = runtime
+    return _cudart
+
+
+def _error_name(err: Any) -> str:
+    try:
+        status, name = _runtime().cudaGetErrorName(err)
+        if int(status) == 0 and name:
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # not a cudaError_t (a driver CUresult, say), or cuda-python half broken
+        pass
+    return getattr(err, "name", None) or f"CUDA error {int(err)}"
+
+
+def cuda_call(result: Any, what: str = "") -> Any:
+    """Check one cuda-bindings result ``(err, *values)``: return the values (None, one value or a tuple)
+    or raise :class:`CudaError` naming the error (``cudaErrorMemoryAllocation``, ...) and ``what`` was called."""
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    code = int(err)
+    if code != 0:
+        name = _error_name(err)
+        raise CudaError(f"{what or 'CUDA call'} failed: {name} ({code})", code)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def cuda_available() -> bool:
+    """Whether cuda-python is installed and a CUDA driver with at least one GPU answers. Never raises."""
+    try:
+        count = cuda_call(_runtime().cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except Exception:
+        # Without a driver, cuda-bindings 13 may raise instead of returning an error code (cuda-pathfinder's
+        # DynamicLibNotFoundError, a RuntimeError from the loader); missing cuda-python is a CudaError.
+        return False
+    return int(count) > 0
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+    return str(value).strip()
+
+
+def _uuid(props: Any) -> str | None:
+    """nvidia-smi's form, GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, or None if this cuda-bindings lacks it."""
+    try:
+        raw = props.uuid.bytes
+        raw = raw.encode("latin-1") if isinstance(raw, str) else bytes(raw)
+        h = raw[:16].hex()
+    except Exception:
+        return None
+    if len(h) != 32:
+        return None
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def device_properties(index: int = 0) -> dict[str, Any]:
+    """Name, compute capability ("9.0"), total memory in bytes and UUID of GPU ``index``."""
+    props = cuda_call(_runtime().cudaGetDeviceProperties(index), f"cudaGetDeviceProperties({index})")
+    return {
+        "index": index,
+        "name": _text(props.name),
+        "compute_capability": f"{int(props.major)}.{int(props.minor)}",
+        "total_memory": int(props.totalGlobalMem),
+        "uuid": _uuid(props),
+    }
+
+
+def _version(value: int) -> str:
+    # CUDA encodes 12.8 as 12080: 1000 * major + 10 * minor.
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def cuda_versions() -> dict[str, str]:
+    """CUDA runtime and driver versions, e.g. {"runtime": "13.0", "driver": "13.1"}."""
+    cudart = _runtime()
+    runtime = cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+    driver = cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
+    return {"runtime": _version(int(runtime)), "driver": _version(int(driver))}
+
+
+class _Resource:
+    """Owns one CUDA resource: ``close()`` frees it once; also a context manager."""
+
+    _closed = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._free()
+
+    def _free(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, CUDA already torn down: nothing useful to do
+            pass
+
+
+class _OwnedArray(np.ndarray):
+    """A numpy view of pinned memory that keeps the :class:`PinnedBuffer` it views alive (so does every
+    slice or ``.view`` of it). Closing the buffer explicitly still frees the memory: don't use views after."""
+
+    _owner: Any = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        if obj is not None:
+            self._owner = getattr(obj, "_owner", None)
+
+
+class PinnedBuffer(_Resource):
+    """Page-locked host memory (``cudaMallocHost``): what async copies need to be really asynchronous."""
+
+    def __init__(self, nbytes: int):
+        if nbytes <= 0:
+            raise ValueError(f"PinnedBuffer needs a positive size, got {nbytes}")
+        cudart = _runtime()
+        self.nbytes = int(nbytes)
+        self.ptr = int(cuda_call(cudart.cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes} bytes)"))
+        self._closed = False
+
+    def array(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """A ``shape`` array of ``dtype`` over the start of this buffer. Built as bytes, then ``.view(dtype)``
+        (so float16 or any other dtype works); the view keeps this buffer alive."""
+        if self._closed:
+            raise CudaError("PinnedBuffer.array: the buffer is closed")
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > self.nbytes:
+            raise ValueError(f"{shape} of {dtype} needs {nbytes} bytes; the buffer has {self.nbytes}")
+        if nbytes == 0:
+            return np.empty(shape, dtype)
+        raw = (ctypes.c_ubyte * nbytes).from_address(self.ptr)
+        view = np.ctypeslib.as_array(raw).view(_OwnedArray)
+        view._owner = self
+        return view.view(dtype).reshape(shape)
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaFreeHost(self.ptr), "cudaFreeHost")
+
+
+class DeviceBuffer(_Resource):
+    """Device memory (``cudaMalloc``; 256-byte aligned, as TensorRT wants). ``ptr`` is the address as an int."""
+
+    def __init__(self, nbytes: int):
+        if nbytes <= 0:
+            raise ValueError(f"DeviceBuffer needs a positive size, got {nbytes}")
+        self.nbytes = int(nbytes)
+        self.ptr = int(cuda_call(_runtime().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes)"))
+        self._closed = False
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaFree(self.ptr), "cudaFree")
+
+
+def _native_handle(obj: Any) -> int:
+    """The address behind a cuda-bindings handle object. ``int(obj)`` is deprecated since cuda-bindings 12.9.1."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    try:
+        return int(get_cuda_native_handle(obj))
+    except TypeError:  # a type this release registers no getter for
+        return int(obj)
+
+
+class Stream(_Resource):
+    """A non-blocking CUDA stream (no implicit sync with the legacy default stream).
+
+    ``raw`` is the ``cudaStream_t`` for cuda-bindings calls; ``handle`` the int TensorRT's
+    ``execute_async_v3`` takes."""
+
+    def __init__(self) -> None:
+        cudart = _runtime()
+        flags = getattr(cudart, "cudaStreamNonBlocking", _STREAM_NON_BLOCKING)
+        self.raw = cuda_call(cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
+        self._closed = False
+        self.handle = _native_handle(self.raw)
+
+    def synchronize(self) -> None:
+        cuda_call(_runtime().cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaStreamDestroy(self.raw), "cudaStreamDestroy")
+
+
+class Event(_Resource):
+    """A completion marker on a stream, created with ``cudaEventDisableTiming | cudaEventBlockingSync``:
+    no timing overhead, and :meth:`synchronize` puts the waiting thread to sleep instead of spinning a core."""
+
+    def __init__(self) -> None:
+        cudart = _runtime()
+        flags = getattr(cudart, "cudaEventDisableTiming", _EVENT_DISABLE_TIMING) | getattr(
+            cudart, "cudaEventBlockingSync", _EVENT_BLOCKING_SYNC
+        )
+        self.raw = cuda_call(cudart.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
+        self._closed = False
+
+    def record(self, stream: Stream) -> None:
+        cuda_call(_runtime().cudaEventRecord(self.raw, stream.raw), "cudaEventRecord")
+
+    def synchronize(self) -> None:
+        cuda_call(_runtime().cudaEventSynchronize(self.raw), "cudaEventSynchronize")
+
+    def query(self) -> bool:
+        """True when all work recorded before the event is done; False while it is still running."""
+        cudart = _runtime()
+        result = cudart.cudaEventQuery(self.raw)
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) == int(cudart.cudaError_t.cudaErrorNotReady):
+            return False
+        cuda_call(result, "cudaEventQuery")
+        return True
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaEventDestroy(self.raw), "cudaEventDestroy")
+
+
+def _host_pointer(array: np.ndarray) -> int:
+    if not array.flags.c_contiguous:
+        raise ValueError("async copies need a C-contiguous host array (a row slice of a pinned buffer is)")
+    return int(array.ctypes.data)
+
+
+def memcpy_htod_async(dst_ptr: int, host_array: np.ndarray, stream: Stream) -> None:
+    """Enqueue a copy of all of ``host_array`` (pinned, contiguous) to device address ``dst_ptr`` on ``stream``."""
+    cudart = _runtime()
+    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+    src = _host_pointer(host_array)
+    cuda_call(cudart.cudaMemcpyAsync(dst_ptr, src, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(host to device)")
+
+
+def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> None:
+    """Enqueue a copy from device address ``src_ptr`` into all of ``host_array`` (pinned, contiguous) on ``stream``."""
+    cudart = _runtime()
+    kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    dst = _host_pointer(host_array)
+    cuda_call(cudart.cudaMemcpyAsync(dst, src_ptr, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(device to host)")
