@@ -249,6 +249,11 @@ class TensorRTConfig(StrictModel):
         return [_resolve(p.expanduser(), info) for p in value]
 
 
+class TorchConfig(StrictModel):
+    half: bool = Field(True, description="Run the converted model in fp16.")
+    device: int = Field(0, ge=0, description="CUDA device index.")
+
+
 class EngineConfig(StrictModel):
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
         "auto", description="'auto' picks tensorrt, then torch, then onnxruntime, by what this machine has."
@@ -259,6 +264,13 @@ class EngineConfig(StrictModel):
     warmup: bool = Field(True, description="Run one batch before serving, so the first frame is not slow.")
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    torch: TorchConfig = Field(default_factory=TorchConfig)
+    preprocess: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where frames are resized and normalised; 'auto' = on the GPU when the backend can."
+    )
+    max_frame_size: tuple[int, int] = Field(
+        (1920, 1080), description="[width, height]: the largest frame GPU preprocessing stages (buffers are sized once)."
+    )
     cache_dir: Path | None = Field(
         None, description="Engine cache; default $CACHE_DIRECTORY (systemd), else $XDG_CACHE_HOME/trtstream, else ~/.cache/trtstream."
     )

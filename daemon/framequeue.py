@@ -1,7 +1,9 @@
 """Bounded per-source frame queues and the multiplexer that batches across them.
 
-Each source owns one :class:`FrameQueue`; all queues share the multiplexer's lock and condition, so the
-batcher sleeps on one condition and wakes when any source has a frame. The drop policy is applied at
+Each source owns one :class:`FrameQueue`; all queues share the multiplexer's lock. The batcher sleeps on
+the multiplexer's ``not_empty`` condition (woken by any source's frame); a blocked reader sleeps on its
+own queue's ``not_full`` condition (woken only when its queue has room), so a put wakes one thread, not
+every reader. The drop policy is applied at
 ``put``: ``block`` waits for room (files: no frame lost), ``drop_oldest`` discards the oldest queued
 frame and counts it (live: latency stays bounded). ``next_batch`` takes frames round-robin, one per
 source per round, so a fast source cannot starve a slow one, and each source's order is kept.
@@ -34,33 +36,34 @@ class FrameQueue:
         self._frames: deque[Frame] = deque()
         self._end: EndOfStream | None = None
         self._end_delivered = False
+        self.not_full = threading.Condition(mux.lock)
 
     def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
         """Queue a frame. Returns False if the queue was closed (or ``stop`` was set while blocked)."""
-        cond = self._mux.cond
-        with cond:
+        with self._mux.lock:
             if self._end is not None:
                 return False
             if self.policy is DropPolicy.BLOCK:
                 while len(self._frames) >= self.capacity and self._end is None:
                     if stop is not None and stop.is_set():
                         return False
-                    cond.wait(0.1 if stop is not None else None)
+                    self.not_full.wait(0.1 if stop is not None else None)
                 if self._end is not None:
                     return False
             elif len(self._frames) >= self.capacity:
                 self._frames.popleft()
                 self.dropped += 1
             self._frames.append(frame)
-            cond.notify_all()
+            self._mux.not_empty.notify()
             return True
 
     def close(self, reason: str, detail: str | None = None) -> None:
         """No more frames; the batcher reports the end once the queued frames are taken."""
-        with self._mux.cond:
+        with self._mux.lock:
             if self._end is None:
                 self._end = EndOfStream(self.source_id, reason, detail)
-                self._mux.cond.notify_all()
+                self._mux.not_empty.notify()
+                self.not_full.notify_all()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -81,27 +84,28 @@ class Multiplexer:
     """Gathers frames from every source queue into batches (max size, max wait)."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.not_empty = threading.Condition(self.lock)
         self._queues: list[FrameQueue] = []
         self._next = 0
 
     def add_queue(self, source_id: str, capacity: int, policy: DropPolicy) -> FrameQueue:
-        with self.cond:
+        with self.lock:
             queue = FrameQueue(self, source_id, capacity, policy)
             self._queues.append(queue)
             return queue
 
     def queued(self) -> int:
-        with self.cond:
+        with self.lock:
             return sum(len(q) for q in self._queues)
 
     def all_finished(self) -> bool:
-        with self.cond:
+        with self.lock:
             return all(q.finished for q in self._queues)
 
     def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+        with self.lock:
+            self.not_empty.notify_all()
 
     def _take_round(self, into: Gathered, max_batch: int) -> None:
         """Take frames round-robin (one per source per round) and the ends of drained, closed queues."""
@@ -128,7 +132,7 @@ class Multiplexer:
         after the first one for the batch to fill. Returns an empty Gathered after ``idle_timeout_s`` of
         nothing, or at once when every queue is finished, so the caller can check for shutdown."""
         gathered = Gathered()
-        with self.cond:
+        with self.lock:
             deadline_idle = time.monotonic() + idle_timeout_s
             while True:
                 self._take_round(gathered, max_batch)
@@ -137,13 +141,15 @@ class Multiplexer:
                 remaining = deadline_idle - time.monotonic()
                 if remaining <= 0 or stop.is_set():
                     return gathered
-                self.cond.wait(remaining)
+                self.not_empty.wait(remaining)
             deadline = time.monotonic() + max_wait_s
             while len(gathered.frames) < max_batch and not gathered.ends and not stop.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.cond.wait(remaining)
+                self.not_empty.wait(remaining)
                 self._take_round(gathered, max_batch)
-            self.cond.notify_all()  # wake readers blocked on a full queue
+            for queue in self._queues:  # wake readers blocked on a queue that now has room
+                if len(queue._frames) < queue.capacity:
+                    queue.not_full.notify()
         return gathered

@@ -168,9 +168,15 @@ class Scheduler:
         input_buffer = slot.inputs[self._pipeline.input_name]
         kept: list[Frame] = []
         metas = []
+        on_gpu = getattr(self._backend, "gpu_preprocessing", False)
         for frame in frames:
             try:
-                metas.append(self._pipeline.preprocess(frame.image, input_buffer[len(kept)]))
+                if on_gpu:  # the frame goes to the device as uint8; the kernel writes the input tensor
+                    meta, geometry = self._pipeline.plan(frame.image.shape)
+                    self._backend.stage_frame(slot, len(kept), frame.image, geometry)
+                else:
+                    meta = self._pipeline.preprocess(frame.image, input_buffer[len(kept)])
+                metas.append(meta)
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
                 self._count_error(frame.source_id, f"preprocessing failed: {exc}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .engine.lifecycle import EngineProvider
-from .config import Config
+from .config import Config, EngineConfig
 from .entities import EndOfStream
 from .framequeue import Multiplexer
 from .publisher import Publisher
@@ -62,6 +62,21 @@ def _metadata_names(details: dict[str, Any]) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 
 
+def configure_device_work(backend, pipeline, engine: EngineConfig) -> None:
+    """Move work to the GPU where the backend can take it (before slots are created): the pipeline's
+    output reduction (fewer bytes back, less Python per frame) and, per ``engine.preprocess``, the
+    preprocessing (uint8 frames to the device, one NVRTC kernel writes the input tensor)."""
+    if hasattr(backend, "enable_device_reduction") and hasattr(pipeline, "device_reduce") and len(backend.info.outputs) == 1:
+        backend.enable_device_reduction(pipeline.device_reduce, pipeline.reduced_shape)
+    capable = hasattr(backend, "enable_gpu_preprocessing") and hasattr(pipeline, "plan")
+    if engine.preprocess == "gpu" and not capable:
+        log.warning("engine.preprocess = 'gpu' but the %s backend cannot; preprocessing on the CPU", backend.info.name)
+    if capable and engine.preprocess in ("gpu", "auto"):
+        width, height = engine.max_frame_size
+        backend.enable_gpu_preprocessing(pipeline.normalizer, pipeline.pad_grey, width * height * 3)
+        log.info("preprocessing on the GPU (frames up to %dx%d)", width, height)
+
+
 class Daemon:
     """One running trtstream instance."""
 
@@ -93,6 +108,7 @@ class Daemon:
             info = backend.info
             pipeline = create_pipeline(config.model, info, _metadata_names(info.details))
             model_info = {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
+            configure_device_work(backend, pipeline, config.engine)
             mux = Multiplexer()
             for source in config.enabled_sources:
                 self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)

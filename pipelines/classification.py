@@ -59,6 +59,20 @@ class ClassificationPipeline:
         self._normalizer.write(crop, out)
         return None
 
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._normalizer
+
+    pad_grey = 0
+
+    def plan(self, shape: tuple[int, ...]):
+        """For GPU preprocessing (bilinear only, whatever ``preprocess.interpolation`` says)."""
+        from daemon.gpu.preprocess import crop_params
+
+        width, height = self.input_size
+        geometry = crop_geometry(shape[1], shape[0], self._short_side, width, height)
+        return None, crop_params(shape[1], shape[0], geometry, width, height)
+
     def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: None) -> dict[str, Any]:
         indices, probabilities = top_k(outputs[self.output_name][row], self.options.top_k, self.options.softmax)
         return {

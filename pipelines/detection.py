@@ -132,6 +132,44 @@ class DetectionPipeline:
         self._normalizer.write(resized, region)
         return geometry
 
+    device_candidates = 256  # rows kept per image by device_reduce
+
+    def reduced_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Per-image output shape after :meth:`device_reduce` (the layout is unchanged)."""
+        k = self.device_candidates
+        return (shape[0], k, shape[2]) if self.layout == OBJECTNESS else (shape[0], shape[1], k)
+
+    def device_reduce(self, output):
+        """On the GPU (torch), keep each image's ``device_candidates`` best-scoring rows, in the same
+        layout, so only those are copied back and decoded on the host: ~10x fewer bytes and far less
+        Python time per frame. Exact unless more than that many candidates pass the score threshold."""
+        import torch
+
+        k = self.device_candidates
+        if self.layout == OBJECTNESS:
+            scores = output[..., 4] * output[..., 5:].amax(dim=-1)
+            index = scores.topk(min(k, scores.shape[1]), dim=1).indices
+            return torch.gather(output, 1, index.unsqueeze(-1).expand(-1, -1, output.shape[2]))
+        scores = output[:, 4:, :].amax(dim=1)
+        index = scores.topk(min(k, scores.shape[1]), dim=1).indices
+        return torch.gather(output, 2, index.unsqueeze(1).expand(-1, output.shape[1], -1))
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._normalizer
+
+    @property
+    def pad_grey(self) -> int:
+        return self.options.pad_value
+
+    def plan(self, shape: tuple[int, ...]):
+        """For GPU preprocessing: the postprocessing metadata and the kernel geometry of a frame."""
+        from daemon.gpu.preprocess import letterbox_params
+
+        width, height = self.input_size
+        geometry = letterbox_geometry(shape[1], shape[0], width, height)
+        return geometry, letterbox_params(shape[1], shape[0], geometry, width, height)
+
     def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: Letterbox) -> dict[str, Any]:
         options = self.options
         decoded = decode_yolo(outputs[self.output_name][row], self.layout, options.score_threshold)

@@ -37,9 +37,13 @@ class Letterbox:
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map x1,y1,x2,y2 boxes from input pixels back to source pixels, clipped to the frame."""
-        out = np.empty_like(boxes)
-        out[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - self.pad_x) / self.scale, 0, self.src_w)
-        out[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - self.pad_y) / self.scale, 0, self.src_h)
+        out = boxes.astype(np.float32, copy=True)
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views: every step below is in place
+        xs -= self.pad_x
+        ys -= self.pad_y
+        out /= self.scale
+        np.clip(xs, 0, self.src_w, out=xs)
+        np.clip(ys, 0, self.src_h, out=ys)
         return out
 
 

@@ -16,15 +16,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets"
 SCHEMA_PATH = REPO / "docs" / "schema" / "message-v1.schema.json"
 
-_SCHEMA = json.loads(SCHEMA_PATH.read_text())
-_VALIDATOR = jsonschema.Draft202012Validator(_SCHEMA)
+_VALIDATOR = None
 
 
 def asset(relative: str) -> Path:
@@ -36,6 +34,11 @@ def asset(relative: str) -> Path:
 
 def validate_message(header: dict) -> None:
     """Every message in every test goes through the published JSON Schema."""
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema  # imported here so GPU machines can run the GPU tests without it
+
+        _VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
     errors = sorted(_VALIDATOR.iter_errors(header), key=lambda e: list(e.path))
     if errors:
         raise AssertionError(f"message does not match {SCHEMA_PATH.name}: {errors[0].message} at {list(errors[0].path)}\n{header}")
@@ -123,14 +126,23 @@ def start_daemon(tmp_path):
         daemon.kill()
 
 
-def collect(subscriber, until, timeout: float = 60.0) -> list:
-    """Receive (and schema-check) messages until ``until(messages)`` is true; fail after ``timeout``."""
+def collect(subscriber, until, timeout: float = 60.0, daemon: "DaemonProcess | None" = None) -> list:
+    """Receive (and schema-check) messages until ``until(messages)`` is true; fail after ``timeout``,
+    or at once when ``daemon`` has exited without the condition being met."""
     messages = []
     deadline = time.monotonic() + timeout
     while not until(messages):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AssertionError(f"condition not met within {timeout}s; got {len(messages)} messages, last: {messages[-1:]}")
+        if daemon is not None and daemon.process.poll() is not None:
+            message = subscriber.receive(timeout=0.5)  # what it sent before exiting may still be in flight
+            if message is None:
+                daemon.wait(5)
+                raise AssertionError(f"daemon exited ({daemon.process.returncode}) first; stderr:\n{daemon.stderr[-3000:]}")
+            validate_message(message.header)
+            messages.append(message)
+            continue
         message = subscriber.receive(timeout=min(remaining, 1.0))
         if message is not None:
             validate_message(message.header)

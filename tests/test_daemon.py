@@ -21,7 +21,7 @@ def test_bikes_video_through_the_daemon_to_a_subscriber(start_daemon, free_port)
     config = detector_config(f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\n', free_port)
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(config)
-        messages = collect(subscriber, all_ended, timeout=120)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     frames = results(messages, "bikes")
     assert [m.header["frame"]["index"] for m in frames] == list(range(250)), "an unpaced file loses no frame"
@@ -65,7 +65,7 @@ max_width = 200
 """
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(config)
-        messages = collect(subscriber, all_ended, timeout=60)
+        messages = collect(subscriber, all_ended, timeout=60, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     (result,) = results(messages)
     top = result.header["classifications"][0]
@@ -97,7 +97,7 @@ max_frames = 60
 """
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(detector_config(sources, free_port))
-        messages = collect(subscriber, all_ended, timeout=120)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     assert len(results(messages, "bikes")) == 60
     ends = {m.source_id: m.header for m in messages if m.type == "eos"}
@@ -155,7 +155,7 @@ def test_sigterm_exits_0_after_publishing_in_flight_results(start_daemon, free_p
         daemon = start_daemon(config)
         collect(subscriber, lambda ms: len(results(ms)) >= 20, timeout=60)
         daemon.terminate()
-        messages = collect(subscriber, all_ended, timeout=60)
+        messages = collect(subscriber, all_ended, timeout=60, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     (eos,) = [m for m in messages if m.type == "eos"]
     assert eos.header["reason"] == "shutdown"

@@ -29,7 +29,7 @@ def bikes_config(port: int, cache_dir, policy: str) -> str:
 def test_fallback_serves_at_once_then_switches_to_the_built_engine_without_losing_a_frame(start_daemon, free_port, tmp_path):
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(bikes_config(free_port, tmp_path / "cache", "fallback"))
-        messages = collect(subscriber, all_ended, timeout=120)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     frames = results(messages)
     assert [m.header["frame"]["index"] for m in frames] == list(range(250)), "no frame lost across the switch"
@@ -57,7 +57,7 @@ def test_engine_build_ahead_of_time_makes_the_first_result_come_from_the_cache(s
     assert built.returncode == 0 and built.stdout.splitlines()[-1].startswith("built: "), built
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(config_text)
-        messages = collect(subscriber, all_ended, timeout=120)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     artifacts = {m.header["model"]["artifact"] for m in results(messages)}
     assert len(artifacts) == 1 and None not in artifacts, "every result, the first included, from the cached engine"
@@ -68,7 +68,7 @@ def test_wait_policy_builds_before_serving(start_daemon, free_port, tmp_path):
     config = bikes_config(free_port, tmp_path / "cache", "wait").replace('uri = "', 'max_frames = 20\nuri = "', 1)
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(config)
-        messages = collect(subscriber, all_ended, timeout=120)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     frames = results(messages)
     assert len(frames) == 20 and all(m.header["model"]["artifact"] for m in frames)

@@ -24,11 +24,19 @@ def _tensorrt_usable() -> bool:
     return cuda_available()
 
 
+def _torch_usable() -> bool:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx2torch") is None:
+        return False
+    from .torch import torch_usable
+
+    return torch_usable()
+
+
 def available_backends() -> dict[str, bool]:
-    """Which backends this build can use on this machine (the torch backend is not in this build yet)."""
+    """Which backends this build can use on this machine."""
     return {
         "tensorrt": _tensorrt_usable(),
-        "torch": False,
+        "torch": _torch_usable(),
         "onnxruntime": importlib.util.find_spec("onnxruntime") is not None,
     }
 
@@ -40,7 +48,7 @@ def resolve_backend_name(requested: str) -> str:
         if not usable.get(requested, False):
             hints = {
                 "tensorrt": "TensorRT and a CUDA GPU (pip install tensorrt cuda-python)",
-                "torch": "the torch backend, which is not in this build yet",
+                "torch": "PyTorch with CUDA and onnx2torch (pip install torch onnx2torch)",
                 "onnxruntime": "pip install onnxruntime",
             }
             raise BackendError(f"engine.backend = {requested!r} needs {hints.get(requested, 'an unknown backend')}")
@@ -58,6 +66,10 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams, engine.onnxruntime)
+    if name == "torch":
+        from .torch import TorchBackend
+
+        return TorchBackend(model.path, engine.max_batch, engine.streams, engine.torch.half, engine.torch.device)
     if name == "tensorrt":
         import tempfile
         from pathlib import Path

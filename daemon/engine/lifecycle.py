@@ -67,7 +67,7 @@ class EngineProvider:
         self._state.update(progress=round(fraction, 3), message=message)
 
     def start(self) -> InferenceBackend:
-        if not self.engine.use_cache:
+        if not self.engine.use_cache or self.target == "torch":  # onnx2torch converts in seconds: nothing to cache
             from ..backends import create_backend
 
             self._state.update(state="serving", source="uncached")

@@ -1,0 +1,232 @@
+"""PyTorch on an NVIDIA GPU: the backend for GPUs without TensorRT, and how the GPU runtime is proven
+where TensorRT cannot be installed.
+
+The ONNX model is converted once with onnx2torch (eager mode: its Resize converter breaks torch.export)
+and optionally cast to fp16. Everything runs on *our* CUDA streams (``torch.cuda.ExternalStream`` over
+:class:`daemon.cuda.Stream`), so the shape of the work is the one a TensorRT engine gets: per slot,
+pinned host buffers and device buffers allocated once, then per batch an async host->device copy,
+optional GPU preprocessing (uint8 frames -> input tensor, :mod:`daemon.gpu.preprocess`), the forward
+pass, an async device->host copy of the outputs and an event; ``wait`` sleeps on the event.
+With S streams and two slots per stream, the CPU fills batch N+1 while the GPU runs batch N.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import cuda
+from ..errors import BackendError
+from .base import BackendInfo, Slot, TensorSpec
+
+__all__ = ["TorchBackend", "torch_usable"]
+
+log = logging.getLogger("trtstream.backends.torch")
+
+_ONNX_TYPES = {1: np.float32, 10: np.float16, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_, 11: np.float64}
+
+
+def torch_usable() -> bool:
+    try:
+        import onnx2torch  # noqa: F401
+        import torch
+    except Exception:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _specs(model_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor.shape.dim)
+        return TensorSpec(value.name, np.dtype(_ONNX_TYPES.get(tensor.elem_type, np.float32)), shape)
+
+    return tuple(spec(v) for v in graph.input if v.name not in initializers), tuple(spec(v) for v in graph.output)
+
+
+@dataclass
+class _SlotState:
+    stream: cuda.Stream
+    torch_stream: Any
+    event: cuda.Event
+    host_in: dict[str, np.ndarray]
+    host_out: dict[str, np.ndarray]
+    device_in: dict[str, Any]  # torch tensors
+    staging_host: np.ndarray | None = None  # uint8 frames for GPU preprocessing
+    staging_device: cuda.DeviceBuffer | None = None
+    jobs: list = field(default_factory=list)  # (offset, width, height, KernelGeometry) per row
+    keep: list = field(default_factory=list)  # pinned buffers owned by this slot
+
+
+def _align(nbytes: int, to: int = 256) -> int:
+    return (nbytes + to - 1) // to * to
+
+
+class TorchBackend:
+    """An ONNX model run by PyTorch eager mode on our own CUDA streams."""
+
+    def __init__(self, model_path: Path, max_batch: int, streams: int, half: bool = True, device: int = 0):
+        import onnx2torch
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("the torch backend needs a CUDA GPU")
+        torch.cuda.set_device(device)
+        inputs, outputs = _specs(model_path)
+        try:
+            module = onnx2torch.convert(str(model_path))
+        except Exception as exc:
+            raise BackendError(f"{model_path}: onnx2torch cannot convert the model: {str(exc).splitlines()[0]}") from None
+        self._torch = torch
+        self._module = module.eval().to(f"cuda:{device}")
+        self._half = half
+        if half:
+            self._module = self._module.half()
+        self._compute_dtype = torch.float16 if half else torch.float32
+        self._streams = [cuda.Stream() for _ in range(streams)]
+        self._torch_streams = [torch.cuda.ExternalStream(s.handle, device=f"cuda:{device}") for s in self._streams]
+        name = torch.cuda.get_device_name(device)
+        # The host-side input is what preprocessing writes: fp16 halves the copy when the model runs in fp16.
+        host_inputs = tuple(TensorSpec(s.name, np.dtype(np.float16) if half else s.dtype, s.shape) for s in inputs)
+        self.info = BackendInfo(
+            name="torch",
+            version=torch.__version__,
+            device=f"{name} (cuda:{device})",
+            inputs=host_inputs,
+            outputs=tuple(TensorSpec(s.name, np.dtype(np.float32), s.shape) for s in outputs),
+            max_batch=max_batch,
+            details={"half": half, "streams": streams, "artifact": None},
+        )
+        self._preprocessor = None
+        self._reducer = None
+        self._frame_bytes = 0
+        self._slots: list[Slot] = []
+
+    # -- GPU preprocessing ------------------------------------------------------------------------
+    def enable_gpu_preprocessing(self, normalizer, pad_grey: int, max_frame_bytes: int) -> None:
+        """Take uint8 BGR frames (up to ``max_frame_bytes`` each) and preprocess them on the GPU.
+        Must be called before slots are created."""
+        from ..gpu.preprocess import GpuPreprocessor
+
+        self._preprocessor = GpuPreprocessor(normalizer, pad_grey, self.info.inputs[0].dtype)
+        self._frame_bytes = int(max_frame_bytes)
+
+    def enable_device_reduction(self, reduce, reduced_shape) -> None:
+        """Let the pipeline shrink the (single) output on the GPU before the copy back (``reduce`` is a
+        torch function; ``reduced_shape`` maps the output shape to the reduced one). Before slots exist."""
+        spec = self.info.outputs[0]
+        shape = tuple(reduced_shape(spec.shape))
+        self._reducer = reduce
+        self.info = BackendInfo(
+            self.info.name, self.info.version, self.info.device, self.info.inputs,
+            (TensorSpec(spec.name, spec.dtype, shape), *self.info.outputs[1:]), self.info.max_batch,
+            {**self.info.details, "device_reduction": list(shape)},
+        )  # fmt: skip
+
+    @property
+    def gpu_preprocessing(self) -> bool:
+        return self._preprocessor is not None
+
+    # -- slots -----------------------------------------------------------------------------------
+    def _pinned(self, state: _SlotState, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        buffer = cuda.PinnedBuffer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        state.keep.append(buffer)
+        return buffer.array(dtype, shape)
+
+    def create_slot(self, index: int) -> Slot:
+        torch = self._torch
+        batch = self.info.max_batch
+        which = index % len(self._streams)
+        state = _SlotState(self._streams[which], self._torch_streams[which], cuda.Event(), {}, {}, {})
+        for spec in self.info.inputs:
+            shape = spec.with_batch(batch)
+            if any(d < 0 for d in shape):
+                raise BackendError(f"input {spec.name!r} has dynamic dimensions {list(spec.shape)}; set model.input_size")
+            state.host_in[spec.name] = self._pinned(state, spec.dtype, shape)
+            state.device_in[spec.name] = torch.empty(shape, dtype=self._compute_dtype, device="cuda")
+        for spec in self.info.outputs:
+            if all(d > 0 for d in spec.shape[1:]):
+                state.host_out[spec.name] = self._pinned(state, np.float32, spec.with_batch(batch))
+        if self._preprocessor is not None:
+            state.staging_host = self._pinned(state, np.uint8, (batch * self._frame_bytes,))
+            state.staging_device = cuda.DeviceBuffer(batch * self._frame_bytes)
+        slot = Slot(index=index, inputs=state.host_in, outputs=state.host_out, state=state)
+        if index >= 0:
+            self._slots.append(slot)
+        return slot
+
+    def stage_frame(self, slot: Slot, row: int, image: np.ndarray, geometry) -> None:
+        """GPU preprocessing: append a BGR frame to the slot's pinned staging area (frames are packed
+        back to back, so one host->device copy moves the whole batch)."""
+        state: _SlotState = slot.state
+        if row == 0:
+            state.jobs.clear()
+        offset = state.jobs[-1][0] + _align(state.jobs[-1][3]) if state.jobs else 0
+        if offset + image.nbytes > state.staging_host.nbytes:
+            raise BackendError(
+                f"frame of {image.shape[1]}x{image.shape[0]} does not fit the GPU staging area; raise engine.max_frame_size"
+            )
+        np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)
+        state.jobs.append((offset, image.shape[1], image.shape[0], image.nbytes, geometry))
+
+    # -- inference -------------------------------------------------------------------------------
+    def submit(self, slot: Slot, batch_size: int) -> None:
+        torch = self._torch
+        state: _SlotState = slot.state
+        slot.batch_size = batch_size
+        stream = state.stream
+        name = self.info.inputs[0].name
+        device_input = state.device_in[name]
+        if self._preprocessor is not None and state.jobs:  # (a warm-up batch stages no frames)
+            row_bytes = device_input[0].numel() * device_input.element_size()
+            jobs = state.jobs[:batch_size]
+            used = jobs[-1][0] + jobs[-1][3]
+            cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[:used], stream)
+            for row, (offset, width, height, nbytes, geometry) in enumerate(jobs):
+                self._preprocessor.bgr(
+                    stream, state.staging_device.ptr + offset, width, height, width * 3, device_input.data_ptr() + row * row_bytes, geometry
+                )
+        elif self._preprocessor is None:
+            for input_name, host in state.host_in.items():
+                cuda.memcpy_htod_async(state.device_in[input_name].data_ptr(), host[:batch_size], stream)
+        with torch.cuda.stream(state.torch_stream), torch.inference_mode():
+            outputs = self._module(device_input[:batch_size])
+            if not isinstance(outputs, (tuple, list)):
+                outputs = (outputs,)
+            if self._reducer is not None:
+                outputs = (self._reducer(outputs[0]), *outputs[1:])
+            for spec, value in zip(self.info.outputs, outputs):
+                host = state.host_out[spec.name][:batch_size]
+                result = value.float().contiguous()
+                # Freed after this line, the block is reused only by later work on this same stream,
+                # which runs after the copy: no record_stream needed.
+                cuda.memcpy_dtoh_async(host, result.data_ptr(), stream)
+        state.event.record(stream)
+
+    def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
+        state: _SlotState = slot.state
+        state.event.synchronize()
+        return {name: array[: slot.batch_size] for name, array in state.host_out.items()}
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.synchronize()
+        for slot in self._slots:
+            state: _SlotState = slot.state
+            state.event.close()
+            if state.staging_device is not None:
+                state.staging_device.close()
+            for buffer in state.keep:
+                buffer.close()
+        self._slots.clear()
+        for stream in self._streams:
+            stream.close()

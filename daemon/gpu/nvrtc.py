@@ -1,0 +1,112 @@
+"""Compile CUDA C at run time with NVRTC and launch it on our own streams (cuda-python's driver API).
+
+Kernels are compiled once per process for the GPU's own architecture (no nvcc at install time, no
+fat binaries to ship), loaded with ``cuModuleLoadData`` into the runtime's primary context, and
+launched with ``cuLaunchKernel`` on a :class:`daemon.cuda.Stream`, so they order naturally with the
+copies and the inference on that stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..cuda import CudaError, Stream, cuda_call, device_properties
+
+__all__ = ["compile_module", "Module", "Kernel"]
+
+_bound = threading.local()
+
+
+def _driver() -> Any:
+    from cuda.bindings import driver
+
+    return driver
+
+
+def _nvrtc() -> Any:
+    from cuda.bindings import nvrtc
+
+    return nvrtc
+
+
+def _nvrtc_call(result: Any, what: str, program: Any = None) -> Any:
+    nvrtc = _nvrtc()
+    err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        log = ""
+        if program is not None:
+            _, size = nvrtc.nvrtcGetProgramLogSize(program)
+            buffer = b" " * size
+            nvrtc.nvrtcGetProgramLog(program, buffer)
+            log = buffer.decode(errors="replace").strip()
+        raise CudaError(f"{what} failed: {err}{': ' + log if log else ''}")
+    return values[0] if len(values) == 1 else (values or None)
+
+
+def _ensure_context() -> None:
+    """Make the runtime's primary context current on this thread (driver calls need a current context)."""
+    if getattr(_bound, "done", False):
+        return
+    from cuda.bindings import runtime
+
+    cuda_call(runtime.cudaFree(0), "cudaFree(0) (context initialisation)")
+    _bound.done = True
+
+
+@dataclass
+class Kernel:
+    name: str
+    function: Any
+
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, args: Sequence[tuple[Any, Any]]) -> None:
+        """``args``: (value, ctypes type) pairs in the kernel's parameter order; a value may already be a
+        ctypes object (a Structure passed by value). The driver copies the parameters at launch."""
+        _ensure_context()
+        driver = _driver()
+        holders = [value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else kind(value) for value, kind in args]
+        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        cuda_call(
+            driver.cuLaunchKernel(self.function, *grid, *block, 0, driver.CUstream(stream.handle), ctypes.addressof(pointers), 0),
+            f"cuLaunchKernel({self.name})",
+        )
+
+
+class Module:
+    """A compiled, loaded CUDA module."""
+
+    def __init__(self, image: bytes, names: Sequence[str]):
+        _ensure_context()
+        driver = _driver()
+        self._module = cuda_call(driver.cuModuleLoadData(image), "cuModuleLoadData")
+        self.kernels = {
+            name: Kernel(name, cuda_call(driver.cuModuleGetFunction(self._module, name.encode()), f"cuModuleGetFunction({name})"))
+            for name in names
+        }
+
+    def __getitem__(self, name: str) -> Kernel:
+        return self.kernels[name]
+
+
+def compile_module(source: str, names: Sequence[str], options: Sequence[str] = ()) -> Module:
+    """Compile ``source`` for this GPU (PTX for its compute capability, JIT-loaded by the driver)."""
+    nvrtc = _nvrtc()
+    major, minor = device_properties(0)["compute_capability"].split(".")
+    program = _nvrtc_call(nvrtc.nvrtcCreateProgram(source.encode(), b"trtstream.cu", 0, [], []), "nvrtcCreateProgram")
+    flags = [f"--gpu-architecture=compute_{major}{minor}".encode(), b"--std=c++17", *(o.encode() for o in options)]
+    try:
+        _nvrtc_call(nvrtc.nvrtcCompileProgram(program, len(flags), flags), "nvrtcCompileProgram", program)
+        size = _nvrtc_call(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
+        ptx = b" " * size
+        _nvrtc_call(nvrtc.nvrtcGetPTX(program, ptx), "nvrtcGetPTX")
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+    return Module(ptx, names)
+
+
+# Convenience ctypes aliases for kernel arguments.
+PTR = ctypes.c_void_p
+INT = ctypes.c_int
+FLOAT = ctypes.c_float

@@ -1,0 +1,177 @@
+"""GPU tests: the CUDA layer, NVRTC preprocessing against the CPU path, the torch backend against the
+FP32 ONNX Runtime reference, and the daemon on the GPU. Marker ``gpu``; skipped (with the reason) on
+machines without an NVIDIA GPU. Run them on a GPU machine with ``scripts/gpu-check``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.config import DetectionConfig, OnnxRuntimeConfig, PreprocessConfig
+
+from .conftest import asset
+
+
+def _gpu_reason() -> str | None:
+    try:
+        from daemon.cuda import cuda_available
+    except Exception as exc:  # pragma: no cover
+        return f"daemon.cuda unavailable: {exc}"
+    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))]
+
+
+def bikes_frames(indices=(0, 60, 120, 200)) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    frames, index = [], 0
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            return frames
+        if index in indices:
+            frames.append(image)
+        index += 1
+
+
+def test_cuda_layer_round_trip_through_pinned_and_device_memory():
+    from daemon import cuda
+
+    data = np.arange(1 << 20, dtype=np.float32)
+    with cuda.PinnedBuffer(data.nbytes) as up, cuda.PinnedBuffer(data.nbytes) as down, cuda.DeviceBuffer(data.nbytes) as device, cuda.Stream() as stream, cuda.Event() as event:
+        host_up, host_down = up.array(np.float32, data.shape), down.array(np.float32, data.shape)
+        host_up[:] = data
+        cuda.memcpy_htod_async(device.ptr, host_up, stream)
+        cuda.memcpy_dtoh_async(host_down, device.ptr, stream)
+        event.record(stream)
+        event.synchronize()
+        assert event.query()
+        np.testing.assert_array_equal(host_down, data)
+    props = cuda.device_properties(0)
+    assert props["name"] and props["compute_capability"].count(".") == 1
+    assert cuda.cuda_versions()["driver"]
+
+
+def _gpu_preprocess(pipeline, image: np.ndarray, dtype) -> np.ndarray:
+    from daemon import cuda
+    from daemon.gpu.preprocess import GpuPreprocessor
+
+    meta, geometry = pipeline.plan(image.shape)
+    width, height = pipeline.input_size
+    out_bytes = 3 * width * height * np.dtype(dtype).itemsize
+    preprocessor = GpuPreprocessor(pipeline.normalizer, pipeline.pad_grey, dtype)
+    with cuda.PinnedBuffer(image.nbytes) as src_host, cuda.DeviceBuffer(image.nbytes) as src, cuda.DeviceBuffer(out_bytes) as dst, cuda.PinnedBuffer(out_bytes) as out_host, cuda.Stream() as stream:
+        staged = src_host.array(np.uint8, image.shape)
+        staged[:] = image
+        cuda.memcpy_htod_async(src.ptr, staged, stream)
+        preprocessor.bgr(stream, src.ptr, image.shape[1], image.shape[0], image.shape[1] * 3, dst.ptr, geometry)
+        result = out_host.array(dtype, (3, height, width))
+        cuda.memcpy_dtoh_async(result, dst.ptr, stream)
+        stream.synchronize()
+        return np.array(result, dtype=np.float32)
+
+
+def _pixels(values: np.ndarray, normalizer) -> np.ndarray:
+    """Back to 0..255 pixel units (the comparison is made before normalisation)."""
+    return (values - normalizer.b[:, None, None]) / normalizer.a[:, None, None]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gpu_letterbox_equals_the_cpu_path_within_one_level(dtype):
+    from pipelines.detection import DetectionPipeline
+
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], [f"c{i}" for i in range(80)], PreprocessConfig(), DetectionConfig(pad_value=127))
+    rng = np.random.default_rng(0)
+    images = bikes_frames() + [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8), cv2.resize(bikes_frames((120,))[0], (1920, 1080))]
+    for image in images:
+        cpu = np.zeros((3, 416, 416), np.float32)
+        pipeline.preprocess(image, cpu)
+        gpu = _gpu_preprocess(pipeline, image, dtype)
+        difference = np.abs(_pixels(gpu, pipeline.normalizer) - _pixels(cpu, pipeline.normalizer))
+        tolerance = 1.0 + (0.5 if dtype == np.float16 else 0.0)  # fp16 holds 0..1 to ~1/2048 of a level per unit
+        assert difference.max() <= tolerance, (image.shape, float(difference.max()))
+        assert difference.mean() < 0.1, "off by one level at most, and rarely (cv2 resizes in fixed point)"
+
+
+def test_gpu_resize_crop_equals_the_cpu_path():
+    from daemon.config import ClassificationConfig
+    from pipelines.classification import ClassificationPipeline
+
+    preprocess = PreprocessConfig(scale=1.0, mean=(127, 127, 127), std=(128, 128, 128), interpolation="linear")
+    pipeline = ClassificationPipeline("input", (224, 224), "logits", [], preprocess, ClassificationConfig(resize_short=256))
+    image = cv2.imread(str(asset("media/chelsea.png")))
+    cpu = np.zeros((3, 224, 224), np.float32)
+    pipeline.preprocess(image, cpu)
+    gpu = _gpu_preprocess(pipeline, image, np.float32)
+    assert np.abs(_pixels(gpu, pipeline.normalizer) - _pixels(cpu, pipeline.normalizer)).max() <= 1.0
+
+
+def _iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("gpu_preprocessing", [False, True])
+def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocessing):
+    from daemon.backends.onnxruntime import OnnxRuntimeBackend
+    from daemon.backends.torch import TorchBackend
+    from pipelines.detection import DetectionPipeline
+
+    model = asset("models/yolov3_tiny_416.onnx")
+    labels = asset("labels/coco.txt").read_text().split("\n")[:80]
+    reference = OnnxRuntimeBackend(model, 4, 1, OnnxRuntimeConfig())
+    backend = TorchBackend(model, 4, 2, half=True)
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+    if gpu_preprocessing:
+        backend.enable_gpu_preprocessing(pipeline.normalizer, pipeline.pad_grey, 1920 * 1080 * 3)
+    frames = bikes_frames((100, 120, 160, 200))
+    ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
+    metas = []
+    for row, image in enumerate(frames):
+        metas.append(pipeline.preprocess(image, ref_slot.inputs["images"][row]))
+        if gpu_preprocessing:
+            backend.stage_frame(slot, row, image, pipeline.plan(image.shape)[1])
+        else:
+            pipeline.preprocess(image, slot.inputs["images"][row])
+    reference.submit(ref_slot, len(frames))
+    backend.submit(slot, len(frames))
+    expected, got = reference.wait(ref_slot), backend.wait(slot)
+    matched = total = 0
+    for row, meta in enumerate(metas):
+        want = pipeline.postprocess(expected, row, meta)["detections"]
+        have = pipeline.postprocess(got, row, meta)["detections"]
+        for detection in want:
+            if detection["score"] < 0.3:
+                continue
+            total += 1
+            best = max((_iou(detection["box"], d["box"]) for d in have if d["label"] == detection["label"]), default=0.0)
+            matched += best >= 0.9
+    assert total >= 5 and matched / total >= 0.9, (matched, total)
+    backend.close()
+    reference.close()
+
+
+def test_the_daemon_serves_bikes_with_the_torch_backend_and_gpu_preprocessing(start_daemon, free_port):
+    from daemon.client import ResultSubscriber
+
+    from .conftest import all_ended, collect, detector_config
+
+    config = detector_config(
+        f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\n',
+        free_port,
+        engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"',
+    )
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+        daemon = start_daemon(config)
+        messages = collect(subscriber, all_ended, timeout=90, daemon=daemon)
+        assert daemon.wait(60) == 0, daemon.stderr
+    results = [m for m in messages if m.type == "result"]
+    assert [m.header["frame"]["index"] for m in results] == list(range(250))
+    assert {m.header["model"]["backend"] for m in results} == {"torch"}
+    labels = {d["label"] for m in results for d in m.header["detections"]}
+    assert {"person", "bicycle"} <= labels
+    assert "preprocessing on the GPU" in daemon.stderr
