@@ -24,13 +24,18 @@ log = logging.getLogger("trtstream")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 
-def _load(path: str | None) -> tuple[Config, str]:
-    config_path = Path(path) if path else DEFAULT_CONFIG
+def load_checked(config_path: Path) -> Config:
+    """A valid config whose model and label files exist, or ConfigError (one line per problem)."""
     config = load_config(config_path)
     problems = check_files(config, str(config_path))
     if problems:
         raise ConfigError(problems)
-    return config, str(config_path)
+    return config
+
+
+def _load(path: str | None) -> tuple[Config, str]:
+    config_path = Path(path) if path else DEFAULT_CONFIG
+    return load_checked(config_path), str(config_path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -46,14 +51,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, origin = _load(args.config)
     configure_logging(config.logging, args.log_level)
-    daemon = Daemon(config)
+    daemon = Daemon(config, Path(origin))
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s", signal.Signals(signum).name)
         daemon.request_stop()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        log.info("received SIGHUP: reloading %s", origin)
+        daemon.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     log.info("starting with %s", origin)
     return daemon.run()
 

@@ -78,6 +78,14 @@ class Publisher:
             return True
         return self._subscribed.wait(timeout)
 
+    def source_added(self, source_id: str) -> None:
+        """A source (re)starts: it counts as not ended again for ``sources_remaining``."""
+        self._ended.discard(source_id)
+
+    def set_model_info(self, model_info: dict[str, Any]) -> None:
+        """After a model reload: the model fields of the results that follow."""
+        self._model_info = model_info
+
     def submit(self, item: FrameResult | EndOfStream) -> None:
         """Queue a result or end-of-stream; never blocks. A full queue drops results (counted), never ends."""
         try:

@@ -70,8 +70,9 @@ class Scheduler:
         self._slot_count = slots
         self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
         self._abort = threading.Event()  # hard stop: give up on queued frames
-        self.finished = threading.Event()  # every source ended and every result was handed on
-        self._pending_backend: InferenceBackend | None = None
+        self.finished = threading.Event()  # closed, every source ended and every result was handed on
+        self._closing = threading.Event()  # no source will be added any more: end once all are drained
+        self._pending_backend: tuple[InferenceBackend, object] | None = None
         self._configured_max_batch = max_batch
         self.on_backend_switched: Callable[[InferenceBackend], None] | None = None
         self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
@@ -85,16 +86,17 @@ class Scheduler:
     def backend(self) -> InferenceBackend:
         return self._backend
 
-    def replace_backend(self, backend: InferenceBackend) -> None:
-        """Switch to ``backend`` between two batches (called from any thread). Frames keep queueing
-        meanwhile; none is dropped by the switch itself."""
-        _check_compatible(self._backend, backend)
-        self._pending_backend = backend
+    def replace_backend(self, backend: InferenceBackend, pipeline=None) -> None:
+        """Switch to ``backend`` (and ``pipeline``, for a new model) between two batches, from any thread.
+        Frames keep queueing meanwhile; none is dropped by the switch itself."""
+        if pipeline is None:
+            _check_compatible(self._backend, backend)
+        self._pending_backend = (backend, pipeline)
         self._mux.wake()
 
     def _switch_backend(self) -> None:
         """Take back every slot (in-flight batches of the old backend finish first), then swap."""
-        new, self._pending_backend = self._pending_backend, None
+        (new, pipeline), self._pending_backend = self._pending_backend, None
         old_slots = []
         while len(old_slots) < self._slot_count:
             slot = self._acquire_slot()
@@ -106,6 +108,8 @@ class Scheduler:
             old_slots.append(slot)
         old = self._backend
         self._backend = new
+        if pipeline is not None:
+            self._pipeline = pipeline
         self._max_batch = min(self._configured_max_batch, new.info.max_batch)
         for index in range(self._slot_count):
             self._free.put(new.create_slot(index))
@@ -121,6 +125,11 @@ class Scheduler:
     def start(self) -> None:
         self._batcher.start()
         self._completer.start()
+
+    def close_when_drained(self) -> None:
+        """No more sources will be added: finish once every queue is closed and drained."""
+        self._closing.set()
+        self._mux.wake()
 
     def abort(self) -> None:
         """Stop without draining (after the drain timeout)."""
@@ -145,7 +154,7 @@ class Scheduler:
                     self._submit(gathered.frames, gathered.ends)
                 elif gathered.ends:
                     self._inflight.put(_InFlight(self._backend, None, [], ends=gathered.ends))
-                elif self._mux.all_finished():
+                elif self._closing.is_set() and self._mux.all_finished():
                     break
         except Exception:
             log.exception("batcher crashed")

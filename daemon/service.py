@@ -24,7 +24,8 @@ from .config import Config, EngineConfig
 from .entities import EndOfStream
 from .framequeue import Multiplexer
 from .publisher import Publisher
-from .redact import mask_url
+from .errors import UserError
+from .redact import mask_text, mask_url
 from .scheduler import Scheduler, warm_up
 from .sources import SourceReader
 from .stats import SourceStats
@@ -80,46 +81,42 @@ def configure_device_work(backend, pipeline, engine: EngineConfig) -> None:
 class Daemon:
     """One running trtstream instance."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, config_path: Path | None = None):
         self.config = config
+        self.config_path = config_path
         self.instance_id = uuid.uuid4().hex
         self.started = threading.Event()  # set once serving (engine loaded, warmed up, publishing)
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self._started_at = time.monotonic()
         self._provider: EngineProvider | None = None
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
-        self._readers: list[SourceReader] = []
+        self._mux = Multiplexer()
+        self._readers: dict[str, SourceReader] = {}
         self.source_stats: dict[str, SourceStats] = {}
+        self.reload_status: dict[str, Any] = {"count": 0, "last_error": None}
 
     def request_stop(self) -> None:
         """Ask for a clean shutdown (signal handlers call this; it only sets an event)."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Ask for the config to be read again (SIGHUP; it only sets an event)."""
+        self._reload.set()
+
     def run(self) -> int:
         config = self.config
-        model_name, model_sha = model_id(config.model.path, config.model.id)
         self._provider = provider = EngineProvider(config.model, config.engine)
         backend = provider.start()
         scheduler: Scheduler | None = None
         try:
-            from pipelines import create_pipeline
-
-            info = backend.info
-            pipeline = create_pipeline(config.model, info, _metadata_names(info.details))
-            model_info = {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
-            configure_device_work(backend, pipeline, config.engine)
-            mux = Multiplexer()
-            for source in config.enabled_sources:
-                self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)
-            queues = {
-                s.id: mux.add_queue(s.id, s.queue_size, s.effective_drop_policy) for s in config.enabled_sources
-            }
+            pipeline, model_info = self._model_parts(config, backend)
             self._publisher = publisher = Publisher(
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body
             )
             self._scheduler = scheduler = Scheduler(
-                mux,
+                self._mux,
                 backend,
                 pipeline,
                 publisher.submit,
@@ -133,10 +130,11 @@ class Daemon:
                 seconds = scheduler.warm_up()
                 log.info("warm-up batch of %d took %.3fs", scheduler.max_batch, seconds)
             publisher.start()
+            info = backend.info
             log.info(
                 "trtstream %s serving model %s with %s %s on %s, max batch %d, %d source(s), instance %s",
-                __version__, model_name, info.name, info.version, info.device, scheduler.max_batch,
-                len(queues), self.instance_id,
+                __version__, model_info["id"], info.name, info.version, info.device, scheduler.max_batch,
+                len(config.enabled_sources), self.instance_id,
             )
             if not publisher.wait_for_subscribers(
                 config.publisher.wait_for_subscribers, config.publisher.wait_for_subscribers_timeout_s
@@ -144,50 +142,141 @@ class Daemon:
                 log.warning("no subscriber after %.0fs; starting anyway", config.publisher.wait_for_subscribers_timeout_s)
             scheduler.start()
             provider.set_on_ready(self._switch_to)
-            self._readers = [SourceReader(s, queues[s.id], self.source_stats[s.id]) for s in config.enabled_sources]
-            for reader in self._readers:
-                reader.start()
+            for source in config.enabled_sources:
+                self._start_source(source)
             self.started.set()
-            self._wait_until_done(scheduler)
+            self._serve_until_done()
             return self._shutdown(scheduler, publisher)
         finally:
             provider.close()
             (scheduler.backend if scheduler is not None else backend).close()
 
-    def _switch_to(self, backend) -> None:
+    # -- parts -------------------------------------------------------------------------------------
+    def _model_parts(self, config: Config, backend) -> tuple[Any, dict[str, Any]]:
+        """The pipeline for ``backend`` and the model fields of every result message."""
+        from pipelines import create_pipeline
+
+        model_name, model_sha = model_id(config.model.path, config.model.id)
+        pipeline = create_pipeline(config.model, backend.info, _metadata_names(backend.info.details))
+        configure_device_work(backend, pipeline, config.engine)
+        return pipeline, {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
+
+    def _start_source(self, source) -> None:
+        self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)
+        if self._publisher is not None:
+            self._publisher.source_added(source.id)
+        queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy)
+        reader = SourceReader(source, queue, self.source_stats[source.id])
+        self._readers[source.id] = reader
+        reader.start()
+
+    def _stop_source(self, source_id: str, reason: str) -> None:
+        """Stop a reader; its queued frames still drain, then its end-of-stream says ``reason``."""
+        reader = self._readers.pop(source_id)
+        reader.queue.close(reason)
+        reader.stop()
+
+    def _switch_to(self, backend, pipeline=None, model_info: dict[str, Any] | None = None) -> None:
         """A background build finished (on its thread): warm the new engine up off the hot path, then let
         the scheduler swap it in between two batches."""
         try:
             seconds = warm_up(backend, self._scheduler.max_batch)
             log.info("new %s engine warmed up in %.3fs", backend.info.name, seconds)
-            self._scheduler.replace_backend(backend)
+            self._scheduler.replace_backend(backend, pipeline)
+            if model_info is not None:
+                self._publisher.set_model_info(model_info)
         except Exception as exc:  # an incompatible engine must not take the daemon down
             log.error("cannot switch to the new engine: %s", exc)
             backend.close()
 
-    def _wait_until_done(self, scheduler: Scheduler) -> None:
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _serve_until_done(self) -> None:
+        announced_idle = False
         while not self._stop.wait(0.2):
-            if scheduler.finished.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if self._mux.all_finished():
                 if self.config.daemon.exit_when_sources_end:
                     log.info("every source has ended")
                     return
-                log.info("every source has ended; idle until stopped (daemon.exit_when_sources_end = false)")
-                self._stop.wait()
-                return
+                if not announced_idle:
+                    log.info("every source has ended; idle until stopped or reloaded (daemon.exit_when_sources_end = false)")
+                    announced_idle = True
+            else:
+                announced_idle = False
+
+    def reload(self) -> bool:
+        """Read the config file again and apply it without a restart: sources are added, removed or
+        restarted; a model or engine change is built in the background and swapped in between two
+        batches; logging and drain settings apply at once; publisher changes need a restart. An invalid
+        config changes nothing: the error is logged and reported in heartbeats."""
+        from .cli import load_checked
+
+        if self.config_path is None:
+            log.warning("reload requested, but this daemon was not started from a config file")
+            return False
+        try:
+            new = load_checked(self.config_path)
+        except UserError as exc:
+            message = str(exc).replace("\n", "; ")
+            log.error("reload rejected, still running the previous config: %s", message)
+            self.reload_status.update(last_error=mask_text(message), failed_at=time.time())
+            return False
+        old = self.config
+        old_sources = {s.id: s for s in old.enabled_sources}
+        new_sources = {s.id: s for s in new.enabled_sources}
+        for source_id in old_sources.keys() - new_sources.keys():
+            log.info("reload: removing source %s", source_id)
+            self._stop_source(source_id, "removed")
+        for source_id, source in new_sources.items():
+            if source_id not in old_sources:
+                log.info("reload: adding source %s", source_id)
+                self._start_source(source)
+            elif source != old_sources[source_id]:
+                log.info("reload: restarting source %s with its new settings", source_id)
+                self._stop_source(source_id, "reconfigured")
+                self._start_source(source)
+        if new.model != old.model or new.engine != old.engine:
+            log.info("reload: the model or engine settings changed; preparing the new engine in the background")
+            threading.Thread(target=self._rebuild_model, args=(new,), name="engine-reload", daemon=True).start()
+        if new.publisher != old.publisher:
+            log.warning("reload: [publisher] changes take effect at the next restart")
+            new = new.model_copy(update={"publisher": old.publisher})
+        if new.logging != old.logging:
+            logging.getLogger().setLevel(new.logging.level)
+        self.config = new
+        self.reload_status.update(count=self.reload_status["count"] + 1, last_error=None, reloaded_at=time.time())
+        log.info("reload done")
+        return True
+
+    def _rebuild_model(self, config: Config) -> None:
+        try:
+            provider = EngineProvider(config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}))
+            backend = provider.start()
+            pipeline, model_info = self._model_parts(config, backend)
+        except Exception as exc:
+            log.error("reload: the new model cannot be served, keeping the current one: %s", exc)
+            self.reload_status.update(last_error=mask_text(str(exc)))
+            return
+        self._provider = provider
+        self._switch_to(backend, pipeline, model_info)
 
     def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> int:
         log.info("stopping: draining in-flight frames")
-        for reader in self._readers:
+        readers = list(self._readers.values())
+        for reader in readers:
             reader.stop()
+        scheduler.close_when_drained()
         drained = scheduler.join(self.config.daemon.drain_timeout_s)
         if not drained:
             log.warning("drain timeout (%.1fs) reached; abandoning queued frames", self.config.daemon.drain_timeout_s)
             scheduler.abort()
             scheduler.join(5.0)
-            for reader in self._readers:
-                if reader.queue.finished is False:
+            for reader in readers:
+                if not reader.queue.finished:
                     publisher.submit(EndOfStream(reader.config.id, "shutdown", "drain timeout"))
-        for reader in self._readers:
+        for reader in readers:
             if not reader.join(2.0):
                 log.warning("source %s: reader did not stop in time (blocked in a read)", reader.config.id)
         publisher.stop()
@@ -205,4 +294,5 @@ class Daemon:
             "engine": self._provider.status() if self._provider else None,
             "pipeline": scheduler.stats.snapshot() if scheduler else None,
             "sources": [stats.snapshot() for stats in self.source_stats.values()],
+            "reload": dict(self.reload_status),
         }
