@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -46,7 +47,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from .logs import configure_logging
+
+    faulthandler.enable()  # a watchdog SIGABRT dumps every thread's stack to the journal
     from .service import Daemon
 
     config, origin = _load(args.config)
@@ -65,7 +70,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     log.info("starting with %s", origin)
-    return daemon.run()
+    code = daemon.run()
+    if daemon.native_work_left:
+        # An engine build is still inside native code; letting the interpreter tear down under it would
+        # abort the process (std::terminate) and turn a clean stop into a failure. Leave at once.
+        log.warning("exiting with an engine build still running (it will be redone at the next start)")
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _format_message(message, show_heartbeats: bool) -> str | None:
@@ -158,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.commands import add_engine_commands
 
     add_engine_commands(commands, _load)
+    from .control import add_status_command
+    from .security import add_keys_commands
+
+    add_status_command(commands)
+    add_keys_commands(commands)
     try:
         from .convert import add_convert_commands
     except ImportError:  # pragma: no cover - the module is part of the package

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
+from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
 
 __all__ = [
     "Config",
@@ -336,6 +337,16 @@ class Config(StrictModel):
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+
+    @model_validator(mode="after")
+    def _watchdog_sees_heartbeats(self) -> "Config":
+        if self.watchdog.stall_s <= 2 * self.publisher.heartbeat_interval_s:
+            raise ValueError("watchdog.stall_s must be more than twice publisher.heartbeat_interval_s")
+        return self
 
     @field_validator("sources")
     @classmethod

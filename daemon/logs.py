@@ -30,11 +30,15 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(config: LoggingConfig | None = None, level: str | None = None) -> None:
     config = config or LoggingConfig()
-    handler = logging.StreamHandler(sys.stderr)
-    if config.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(threadName)s: %(message)s"))
+    from .journal import journal_handler
+
+    handler = journal_handler() if config.format == "text" else None  # native journald entries under systemd
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        if config.format == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(threadName)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or config.level)

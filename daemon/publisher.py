@@ -20,8 +20,10 @@ import zmq
 
 from .config import PublisherConfig
 from .entities import EndOfStream, FrameResult
-from .errors import PublisherError
+from .errors import PublisherError, UserError
 from .messages import base_header, encode_header, heartbeat_topic, source_topic
+from .opsconfig import SecurityConfig
+from .security import bind_endpoints
 from .stats import PublisherStats, SourceStats
 
 __all__ = ["Publisher"]
@@ -42,6 +44,8 @@ class Publisher:
         source_stats: dict[str, SourceStats],
         heartbeat: Callable[[], dict[str, Any]],
         context: zmq.Context | None = None,
+        on_published: Callable[[FrameResult, dict[str, Any]], None] | None = None,
+        security: SecurityConfig | None = None,
     ):
         self.config = config
         self.instance_id = instance_id
@@ -50,6 +54,9 @@ class Publisher:
         self._source_stats = source_stats
         self._heartbeat = heartbeat
         self._context = context or zmq.Context.instance()
+        self._on_published = on_published  # publisher thread, after each result was sent
+        self._security = security
+        self._authenticator = None
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self._seq: dict[str, int] = {}
         self._ended: set[str] = set()
@@ -109,14 +116,20 @@ class Publisher:
         socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         socket.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         socket.setsockopt(zmq.LINGER, self.config.linger_ms)
-        for endpoint in self.config.endpoints:
-            try:
-                socket.bind(endpoint)
-            except zmq.ZMQError as exc:
-                self._start_error = PublisherError(f"publisher.endpoints: cannot bind {endpoint}: {exc.strerror}")
-                socket.close(linger=0)
-                self._started.set()
-                return
+        security = self._security or SecurityConfig()
+        curve = security.curve
+        try:  # ipc plain with its file mode, then tcp under CURVE when enabled
+            self._authenticator = bind_endpoints(
+                socket,
+                self.config.endpoints,
+                ipc_mode=security.ipc_mode,
+                curve=(curve.server_secret_key, curve.authorized_clients, curve.allow_any_client) if curve.enabled else None,
+            )
+        except UserError as exc:  # PublisherError naming the endpoint, or a CURVE key problem
+            self._start_error = exc
+            socket.close(linger=0)
+            self._started.set()
+            return
         log.info("publishing on %s (topic prefix %r)", ", ".join(self.config.endpoints), self.config.topic_prefix)
         self._started.set()
         try:
@@ -125,6 +138,8 @@ class Publisher:
             log.exception("publisher crashed")
         finally:
             socket.close()
+            if self._authenticator is not None:
+                self._authenticator.stop()
 
     def _serve(self, socket: zmq.Socket) -> None:
         interval = self.config.heartbeat_interval_s
@@ -148,7 +163,12 @@ class Publisher:
             if isinstance(item, EndOfStream):
                 self._send(socket, self._end_message(item))
             else:
-                self._send(socket, self._result_message(item), item.frame.source_id)
+                parts, header = self._result_message(item)
+                if self._send(socket, parts, item.frame.source_id) and self._on_published is not None:
+                    try:
+                        self._on_published(item, header)
+                    except Exception:  # an observer must never stop publishing
+                        log.exception("on_published failed")
         self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(True))])
 
     def _read_subscriptions(self, socket: zmq.Socket) -> None:
@@ -163,22 +183,23 @@ class Publisher:
                 if self._subscribers_wanted and self._subscriptions >= self._subscribers_wanted:
                     self._subscribed.set()
 
-    def _send(self, socket: zmq.Socket, parts: list[bytes], source_id: str | None = None) -> None:
+    def _send(self, socket: zmq.Socket, parts: list[bytes], source_id: str | None = None) -> bool:
         try:
             socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts) < 3)
         except zmq.Again:
             self.stats.dropped_socket += 1
-            return
+            return False
         self.stats.sent += 1
         if source_id is not None and source_id in self._source_stats:
             self._source_stats[source_id].frames_published += 1
+        return True
 
     def _next_seq(self, source_id: str) -> int:
         seq = self._seq.get(source_id, 0)
         self._seq[source_id] = seq + 1
         return seq
 
-    def _result_message(self, result: FrameResult) -> list[bytes]:
+    def _result_message(self, result: FrameResult) -> tuple[list[bytes], dict[str, Any]]:
         frame = result.frame
         header = base_header("result", self.instance_id)
         header.update(
@@ -213,7 +234,7 @@ class Publisher:
         if stats is not None:
             stats.latency.add(time.monotonic() - frame.mono_captured)
         parts[1] = encode_header(header)
-        return parts
+        return parts, header
 
     def _end_message(self, end: EndOfStream) -> list[bytes]:
         self._ended.add(end.source_id)

@@ -21,6 +21,10 @@ from typing import Any
 from . import __version__
 from .engine.lifecycle import EngineProvider
 from .config import Config, EngineConfig
+from .control import ControlServer, LatestResults, default_control_endpoint
+from .metrics import Metrics, MetricsInputs
+from .notify import Notifier, extending_timeout, status_line
+from .watchdog import WatchdogGate, WatchdogPinger, progress_from_stats
 from .entities import EndOfStream
 from .framequeue import Multiplexer
 from .publisher import Publisher
@@ -96,6 +100,13 @@ class Daemon:
         self._readers: dict[str, SourceReader] = {}
         self.source_stats: dict[str, SourceStats] = {}
         self.reload_status: dict[str, Any] = {"count": 0, "last_error": None}
+        self.native_work_left = False  # an engine build still running in native code at exit
+        self.notifier = Notifier()
+        self.latest = LatestResults()
+        self._last_heartbeat: dict[str, Any] | None = None
+        self._metrics: Metrics | None = None
+        self._control: ControlServer | None = None
+        self._pinger: WatchdogPinger | None = None
 
     def request_stop(self) -> None:
         """Ask for a clean shutdown (signal handlers call this; it only sets an event)."""
@@ -108,12 +119,15 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         self._provider = provider = EngineProvider(config.model, config.engine)
-        backend = provider.start()
+        self.notifier.status("loading the model")
+        with extending_timeout(self.notifier):  # an engine built before serving may take many minutes
+            backend = provider.start()
         scheduler: Scheduler | None = None
         try:
             pipeline, model_info = self._model_parts(config, backend)
             self._publisher = publisher = Publisher(
-                config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body
+                config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
+                on_published=self._on_published, security=config.security,
             )
             self._scheduler = scheduler = Scheduler(
                 self._mux,
@@ -129,6 +143,7 @@ class Daemon:
             if config.engine.warmup:
                 seconds = scheduler.warm_up()
                 log.info("warm-up batch of %d took %.3fs", scheduler.max_batch, seconds)
+            self._start_observability()
             publisher.start()
             info = backend.info
             log.info(
@@ -145,13 +160,59 @@ class Daemon:
             for source in config.enabled_sources:
                 self._start_source(source)
             self.started.set()
+            self.notifier.ready(
+                f"serving {model_info['id']} with {info.name} on {info.device}, {len(config.enabled_sources)} source(s)"
+            )
+            self._start_watchdog(scheduler, publisher)
             self._serve_until_done()
             return self._shutdown(scheduler, publisher)
         finally:
-            provider.close()
+            for part in (self._pinger, self._control, self._metrics):
+                if part is not None:
+                    part.stop()
+            self.native_work_left = not self._provider.close(self.config.daemon.drain_timeout_s)
             (scheduler.backend if scheduler is not None else backend).close()
 
     # -- parts -------------------------------------------------------------------------------------
+    def _start_observability(self) -> None:
+        """Metrics endpoint and control socket (before the publisher binds: a port in use fails early)."""
+        config = self.config
+        if config.metrics.enabled:
+            self._metrics = Metrics(MetricsInputs(
+                sources=lambda: self.source_stats,
+                pipeline=lambda: self._scheduler.stats if self._scheduler else None,
+                publisher=lambda: self._publisher.stats if self._publisher else None,
+                backend=lambda: self._scheduler.backend.info.describe() if self._scheduler else None,
+            ))
+            self._metrics.start(config.metrics.port, config.metrics.address, allow_remote=config.metrics.allow_remote)
+        if config.control.enabled:
+            self._control = ControlServer(
+                config.control.endpoint or default_control_endpoint(), lambda: self._last_heartbeat, self.latest,
+                mode=config.control.mode, allow_remote=config.control.allow_remote,
+            )
+            self._control.start()
+
+    def _start_watchdog(self, scheduler: Scheduler, publisher: Publisher) -> None:
+        """Feed systemd's watchdog while frames flow (only when the unit sets WatchdogSec=)."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        self._pinger = WatchdogPinger(
+            self.notifier,
+            WatchdogGate(self.config.watchdog.stall_s),
+            lambda: progress_from_stats(self.source_stats, scheduler.stats, publisher.stats),
+            interval,
+            status=lambda: status_line(self._last_heartbeat) if self._last_heartbeat else None,
+        )
+        self._pinger.start()
+
+    def _on_published(self, result, header: dict[str, Any]) -> None:
+        """Publisher thread, after a result was sent: keep it for late subscribers, time its stages."""
+        self.latest.update(result.frame.source_id, header)
+        if self._metrics is not None:
+            t = header["timestamps"]
+            self._metrics.observe_result(result.frame.source_id, t["captured"], t["preprocessed"], t["inferred"], t["published"])
+
     def _model_parts(self, config: Config, backend) -> tuple[Any, dict[str, Any]]:
         """The pipeline for ``backend`` and the model fields of every result message."""
         from pipelines import create_pipeline
@@ -192,7 +253,11 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------------
     def _serve_until_done(self) -> None:
         announced_idle = False
+        serving_since = time.monotonic()
         while not self._stop.wait(0.2):
+            provider = self._provider
+            if provider.build_pending and (self._scheduler.stats.batches > 0 or time.monotonic() - serving_since > 5.0):
+                provider.begin_background_build()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -211,6 +276,15 @@ class Daemon:
         restarted; a model or engine change is built in the background and swapped in between two
         batches; logging and drain settings apply at once; publisher changes need a restart. An invalid
         config changes nothing: the error is logged and reported in heartbeats."""
+        self.notifier.reloading()  # systemd shows "reloading" until READY=1, which follows on every path
+        applied = False
+        try:
+            applied = self._apply_reload()
+            return applied
+        finally:
+            self.notifier.ready("reloaded" if applied else "reload rejected: running the previous config")
+
+    def _apply_reload(self) -> bool:
         from .cli import load_checked
 
         if self.config_path is None:
@@ -264,6 +338,9 @@ class Daemon:
 
     def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> int:
         log.info("stopping: draining in-flight frames")
+        if self._pinger is not None:
+            self._pinger.stop()
+        self.notifier.stopping("draining in-flight frames")
         readers = list(self._readers.values())
         for reader in readers:
             reader.stop()
@@ -285,6 +362,11 @@ class Daemon:
         return 0
 
     def _heartbeat_body(self) -> dict[str, Any]:
+        body = self._build_heartbeat()
+        self._last_heartbeat = body  # for `trtstream status` and STATUS=: built once, by the publisher
+        return body
+
+    def _build_heartbeat(self) -> dict[str, Any]:
         scheduler = self._scheduler
         info = scheduler.backend.info if scheduler else None
         return {

@@ -88,7 +88,12 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cache_home)},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "XDG_CACHE_HOME": str(cache_home),
+                "RUNTIME_DIRECTORY": str(cache_home.parent / "run"),  # its own control socket
+            },
         )
         self.stderr = ""
 

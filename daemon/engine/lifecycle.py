@@ -92,11 +92,21 @@ class EngineProvider:
             )
         if policy == "wait":
             return self._build_now(builder).backend
-        self._state.update(state="building", source="fallback", reason=reason)
+        self._state.update(state="pending", source="fallback", reason=reason)
         self._thread = threading.Thread(target=self._build_in_background, args=(builder,), name="engine-build", daemon=True)
-        self._thread.start()
-        log.info("serving with ONNX Runtime on the plain model while the %s engine builds", self.target)
+        log.info("serving with ONNX Runtime on the plain model; the %s engine builds once serving has begun", self.target)
         return plain_onnxruntime(self.model, self.engine)
+
+    @property
+    def build_pending(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive() and self._state.get("state") == "pending"
+
+    def begin_background_build(self) -> None:
+        """Start the deferred build (the daemon calls this once the fallback has served its first batch,
+        so a build that takes the machine for minutes never delays the first results)."""
+        if self.build_pending:
+            self._state.update(state="building")
+            self._thread.start()
 
     def _build_now(self, builder) -> Obtained:
         self._state.update(state="building", source="build")
@@ -131,5 +141,12 @@ class EngineProvider:
     def mark_switched(self, backend: InferenceBackend) -> None:
         self._state.update(state="serving", source="switched", serving=backend.info.name)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop delivering builds and wait up to ``timeout`` for a build in progress (its native code
+        cannot be interrupted, and an interpreter exiting under it aborts). True when none is left running."""
         self._cancel.set()
+        if self._thread is not None and self._thread.is_alive():
+            log.info("waiting up to %.0fs for the engine build in progress", timeout)
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True

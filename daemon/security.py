@@ -1,0 +1,250 @@
+"""CURVE encryption and client authentication for tcp endpoints; permissions for ipc socket files.
+
+Results leave the box over tcp, often across a plant network; without CURVE anyone who can reach the
+port reads every result (and thumbnail), and nothing proves to a subscriber that it is talking to the
+real daemon. With CURVE (libzmq's elliptic-curve handshake) traffic is encrypted, the client pins the
+server's public key, and the server's ZAP handler (pyzmq's ``ThreadAuthenticator``) admits only clients
+whose public key is in an authorised directory (or any client holding the server key, with
+``allow_any``: encryption without client authentication).
+
+Key layout written by ``trtstream keys generate DIR``::
+
+    DIR/server.key            server public key   (give to clients)          0644
+    DIR/server.key_secret     server secret key   (daemon only)              0600
+    DIR/client.key            client public key                              0644
+    DIR/client.key_secret     client secret key   (give to that client only) 0600
+    DIR/authorized_clients/client.key             the daemon's allow list
+
+CURVE options are applied per listener at bind time, so one socket can serve ``ipc://`` plainly
+(file permissions protect it) and ``tcp://`` with CURVE: bind ipc first, then call
+:func:`configure_curve`, then bind tcp (see :func:`bind_endpoints`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from .errors import PublisherError, UserError
+
+__all__ = [
+    "KeyPair",
+    "generate_keys",
+    "load_secret",
+    "load_public",
+    "start_authenticator",
+    "configure_curve",
+    "curve_client",
+    "bind_endpoints",
+    "chmod_ipc",
+    "add_keys_commands",
+]
+
+SERVER = "server"
+AUTHORIZED_DIR = "authorized_clients"
+
+
+class KeyPair(NamedTuple):
+    public: Path  # NAME.key
+    secret: Path  # NAME.key_secret
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise UserError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
+
+
+def generate_keys(directory: Path, clients: Iterable[str] = ("client",), *, force: bool = False) -> dict[str, KeyPair]:
+    """Create the server key pair and one pair per client name; authorise every client.
+
+    Keys are written into a private temporary directory (mode 0700) first, made 0600 (secret) and
+    0644 (public) there, then moved into place, so no secret is readable by others at any moment."""
+    _require_curve()
+    names = [SERVER, *clients]
+    for name in clients:
+        if not name or name == SERVER or not name.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"keys: invalid client name {name!r} (letters, digits, '-', '_'; not 'server')")
+    if len(set(names)) != len(names):
+        raise UserError("keys: client names must be unique")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = [directory / f"{name}{suffix}" for name in names for suffix in (".key", ".key_secret")]
+    existing = [p for p in existing if p.exists()]
+    if existing and not force:
+        raise UserError(f"keys: {existing[0]} already exists (use --force to replace every key in {directory})")
+    authorized = directory / AUTHORIZED_DIR
+    authorized.mkdir(mode=0o755, exist_ok=True)
+    result: dict[str, KeyPair] = {}
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".keys-") as staging:
+        for name in names:
+            public, secret = (Path(p) for p in zmq.auth.create_certificates(staging, name))
+            os.chmod(secret, 0o600)
+            os.chmod(public, 0o644)
+            result[name] = KeyPair(directory / public.name, directory / secret.name)
+            if name != SERVER:
+                shutil.copy2(public, Path(staging) / f"{name}.authorized")
+        for name, pair in result.items():
+            os.replace(Path(staging) / pair.secret.name, pair.secret)
+            os.replace(Path(staging) / pair.public.name, pair.public)
+            if name != SERVER:
+                os.replace(Path(staging) / f"{name}.authorized", authorized / pair.public.name)
+    return result
+
+
+def load_secret(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file; refuses a secret readable by group or others."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UserError(f"cannot read secret key {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(f"secret key {path} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+    public, secret = _load(path)
+    if secret is None:
+        raise UserError(f"{path} holds no secret key (is it the .key_secret file?)")
+    return public, secret
+
+
+def load_public(path: Path) -> bytes:
+    return _load(Path(path))[0]
+
+
+def _load(path: Path) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load CURVE key {path}: {exc}") from None
+
+
+def start_authenticator(
+    context: zmq.Context, authorized_clients_dir: Path | None, *, allow_any: bool = False
+) -> ThreadAuthenticator:
+    """Start the ZAP handler for ``context`` (one per context) with its client allow list.
+
+    Call ``configure_curve`` on it again to reload the directory (e.g. on SIGHUP); ``stop()`` at exit."""
+    _require_curve()
+    if allow_any == (authorized_clients_dir is not None):
+        raise UserError("CURVE: give either a directory of authorised client keys or allow_any, not both or neither")
+    if authorized_clients_dir is not None and not Path(authorized_clients_dir).is_dir():
+        raise UserError(f"CURVE: authorised clients directory {authorized_clients_dir} does not exist")
+    auth = ThreadAuthenticator(context, log=logging.getLogger("trtstream.auth"))
+    try:
+        auth.start()
+    except zmq.ZMQError as exc:
+        raise UserError(f"CURVE: cannot start the authenticator: {exc.strerror} (one per context)") from None
+    location = zmq.auth.CURVE_ALLOW_ANY if allow_any else str(authorized_clients_dir)
+    auth.configure_curve(domain="*", location=location)
+    return auth
+
+
+def configure_curve(
+    socket: zmq.Socket,
+    server_secret_file: Path,
+    authorized_clients_dir: Path | None = None,
+    *,
+    allow_any: bool = False,
+    authenticator: ThreadAuthenticator | None = None,
+) -> ThreadAuthenticator:
+    """Make ``socket`` a CURVE server for every endpoint bound after this call.
+
+    Starts an authenticator for the socket's context unless ``authenticator`` (already started for that
+    context) is given; returns the authenticator, which the caller stops at exit. Call before bind."""
+    public, secret = load_secret(server_secret_file)
+    if authenticator is None:
+        authenticator = start_authenticator(socket.context, authorized_clients_dir, allow_any=allow_any)
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_server = True
+    return authenticator
+
+
+def curve_client(socket: zmq.Socket, client_secret_file: Path, server_public_file: Path) -> None:
+    """Make ``socket`` a CURVE client that trusts only the given server key. Call before connect."""
+    _require_curve()
+    public, secret = load_secret(client_secret_file)
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_serverkey = load_public(server_public_file)
+
+
+def chmod_ipc(endpoint: str, mode: int) -> None:
+    """Set the mode of an ``ipc://`` socket file (right after bind); other endpoints are left alone."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        os.chmod(endpoint[len("ipc://") :], mode)
+
+
+def bind_endpoints(
+    socket: zmq.Socket,
+    endpoints: Iterable[str],
+    *,
+    ipc_mode: int = 0o660,
+    curve: tuple[Path, Path | None, bool] | None = None,
+) -> ThreadAuthenticator | None:
+    """Bind ``endpoints`` with ipc/inproc plain (mode ``ipc_mode``) and tcp under CURVE when ``curve``
+    = (server secret file, authorised clients dir, allow_any) is given. Returns the authenticator (stop
+    it when the socket closes), or None. A failed bind raises PublisherError naming the endpoint; bad
+    keys raise UserError."""
+    endpoints = list(endpoints)
+    local = [e for e in endpoints if not e.startswith("tcp://")]
+    remote = [e for e in endpoints if e.startswith("tcp://")]
+    for endpoint in local:
+        _bind(socket, endpoint)
+        chmod_ipc(endpoint, ipc_mode)
+    authenticator = None
+    if curve is not None and remote:
+        secret_file, authorized, allow_any = curve
+        authenticator = configure_curve(socket, secret_file, authorized, allow_any=allow_any)
+    try:
+        for endpoint in remote:
+            _bind(socket, endpoint)
+    except PublisherError:
+        if authenticator is not None:
+            authenticator.stop()
+        raise
+    return authenticator
+
+
+def _bind(socket: zmq.Socket, endpoint: str) -> None:
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise PublisherError(f"publisher.endpoints: cannot bind {endpoint}: {exc.strerror}") from None
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    pairs = generate_keys(Path(args.directory), args.client or ["client"], force=args.force)
+    directory = Path(args.directory)
+    print(f"server public key:  {pairs[SERVER].public}   (copy to every subscriber)")
+    print(f"server secret key:  {pairs[SERVER].secret}   (daemon only, mode 0600)")
+    for name, pair in pairs.items():
+        if name != SERVER:
+            print(f"client {name!r}: {pair.secret} (give to that subscriber only), authorised in {directory / AUTHORIZED_DIR}")
+    return 0
+
+
+def add_keys_commands(subparsers) -> argparse.ArgumentParser:
+    """Register ``keys generate`` on the main CLI's subparsers; handlers return an exit code."""
+    keys = subparsers.add_parser("keys", help="CURVE keys for encrypted, authenticated tcp endpoints")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    generate = actions.add_parser(
+        "generate",
+        help="create a server key pair and client key pairs, and authorise the clients",
+        description="Write DIR/server.key(_secret), one DIR/NAME.key(_secret) per client and "
+        f"DIR/{AUTHORIZED_DIR}/NAME.key. Secret files are mode 0600. Existing keys are kept unless --force.",
+    )
+    generate.add_argument("directory", metavar="DIR")
+    generate.add_argument("--client", action="append", metavar="NAME", help="client key name (repeatable; default 'client')")
+    generate.add_argument("--force", action="store_true", help="replace existing keys of the same names")
+    generate.set_defaults(handler=cmd_keys_generate)
+    return keys
