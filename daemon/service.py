@@ -10,7 +10,6 @@ heartbeat, close the socket with its linger so the last messages leave. Exit cod
 from __future__ import annotations
 
 import ast
-import hashlib
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .engine.fingerprint import file_sha256
 from .engine.lifecycle import EngineProvider
 from .config import Config, EngineConfig
 from .control import ControlServer, LatestResults, default_control_endpoint
@@ -37,14 +37,6 @@ from .stats import SourceStats
 __all__ = ["Daemon", "model_id"]
 
 log = logging.getLogger("trtstream.service")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_id(path: Path, explicit: str | None) -> tuple[str, str]:

@@ -28,12 +28,10 @@ Conventions that ``tests/test_tensorrt_api_surface.py`` relies on (it parses thi
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.util
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -45,6 +43,8 @@ import numpy as np
 
 from ..config import EngineConfig, ModelConfig
 from ..engine.artifact import ArtifactInvalid, Progress
+from ..engine.fingerprint import file_sha256
+from ..fsutil import write_atomically
 from ..errors import BackendError
 from .base import BackendInfo, Slot, TensorSpec
 
@@ -133,48 +133,11 @@ class TrtLogger:
         return "; ".join(errors) if errors else "TensorRT logged no error"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_fully(path: Path, data: memoryview) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, data: memoryview) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename over ``path``: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # Plugin libraries stay loaded for the life of the process: TensorRT keeps pointers into them.
@@ -253,7 +216,7 @@ class TensorRTBuilder:
     @staticmethod
     def _plugin_fingerprint(path: Path) -> dict[str, str]:
         try:
-            return {"path": str(path), "sha256": _sha256(path)}
+            return {"path": str(path), "sha256": file_sha256(path)}
         except OSError as exc:
             raise BackendError(f"engine.tensorrt.plugins: cannot read {path}: {exc.strerror}") from None
 
@@ -430,7 +393,8 @@ class TensorRTBuilder:
         if cache is None:
             return
         try:
-            _write_atomic(path, memoryview(cache.serialize()))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, bytes(memoryview(cache.serialize())))
         except OSError as exc:  # a lost timing cache only makes the next build slower
             log.warning("timing cache %s: cannot write it (%s)", path, exc.strerror)
 
