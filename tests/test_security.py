@@ -191,14 +191,13 @@ def test_ipc_stays_plain_while_tcp_needs_curve(zmq_env, keys, tmp_path):
     """CURVE options are taken per listener at bind time: one PUB serves a local ipc subscriber without
     keys (file permissions protect it) and tcp subscribers only with keys."""
     pub = zmq_env.socket(zmq.PUB)
-    port_probe = zmq_env.socket(zmq.PUB)
-    port = port_probe.bind_to_random_port("tcp://127.0.0.1")
-    port_probe.close(linger=0)
     ipc = f"ipc://{tmp_path}/results.ipc"
-    tcp = f"tcp://127.0.0.1:{port}"
+    # An ephemeral port chosen by the bind itself (a probe socket's port may not be free again yet:
+    # ZeroMQ closes sockets asynchronously).
     auth = bind_endpoints(
-        pub, [tcp, ipc], ipc_mode=0o660, curve=(keys["server"].secret, keys["server"].secret.parent / "authorized_clients", False)
+        pub, [ipc, "tcp://127.0.0.1:*"], ipc_mode=0o660, curve=(keys["server"].secret, keys["server"].secret.parent / "authorized_clients", False)
     )
+    tcp = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
     zmq_env.auths.append(auth)
     assert stat.S_IMODE((tmp_path / "results.ipc").stat().st_mode) == 0o660
     local = zmq_env.subscriber(ipc)
