@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from typing import Protocol
 
 import cv2
@@ -105,10 +106,16 @@ class SyntheticProducer:
         pass
 
 
-def open_producer(source: SourceConfig) -> FrameProducer:
+def open_producer(source: SourceConfig, stop: "threading.Event | None" = None) -> FrameProducer:
     """Open a source, or raise SourceError (URI masked) saying whether a retry may help."""
     kind = source.resolved_kind
     shown = mask_url(source.uri)
+    if source.decoder == "nvdec":
+        if not os.path.isfile(source.uri):
+            raise SourceError(f"file not found: {shown}", retryable=False)
+        from .gpu.nvdec import NvdecProducer
+
+        return NvdecProducer(source.uri, source.queue_size + 32, stop or threading.Event())
     if kind is SourceKind.SYNTHETIC:
         return SyntheticProducer(*parse_synthetic_uri(source.uri))
     if kind is SourceKind.FILE:

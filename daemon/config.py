@@ -107,6 +107,9 @@ class SourceConfig(StrictModel):
         "ending in appsink, or 'synthetic:WIDTHxHEIGHT@FPS'.",
     )
     kind: Literal["auto", "file", "stream", "usb", "gstreamer", "synthetic"] = "auto"
+    decoder: Literal["opencv", "nvdec"] = Field(
+        "opencv", description="Files: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends."
+    )
     loop: bool = Field(False, description="Files: start again at the end instead of ending.")
     pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
     drop_policy: DropPolicy = DropPolicy.AUTO
@@ -138,6 +141,8 @@ class SourceConfig(StrictModel):
             parse_synthetic_uri(self.uri)
         if (self.loop or self.pace) and self.resolved_kind is not SourceKind.FILE:
             raise ValueError("loop and pace apply to file sources only")
+        if self.decoder == "nvdec" and self.resolved_kind is not SourceKind.FILE:
+            raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
         return self
 
 

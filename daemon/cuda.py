@@ -36,6 +36,8 @@ __all__ = [
     "Event",
     "memcpy_htod_async",
     "memcpy_dtoh_async",
+    "memcpy2d_dtod_async",
+    "primary_context_handle",
 ]
 
 # Flag values from driver_types.h, used only if a cuda-bindings release lacks the module constant.
@@ -317,3 +319,24 @@ def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> N
     kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
     dst = _host_pointer(host_array)
     cuda_call(cudart.cudaMemcpyAsync(dst, src_ptr, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(device to host)")
+
+
+def memcpy2d_dtod_async(dst_ptr: int, dst_pitch: int, src_ptr: int, src_pitch: int, width_bytes: int, rows: int, stream: Stream) -> None:
+    """Enqueue a pitched device-to-device copy of ``rows`` rows of ``width_bytes`` bytes on ``stream``."""
+    cudart = _runtime()
+    kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+    cuda_call(
+        cudart.cudaMemcpy2DAsync(dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, rows, kind, stream.raw),
+        "cudaMemcpy2DAsync(device to device)",
+    )
+
+
+def primary_context_handle(device: int = 0) -> int:
+    """The driver handle of the runtime's primary context (what PyNvVideoCodec takes), made current here."""
+    from cuda.bindings import driver
+
+    cuda_call(driver.cuInit(0), "cuInit")
+    handle = cuda_call(driver.cuDeviceGet(device), "cuDeviceGet")
+    context = cuda_call(driver.cuDevicePrimaryCtxRetain(handle), "cuDevicePrimaryCtxRetain")
+    cuda_call(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    return _native_handle(context)

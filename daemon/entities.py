@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Frame", "EndOfStream", "FrameResult"]
+__all__ = ["Frame", "EndOfStream", "FrameResult", "release_image"]
 
 
 @dataclass(slots=True)
 class Frame:
-    """One decoded frame. ``image`` is BGR uint8 HxWx3, owned by this frame (readers never reuse it)."""
+    """One decoded frame. ``image`` is BGR uint8 HxWx3 owned by this frame (readers never reuse it), or a
+    :class:`daemon.gpu.nvdec.DeviceImage` (NV12 in device memory) that must be released once used."""
 
     source_id: str
     index: int
@@ -42,3 +43,10 @@ class FrameResult:
     batch_size: int
     backend: str = ""
     artifact: str | None = None  # cache key of the engine that produced it; None for an uncached model
+
+
+def release_image(frame: Frame) -> None:
+    """Give a device image back to its pool (a no-op for host images)."""
+    release = getattr(frame.image, "release", None)
+    if release is not None:
+        release()

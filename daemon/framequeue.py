@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .config import DropPolicy
-from .entities import EndOfStream, Frame
+from .entities import EndOfStream, Frame, release_image
 
 __all__ = ["FrameQueue", "Multiplexer", "Gathered"]
 
@@ -51,7 +51,7 @@ class FrameQueue:
                 if self._end is not None:
                     return False
             elif len(self._frames) >= self.capacity:
-                self._frames.popleft()
+                release_image(self._frames.popleft())
                 self.dropped += 1
             self._frames.append(frame)
             self._mux.not_empty.notify()

@@ -213,7 +213,7 @@ class Publisher:
         parts = [source_topic(self.config.topic_prefix, frame.source_id), b""]
         payloads = []
         thumbnail = self.config.thumbnail
-        if thumbnail.enabled:
+        if thumbnail.enabled and not getattr(frame.image, "is_device", False):
             image = frame.image
             if image.shape[1] > thumbnail.max_width:
                 height = max(1, round(image.shape[0] * thumbnail.max_width / image.shape[1]))

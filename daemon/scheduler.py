@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .backends.base import InferenceBackend, Slot
-from .entities import EndOfStream, Frame, FrameResult
+from .entities import EndOfStream, Frame, FrameResult, release_image
 from .errors import BackendError
 from .framequeue import Multiplexer
 from .stats import PipelineStats, SourceStats
@@ -180,7 +180,10 @@ class Scheduler:
         on_gpu = getattr(self._backend, "gpu_preprocessing", False)
         for frame in frames:
             try:
-                if on_gpu:  # the frame goes to the device as uint8; the kernel writes the input tensor
+                if getattr(frame.image, "is_device", False):  # NVDEC: already in device memory
+                    meta, geometry = self._pipeline.plan(frame.image.shape)
+                    self._backend.stage_device_frame(slot, len(kept), frame.image, geometry)
+                elif on_gpu:  # the frame goes to the device as uint8; the kernel writes the input tensor
                     meta, geometry = self._pipeline.plan(frame.image.shape)
                     self._backend.stage_frame(slot, len(kept), frame.image, geometry)
                 else:
@@ -188,6 +191,7 @@ class Scheduler:
                 metas.append(meta)
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
+                release_image(frame)
                 self._count_error(frame.source_id, f"preprocessing failed: {exc}")
         backend = self._backend
         item = _InFlight(backend, slot, kept, metas, ends, time.time())
@@ -200,6 +204,7 @@ class Scheduler:
             except Exception as exc:
                 log.error("inference submit failed: %s", exc)
                 for frame in kept:
+                    release_image(frame)
                     self._count_error(frame.source_id, f"inference failed: {exc}")
                 self._free.put(slot)
                 item.slot, item.frames = None, []
@@ -250,6 +255,8 @@ class Scheduler:
                     FrameResult(frame, results, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact)
                 )
         finally:
+            for frame in item.frames:  # the batch has completed: device images can be reused
+                release_image(frame)
             self._free.put(slot)
             self.stats.busy_slots = self._slot_count - self._free.qsize()
 

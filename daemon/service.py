@@ -212,6 +212,12 @@ class Daemon:
         model_name, model_sha = model_id(config.model.path, config.model.id)
         pipeline = create_pipeline(config.model, backend.info, _metadata_names(backend.info.details))
         configure_device_work(backend, pipeline, config.engine)
+        nvdec = [s.id for s in config.enabled_sources if s.decoder == "nvdec"]
+        if nvdec and not getattr(backend, "gpu_preprocessing", False):
+            raise UserError(
+                f"sources {nvdec}: decoder = 'nvdec' needs a GPU backend with GPU preprocessing "
+                f"(engine.backend = 'torch' or 'tensorrt', engine.preprocess = 'gpu'); serving with {backend.info.name}"
+            )
         return pipeline, {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
 
     def _start_source(self, source) -> None:

@@ -19,7 +19,7 @@ from typing import Callable
 from .backoff import Backoff
 from .capture import FrameProducer, open_producer
 from .config import SourceConfig, SourceKind
-from .entities import Frame
+from .entities import Frame, release_image
 from .errors import SourceError
 from .framequeue import FrameQueue
 from .redact import mask_text
@@ -29,7 +29,7 @@ __all__ = ["SourceState", "SourceReader"]
 
 log = logging.getLogger("trtstream.sources")
 
-ProducerFactory = Callable[[SourceConfig], FrameProducer]
+ProducerFactory = Callable[..., FrameProducer]  # (config, stop=Event) -> producer
 
 
 class SourceState(str, Enum):
@@ -113,7 +113,7 @@ class SourceReader:
         while not self._stop.is_set():
             self._set_state(SourceState.CONNECTING)
             try:
-                producer = self._open(self.config)
+                producer = self._open(self.config, stop=self._stop)
             except SourceError as exc:
                 attempts_in_a_row += 1
                 limit = self.config.reconnect.max_attempts
@@ -177,6 +177,7 @@ class SourceReader:
             frame = Frame(self.config.id, self._next_index, pts, image, time.time(), time.monotonic())
             self._next_index += 1
             if not self.queue.put(frame, self._stop):
+                release_image(frame)
                 break  # closed by stop(): this frame was never accepted, so it is not counted
             self.stats.frames_captured += 1
             self.stats.frames_dropped = self.queue.dropped

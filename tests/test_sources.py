@@ -96,3 +96,22 @@ def test_synthetic_source(size):
     frames, ends = drain(mux)
     assert [f.image.shape for f in frames] == [(240, 320, 3)] * 5
     assert ends[0].reason == "max_frames"
+
+
+def test_nvdec_without_pynvvideocodec_fails_that_source_with_a_clear_reason():
+    import importlib.util
+
+    if importlib.util.find_spec("PyNvVideoCodec") is not None:
+        pytest.skip("PyNvVideoCodec is installed here; tests/test_gpu.py covers NVDEC")
+    reader, mux = reader_for(uri=str(asset("media/bikes.mp4")), decoder="nvdec")
+    reader.start()
+    frames, ends = drain(mux, timeout=30)
+    assert frames == [] and ends[0].reason == "error" and "PyNvVideoCodec" in ends[0].detail
+
+
+def test_nvdec_is_for_file_sources():
+    from daemon.config import parse_config
+    from daemon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decoder = 'nvdec' applies to file sources only"):
+        parse_config({"sources": [{"id": "c", "uri": "rtsp://h/s", "decoder": "nvdec"}], "model": {"path": "m", "pipeline": "detection"}})

@@ -170,13 +170,23 @@ class TorchBackend:
         state: _SlotState = slot.state
         if row == 0:
             state.jobs.clear()
-        offset = state.jobs[-1][0] + _align(state.jobs[-1][3]) if state.jobs else 0
+        host_jobs = [job for job in state.jobs if job[0] != "nv12"]
+        offset = host_jobs[-1][0] + _align(host_jobs[-1][3]) if host_jobs else 0
         if offset + image.nbytes > state.staging_host.nbytes:
             raise BackendError(
                 f"frame of {image.shape[1]}x{image.shape[0]} does not fit the GPU staging area; raise engine.max_frame_size"
             )
         np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)
         state.jobs.append((offset, image.shape[1], image.shape[0], image.nbytes, geometry))
+
+    def stage_device_frame(self, slot: Slot, row: int, image, geometry) -> None:
+        """NVDEC: an NV12 frame already in device memory; the NV12 kernel reads it where it is."""
+        if self._preprocessor is None:
+            raise BackendError("NVDEC frames need GPU preprocessing (engine.preprocess = 'gpu' or 'auto')")
+        state: _SlotState = slot.state
+        if row == 0:
+            state.jobs.clear()
+        state.jobs.append(("nv12", image, geometry))
 
     # -- inference -------------------------------------------------------------------------------
     def submit(self, slot: Slot, batch_size: int) -> None:
@@ -189,9 +199,19 @@ class TorchBackend:
         if self._preprocessor is not None and state.jobs:  # (a warm-up batch stages no frames)
             row_bytes = device_input[0].numel() * device_input.element_size()
             jobs = state.jobs[:batch_size]
-            used = jobs[-1][0] + jobs[-1][3]
-            cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[:used], stream)
-            for row, (offset, width, height, nbytes, geometry) in enumerate(jobs):
+            host_jobs = [job for job in jobs if job[0] != "nv12"]
+            if host_jobs:
+                used = host_jobs[-1][0] + host_jobs[-1][3]
+                cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[:used], stream)
+            for row, job in enumerate(jobs):
+                if job[0] == "nv12":
+                    _, image, geometry = job
+                    self._preprocessor.nv12(
+                        stream, image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720,
+                        device_input.data_ptr() + row * row_bytes, geometry,
+                    )  # fmt: skip
+                    continue
+                offset, width, height, nbytes, geometry = job
                 self._preprocessor.bgr(
                     stream, state.staging_device.ptr + offset, width, height, width * 3, device_input.data_ptr() + row * row_bytes, geometry
                 )

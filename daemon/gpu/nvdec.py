@@ -1,0 +1,139 @@
+"""NVDEC decoding with PyNvVideoCodec: frames decoded straight into device memory (NV12), never copied
+to the host; GPU preprocessing reads them where they are.
+
+PyNvVideoCodec is optional and imported lazily: ``import PyNvVideoCodec`` fails on a machine without the
+NVIDIA driver. Each decoded frame is copied device-to-device (microseconds) into a buffer of a small
+per-source pool, because the decoder reuses its own surfaces; the :class:`DeviceImage` goes back to the
+pool when the batch that used it has completed (or when the queue drops it). An empty pool is
+backpressure: the reader waits, exactly as a full queue makes it wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from .. import cuda
+from ..errors import SourceError
+
+__all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "nvdec_available"]
+
+
+def nvdec_available() -> bool:
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class DeviceImage:
+    """One NV12 frame in device memory: Y plane (height x width) then interleaved UV (height/2 x width)."""
+
+    is_device = True
+
+    def __init__(self, pool: "DeviceImagePool", buffer: cuda.DeviceBuffer, width: int, height: int):
+        self._pool = pool
+        self.buffer = buffer
+        self.width, self.height = width, height
+        self.pitch = width
+        self.shape = (height, width, 3)  # the frame's size as the pipelines see it
+        self.nbytes = width * height * 3 // 2
+        self._released = False
+
+    @property
+    def y_ptr(self) -> int:
+        return self.buffer.ptr
+
+    @property
+    def uv_ptr(self) -> int:
+        return self.buffer.ptr + self.pitch * self.height
+
+    def release(self) -> None:
+        """Give the buffer back (idempotent): the frame was dropped, or its batch has completed."""
+        if not self._released:
+            self._released = True
+            self._pool.give_back(self.buffer)
+
+
+class DeviceImagePool:
+    """A fixed set of device buffers for one source's decoded frames."""
+
+    def __init__(self, count: int, nbytes: int):
+        self._free = deque(cuda.DeviceBuffer(nbytes) for _ in range(count))
+        self._all = list(self._free)
+        self._ready = threading.Condition()
+
+    def take(self, stop: threading.Event) -> cuda.DeviceBuffer | None:
+        with self._ready:
+            while not self._free:
+                if stop.is_set():
+                    return None
+                self._ready.wait(0.1)
+            return self._free.popleft()
+
+    def give_back(self, buffer: cuda.DeviceBuffer) -> None:
+        with self._ready:
+            self._free.append(buffer)
+            self._ready.notify()
+
+    def close(self) -> None:
+        for buffer in self._all:
+            buffer.close()
+
+
+class NvdecProducer:
+    """A file decoded by NVDEC (``sources[].decoder = "nvdec"``)."""
+
+    def __init__(self, path: str, pool_size: int, stop: threading.Event, gpu: int = 0):
+        try:
+            import PyNvVideoCodec as nvc
+        except Exception as exc:
+            raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
+        self._stop = stop
+        self._stream = cuda.Stream()
+        context = cuda.primary_context_handle(gpu)
+        try:
+            self._decoder = nvc.SimpleDecoder(
+                path, gpu_id=gpu, cuda_context=context, cuda_stream=self._stream.handle, use_device_memory=True,
+                output_color_type=nvc.OutputColorType.NATIVE,
+            )  # fmt: skip
+            metadata = self._decoder.get_stream_metadata()
+        except Exception as exc:
+            raise SourceError(f"NVDEC cannot decode {path}: {exc}", retryable=False) from None
+        self.fps = float(getattr(metadata, "average_fps", 0) or 0) or None
+        self.width = self.height = 0
+        self._pool: DeviceImagePool | None = None
+        self._pool_size = pool_size
+        self._index = 0
+
+    def read(self):
+        frames = self._decoder.get_batch_frames(1)
+        if not frames:
+            return None, None
+        planes = [plane.__cuda_array_interface__ for plane in frames[0].cuda()]
+        height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
+        if self._pool is None:
+            self.width, self.height = width, height
+            self._pool = DeviceImagePool(self._pool_size, width * height * 3 // 2)
+        buffer = self._pool.take(self._stop)
+        if buffer is None:
+            return None, None
+        y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
+        uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
+        cuda.memcpy2d_dtod_async(buffer.ptr, width, int(planes[0]["data"][0]), y_pitch, width, height, self._stream)
+        cuda.memcpy2d_dtod_async(buffer.ptr + width * height, width, int(planes[1]["data"][0]), uv_pitch, width, height // 2, self._stream)
+        self._stream.synchronize()  # the copy is complete before the frame is queued
+        pts = self._index * 1000.0 / self.fps if self.fps else None
+        self._index += 1
+        return DeviceImage(self._pool, buffer, width, height), pts
+
+    def rewind(self) -> bool:
+        self._decoder.seek_to_index(0)
+        self._index = 0
+        return True
+
+    def close(self) -> None:
+        self._decoder = None
+        self._stream.synchronize()
+        # The pool's buffers may still be queued; they are freed with the process (a few per source).
