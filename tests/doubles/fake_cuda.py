@@ -242,3 +242,16 @@ class FakeCuda:
         target = self._pinned_bytes(host_array)
         target[:] = self.device.view(src_ptr, target.nbytes)
         self.calls.append(("cuda.memcpy_dtoh_async", (src_ptr, target.nbytes, stream.handle), {}))
+
+    def memcpy2d_dtod_async(
+        self, dst_ptr: int, dst_pitch: int, src_ptr: int, src_pitch: int, width_bytes: int, rows: int, stream: Any
+    ) -> None:
+        stream._check()
+        for row in range(rows):
+            self.device.view(dst_ptr + row * dst_pitch, width_bytes)[:] = self.device.view(src_ptr + row * src_pitch, width_bytes)
+        self.calls.append(("cuda.memcpy2d_dtod_async", (dst_ptr, src_ptr, width_bytes, rows, stream.handle), {}))
+
+    def primary_context_handle(self, device: int = 0) -> int:
+        self.calls.append(("cuda.primary_context_handle", (device,), {}))
+        return 0x7C7C
+
