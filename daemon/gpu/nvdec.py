@@ -5,7 +5,8 @@ PyNvVideoCodec is optional and imported lazily: ``import PyNvVideoCodec`` fails 
 NVIDIA driver. Each decoded frame is copied device-to-device (microseconds) into a buffer of a small
 per-source pool, because the decoder reuses its own surfaces; the :class:`DeviceImage` goes back to the
 pool when the batch that used it has completed (or when the queue drops it). An empty pool is
-backpressure: the reader waits, exactly as a full queue makes it wait.
+backpressure: the reader waits, exactly as a full queue makes it wait. When the source closes (end,
+reload, reconnect) its idle buffers are freed at once and the others as their frames come back.
 """
 
 from __future__ import annotations
@@ -61,25 +62,32 @@ class DeviceImagePool:
 
     def __init__(self, count: int, nbytes: int):
         self._free = deque(cuda.DeviceBuffer(nbytes) for _ in range(count))
-        self._all = list(self._free)
+        self._closing = False
         self._ready = threading.Condition()
 
     def take(self, stop: threading.Event) -> cuda.DeviceBuffer | None:
         with self._ready:
             while not self._free:
-                if stop.is_set():
+                if stop.is_set() or self._closing:
                     return None
                 self._ready.wait(0.1)
             return self._free.popleft()
 
     def give_back(self, buffer: cuda.DeviceBuffer) -> None:
         with self._ready:
+            if self._closing:  # the source is gone: free it now instead of keeping it for reuse
+                buffer.close()
+                return
             self._free.append(buffer)
             self._ready.notify()
 
     def close(self) -> None:
-        for buffer in self._all:
-            buffer.close()
+        """Free the idle buffers now and the ones still queued or in flight when they come back."""
+        with self._ready:
+            self._closing = True
+            while self._free:
+                self._free.popleft().close()
+            self._ready.notify_all()
 
 
 class NvdecProducer:
@@ -136,4 +144,6 @@ class NvdecProducer:
     def close(self) -> None:
         self._decoder = None
         self._stream.synchronize()
-        # The pool's buffers may still be queued; they are freed with the process (a few per source).
+        if self._pool is not None:
+            self._pool.close()
+        self._stream.close()
