@@ -70,7 +70,6 @@ class Scheduler:
         self._slot_count = slots
         self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
         self._abort = threading.Event()  # hard stop: give up on queued frames
-        self.finished = threading.Event()  # closed, every source ended and every result was handed on
         self._closing = threading.Event()  # no source will be added any more: end once all are drained
         self._pending_backend: tuple[InferenceBackend, object] | None = None
         self._configured_max_batch = max_batch
@@ -223,8 +222,6 @@ class Scheduler:
                     self._sink(end)
         except Exception:
             log.exception("completer crashed")
-        finally:
-            self.finished.set()
 
     def _complete(self, item: _InFlight) -> None:
         slot = item.slot
