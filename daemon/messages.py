@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from . import SCHEMA_VERSION
 
 __all__ = ["HEARTBEAT_TOPIC", "source_topic", "heartbeat_topic", "encode_header", "decode_header", "SCHEMA_NAME"]
@@ -33,7 +35,9 @@ def base_header(kind: str, instance_id: str) -> dict[str, Any]:
 
 
 def encode_header(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact UTF-8 JSON. orjson rather than the standard library: it encodes a result header ~10x
+    faster, and this runs once per published frame on the publisher thread."""
+    return orjson.dumps(header)
 
 
 def decode_header(data: bytes) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Publishes results, end-of-stream messages and heartbeats on a ZeroMQ PUB socket.
 
 The publisher thread creates and owns the socket (pyzmq sockets are not thread-safe); other threads
-hand it work through a bounded queue with a non-blocking put, so a stalled publisher costs counted
-drops, never a stalled pipeline. Every send is non-blocking and the socket has a small send high-water
+hand it work through a bounded queue with a non-blocking put (a whole batch of results per put), so a
+stalled publisher costs counted drops, never a stalled pipeline. Every send is non-blocking and the socket has a small send high-water
 mark: a slow or dead subscriber loses its own messages (visible to it as gaps in ``seq``) and never
 slows the daemon or the other subscribers.
 """
@@ -31,6 +31,8 @@ __all__ = ["Publisher"]
 log = logging.getLogger("trtstream.publisher")
 
 _STOP = object()
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # a multipart message is queued whole or not at all
 
 
 class Publisher:
@@ -57,7 +59,14 @@ class Publisher:
         self._on_published = on_published  # publisher thread, after each result was sent
         self._security = security
         self._authenticator = None
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        # SimpleQueue (C, lock-free put) of single items or whole batches; ``_backlog`` counts the results
+        # in it, so ``queue_size`` still bounds results, not batches.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._backlog = 0
+        self._backlog_lock = threading.Lock()
+        self._next_subscription_check = 0.0
+        self._model_cache: dict[str, Any] = {}
+        self._model_cache_key: tuple | None = None
         self._seq: dict[str, int] = {}
         self._ended: set[str] = set()
         self._started = threading.Event()
@@ -95,13 +104,24 @@ class Publisher:
 
     def submit(self, item: FrameResult | EndOfStream) -> None:
         """Queue a result or end-of-stream; never blocks. A full queue drops results (counted), never ends."""
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            if isinstance(item, EndOfStream):
-                self._queue.put(item)  # ends are rare and must arrive
-            else:
-                self.stats.dropped_queue_full += 1
+        if isinstance(item, EndOfStream):
+            self._queue.put(item)  # ends are rare and must arrive
+        else:
+            self.submit_many([item])
+
+    def submit_many(self, results: list[FrameResult]) -> None:
+        """Queue a batch of results with one queue operation; never blocks. Over ``queue_size`` waiting
+        results, the batch's excess is dropped (counted)."""
+        if not results:
+            return
+        with self._backlog_lock:
+            room = self.config.queue_size - self._backlog
+            taken = results if len(results) <= room else results[: max(room, 0)]
+            self._backlog += len(taken)
+        if len(taken) < len(results):
+            self.stats.dropped_queue_full += len(results) - len(taken)
+        if taken:
+            self._queue.put(taken)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish what is queued and a final heartbeat, then close the socket with the configured linger."""
@@ -157,23 +177,32 @@ class Publisher:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue
-            self.stats.queue_depth = self._queue.qsize()
             if item is _STOP:
                 break
             if isinstance(item, EndOfStream):
                 self._send(socket, self._end_message(item))
-            else:
-                parts, header = self._result_message(item)
-                if self._send(socket, parts, item.frame.source_id) and self._on_published is not None:
+                continue
+            with self._backlog_lock:
+                self._backlog -= len(item)
+                self.stats.queue_depth = self._backlog
+            for result in item:
+                parts, header = self._result_message(result)
+                if self._send(socket, parts, result.frame.source_id) and self._on_published is not None:
                     try:
-                        self._on_published(item, header)
+                        self._on_published(result, header)
                     except Exception:  # an observer must never stop publishing
                         log.exception("on_published failed")
         self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(True))])
 
     def _read_subscriptions(self, socket: zmq.Socket) -> None:
         """Drain XPUB's subscription notices (first byte 1 = subscribe, 0 = unsubscribe). Called once per
-        message, so it asks ZMQ_EVENTS first instead of paying for a zmq.Again exception every time."""
+        loop, but looks at most every 20 ms while nobody waits for a subscriber: notices only feed
+        ``wait_for_subscribers``, and asking ZMQ_EVENTS per message cost more than the send itself."""
+        now = time.monotonic()
+        waiting = self._subscribers_wanted and not self._subscribed.is_set()
+        if now < self._next_subscription_check and not waiting:
+            return
+        self._next_subscription_check = now + 0.02
         while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 notice = socket.recv(zmq.NOBLOCK)
@@ -186,7 +215,11 @@ class Publisher:
 
     def _send(self, socket: zmq.Socket, parts: list[bytes], source_id: str | None = None) -> bool:
         try:
-            socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts) < 3)
+            if len(parts) == 2:  # the common case, without send_multipart's per-part flag arithmetic
+                socket.send(parts[0], _NOBLOCK_MORE)
+                socket.send(parts[1], _NOBLOCK)
+            else:
+                socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts) < 3)
         except zmq.Again:
             self.stats.dropped_socket += 1
             return False
@@ -194,6 +227,14 @@ class Publisher:
         if source_id is not None and source_id in self._source_stats:
             self._source_stats[source_id].frames_published += 1
         return True
+
+    def _model_fields(self, backend: str, artifact: str | None) -> dict[str, Any]:
+        """The ``model`` object of a result, built once per (model, backend, engine) rather than per frame."""
+        key = (id(self._model_info), backend, artifact)
+        if self._model_cache_key != key:
+            self._model_cache = {**self._model_info, "backend": backend, "artifact": artifact}
+            self._model_cache_key = key
+        return self._model_cache
 
     def _next_seq(self, source_id: str) -> int:
         seq = self._seq.get(source_id, 0)
@@ -207,7 +248,7 @@ class Publisher:
             source_id=frame.source_id,
             seq=self._next_seq(frame.source_id),
             frame={"index": frame.index, "pts_ms": frame.pts_ms, "width": frame.image.shape[1], "height": frame.image.shape[0]},
-            model={**self._model_info, "backend": result.backend, "artifact": result.artifact},
+            model=self._model_fields(result.backend, result.artifact),
             batch_size=result.batch_size,
         )
         header.update(result.results)

@@ -29,6 +29,7 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("trtstream.scheduler")
 
 ResultSink = Callable[[FrameResult | EndOfStream], None]
+BatchSink = Callable[[list[FrameResult]], None]
 
 
 @dataclass(slots=True)
@@ -55,11 +56,14 @@ class Scheduler:
         max_batch: int,
         max_wait_s: float,
         slots: int,
+        sink_many: BatchSink | None = None,
     ):
         self._mux = mux
         self._backend = backend
         self._pipeline = pipeline
         self._sink = sink
+        # One hand-over per batch (the publisher's submit_many) instead of one queue operation per frame.
+        self._sink_many = sink_many or (lambda results: [sink(result) for result in results])
         self._source_stats = source_stats
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
@@ -239,18 +243,26 @@ class Scheduler:
             artifact = info.details.get("artifact")
             self.stats.batches += 1
             self.stats.frames += len(item.frames)
-            for row, (frame, meta) in enumerate(zip(item.frames, item.metas)):
-                stats = self._source_stats.get(frame.source_id)
-                try:
-                    results = self._pipeline.postprocess(outputs, row, meta)
-                except Exception as exc:
-                    self._count_error(frame.source_id, f"postprocessing failed: {exc}")
+            decoded = getattr(item.backend, "device_postprocessed", False)
+            try:
+                results = self._pipeline.postprocess_batch(outputs, item.metas, decoded)
+            except Exception:  # find the frame(s) at fault: one bad row must not sink the batch
+                results = []
+                for row, (frame, meta) in enumerate(zip(item.frames, item.metas)):
+                    try:
+                        results.append(self._pipeline.postprocess(outputs, row, meta, decoded))
+                    except Exception as exc:
+                        results.append(None)
+                        self._count_error(frame.source_id, f"postprocessing failed: {exc}")
+            ready = []
+            for frame, result in zip(item.frames, results):
+                if result is None:
                     continue
+                stats = self._source_stats.get(frame.source_id)
                 if stats is not None:
                     stats.frames_inferred += 1
-                self._sink(
-                    FrameResult(frame, results, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact)
-                )
+                ready.append(FrameResult(frame, result, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact))
+            self._sink_many(ready)
         finally:
             for frame in item.frames:  # the batch has completed: device images can be reused
                 release_image(frame)

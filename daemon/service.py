@@ -61,10 +61,10 @@ def _metadata_names(details: dict[str, Any]) -> list[str] | None:
 
 def configure_device_work(backend, pipeline, engine: EngineConfig) -> None:
     """Move work to the GPU where the backend can take it (before slots are created): the pipeline's
-    output reduction (fewer bytes back, less Python per frame) and, per ``engine.preprocess``, the
-    preprocessing (uint8 frames to the device, one NVRTC kernel writes the input tensor)."""
-    if hasattr(backend, "enable_device_reduction") and hasattr(pipeline, "device_reduce") and len(backend.info.outputs) == 1:
-        backend.enable_device_reduction(pipeline.device_reduce, pipeline.reduced_shape)
+    output decoding (a few KB back per frame, already decoded) and, per ``engine.preprocess``, the
+    preprocessing (uint8 frames to the device, one NVRTC kernel launch per batch writes the input)."""
+    if hasattr(backend, "enable_device_decoding") and hasattr(pipeline, "device_decode") and len(backend.info.outputs) == 1:
+        backend.enable_device_decoding(pipeline.device_decode, pipeline.reduced_shape)
     capable = hasattr(backend, "enable_gpu_preprocessing") and hasattr(pipeline, "plan")
     if engine.preprocess == "gpu" and not capable:
         log.warning("engine.preprocess = 'gpu' but the %s backend cannot; preprocessing on the CPU", backend.info.name)
@@ -130,6 +130,7 @@ class Daemon:
                 max_batch=config.engine.max_batch,
                 max_wait_s=config.engine.max_wait_ms / 1000,
                 slots=config.engine.streams * 2,  # double buffering per stream
+                sink_many=publisher.submit_many,
             )
             scheduler.on_backend_switched = provider.mark_switched
             if config.engine.warmup:

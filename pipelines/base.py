@@ -2,8 +2,9 @@
 
 A pipeline is built once per daemon from the model config and the backend's tensor specs. ``preprocess``
 writes one frame into ``out`` (one batch row of the backend's input buffer, CHW in the model's dtype)
-and returns whatever ``postprocess`` needs to map results back to source pixels. ``postprocess`` returns
-the JSON-ready result fields of the message (``{"detections": [...]}`` or ``{"classifications": [...]}``).
+and returns whatever ``postprocess`` needs to map results back to source pixels. ``postprocess`` (one
+row) and ``postprocess_batch`` (the scheduler's path) return the JSON-ready result fields of the message
+(``{"detections": [...]}`` or ``{"classifications": [...]}``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class Pipeline(Protocol):
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: Any) -> dict[str, Any]:
         """Decode batch row ``row`` of ``outputs`` into the message's result fields."""
+
+    def postprocess_batch(self, outputs: Mapping[str, np.ndarray], metas: Sequence[Any], decoded: bool = False) -> list[dict[str, Any]]:
+        """Every row at once (the scheduler's path: one call per batch). ``decoded``: the backend already
+        ran the pipeline's ``device_decode`` on the GPU."""
 
 
 def load_labels(labels: Path | Sequence[str] | None, count: int | None, metadata_names: Sequence[str] | None = None) -> list[str]:

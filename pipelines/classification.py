@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -73,7 +73,11 @@ class ClassificationPipeline:
         geometry = crop_geometry(shape[1], shape[0], self._short_side, width, height)
         return None, crop_params(shape[1], shape[0], geometry, width, height)
 
-    def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: None) -> dict[str, Any]:
+    def postprocess_batch(self, outputs: Mapping[str, np.ndarray], metas: Sequence[None], decoded: bool = False) -> list[dict[str, Any]]:
+        """Every row of a batch (``decoded`` is unused: classification has no device decoding)."""
+        return [self.postprocess(outputs, row, meta) for row, meta in enumerate(metas)]
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: None, decoded: bool = False) -> dict[str, Any]:
         indices, probabilities = top_k(outputs[self.output_name][row], self.options.top_k, self.options.softmax)
         return {
             "classifications": [

@@ -108,6 +108,116 @@ def test_gpu_resize_crop_equals_the_cpu_path():
     assert np.abs(_pixels(gpu, pipeline.normalizer) - _pixels(cpu, pipeline.normalizer)).max() <= 1.0
 
 
+def _nv12(image: np.ndarray) -> np.ndarray:
+    """BGR -> NV12 (luma rows, then interleaved chroma rows), as NVDEC hands frames over."""
+    height, width = image.shape[:2]
+    i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+    u = i420[height : height + height // 4].reshape(height // 2, width // 2)
+    v = i420[height + height // 4 :].reshape(height // 2, width // 2)
+    return np.concatenate([i420[:height], np.stack([u, v], axis=-1).reshape(height // 2, width)])
+
+
+def test_one_batched_launch_equals_per_frame_launches_for_mixed_bgr_and_nv12_rows():
+    """The pipeline's kernel: one launch over a job table (BGR frames of two sizes and an NV12 frame)
+    writes exactly what one launch per frame writes; checks the table's C layout end to end."""
+    from daemon import cuda
+    from daemon.gpu.preprocess import GpuPreprocessor, Job
+    from pipelines.detection import DetectionPipeline
+
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], [f"c{i}" for i in range(80)], PreprocessConfig(), DetectionConfig(pad_value=127))
+    bikes = bikes_frames((0, 120))
+    frames = [("bgr", bikes[0]), ("nv12", _nv12(cv2.resize(bikes[1], (1280, 720)))), ("bgr", cv2.resize(bikes[1], (1920, 1080)))]
+    preprocessor = GpuPreprocessor(pipeline.normalizer, pipeline.pad_grey, np.float16)
+    row_bytes = 3 * 416 * 416 * 2
+    total = sum(image.nbytes for _, image in frames)
+    with cuda.PinnedBuffer(total) as src_host, cuda.DeviceBuffer(total) as src, cuda.PinnedBuffer(len(frames) * 72) as table_host, \
+            cuda.DeviceBuffer(len(frames) * 72) as table, cuda.DeviceBuffer(row_bytes * 3) as batched, cuda.DeviceBuffer(row_bytes * 3) as single, \
+            cuda.PinnedBuffer(row_bytes * 6) as out_host, cuda.Stream() as stream:
+        jobs = (Job * len(frames)).from_address(table_host.array(np.uint8, (len(frames) * 72,)).ctypes.data)
+        assert ctypes_size(Job) == 72
+        staged, offset = src_host.array(np.uint8, (total,)), 0
+        for row, (kind, image) in enumerate(frames):
+            staged[offset : offset + image.nbytes] = image.reshape(-1)
+            if kind == "bgr":
+                jobs[row] = Job.bgr(src.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, pipeline.plan(image.shape)[1])
+            else:
+                height = image.shape[0] * 2 // 3
+                jobs[row] = Job.nv12(src.ptr + offset, src.ptr + offset + image.shape[1] * height, image.shape[1], height, image.shape[1], True,
+                                     pipeline.plan((height, image.shape[1], 3))[1])
+            offset += image.nbytes
+        cuda.memcpy_htod_async(src.ptr, staged, stream)
+        cuda.memcpy_htod_async(table.ptr, table_host.array(np.uint8, (len(frames) * 72,)), stream)
+        preprocessor.batch(stream, table.ptr, len(frames), batched.ptr, 416, 416)
+        for row in range(len(frames)):
+            preprocessor.one(stream, jobs[row], single.ptr + row * row_bytes)
+        result = out_host.array(np.float16, (2, 3, 3, 416, 416))
+        cuda.memcpy_dtoh_async(result[0], batched.ptr, stream)
+        cuda.memcpy_dtoh_async(result[1], single.ptr, stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(result[0], result[1])
+        for row, (kind, image) in enumerate(frames):  # and each row is the frame, not padding or another row
+            if kind == "bgr":
+                cpu = np.zeros((3, 416, 416), np.float32)
+                pipeline.preprocess(image, cpu)
+                difference = np.abs(_pixels(result[0, row].astype(np.float32), pipeline.normalizer) - _pixels(cpu, pipeline.normalizer))
+                assert difference.max() <= 1.5, (row, float(difference.max()))
+
+
+def ctypes_size(kind) -> int:
+    import ctypes
+
+    return ctypes.sizeof(kind)
+
+
+def test_device_decoding_gives_the_host_decoding_results():
+    """The pipeline's torch decoding on the GPU (top candidates as x1, y1, x2, y2, score, class) followed
+    by the host's threshold and batched NMS equals decoding the raw output on the host."""
+    import torch
+
+    from daemon.backends.onnxruntime import OnnxRuntimeBackend
+    from pipelines.detection import DetectionPipeline
+
+    labels = asset("labels/coco.txt").read_text().split("\n")[:80]
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+    reference = OnnxRuntimeBackend(asset("models/yolov3_tiny_416.onnx"), 4, 1, OnnxRuntimeConfig())
+    slot = reference.create_slot(0)
+    frames = bikes_frames((100, 120, 160, 200))
+    metas = [pipeline.preprocess(image, slot.inputs["images"][row]) for row, image in enumerate(frames)]
+    reference.submit(slot, len(frames))
+    raw = reference.wait(slot)["output"]
+    decoded = pipeline.device_decode(torch.from_numpy(np.ascontiguousarray(raw)).cuda()).cpu().numpy()
+    assert decoded.shape == pipeline.reduced_shape(raw.shape)
+    on_host = pipeline.postprocess_batch({"output": raw}, metas)
+    on_device = pipeline.postprocess_batch({"output": decoded}, metas, decoded=True)
+    assert sum(len(r["detections"]) for r in on_host) >= 5
+    for want, have in zip(on_host, on_device):
+        assert [d["label"] for d in want["detections"]] == [d["label"] for d in have["detections"]]
+        for a, b in zip(want["detections"], have["detections"]):
+            np.testing.assert_allclose(a["box"], b["box"], atol=0.2)
+            assert abs(a["score"] - b["score"]) <= 2e-4
+    reference.close()
+
+
+def test_cuda_graph_replay_equals_eager_execution():
+    """The torch backend replays a captured graph per batch size; its outputs equal eager mode's."""
+    from daemon.backends.torch import TorchBackend
+
+    model = asset("models/yolov3_tiny_416.onnx")
+    graphs, eager = TorchBackend(model, 8, 1, half=True, cuda_graphs=True), TorchBackend(model, 8, 1, half=True, cuda_graphs=False)
+    graph_slot, eager_slot = graphs.create_slot(0), eager.create_slot(0)
+    assert sorted(graph_slot.state.graphs) == [1, 2, 4, 8] and not eager_slot.state.graphs
+    rng = np.random.default_rng(1)
+    for batch in (8, 3, 1):  # 3 replays the graph of 4
+        x = rng.random((batch, 3, 416, 416), dtype=np.float32).astype(np.float16)
+        graph_slot.inputs["images"][:batch] = x
+        eager_slot.inputs["images"][:batch] = x
+        graphs.submit(graph_slot, batch)
+        eager.submit(eager_slot, batch)
+        np.testing.assert_allclose(graphs.wait(graph_slot)["output"], eager.wait(eager_slot)["output"], rtol=1e-3, atol=1e-3)
+    graphs.close()
+    eager.close()
+
+
 def _iou(a, b) -> float:
     x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
@@ -115,8 +225,8 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@pytest.mark.parametrize("gpu_preprocessing", [False, True])
-def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocessing):
+@pytest.mark.parametrize("gpu_preprocessing,device_decoding", [(False, False), (True, False), (True, True)])
+def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocessing, device_decoding):
     from daemon.backends.onnxruntime import OnnxRuntimeBackend
     from daemon.backends.torch import TorchBackend
     from pipelines.detection import DetectionPipeline
@@ -128,6 +238,9 @@ def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocess
     pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
     if gpu_preprocessing:
         backend.enable_gpu_preprocessing(pipeline.normalizer, pipeline.pad_grey, 1920 * 1080 * 3)
+    if device_decoding:
+        backend.enable_device_decoding(pipeline.device_decode, pipeline.reduced_shape)
+    assert backend.device_postprocessed == device_decoding
     frames = bikes_frames((100, 120, 160, 200))
     ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
     metas = []
@@ -143,7 +256,7 @@ def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocess
     matched = total = 0
     for row, meta in enumerate(metas):
         want = pipeline.postprocess(expected, row, meta)["detections"]
-        have = pipeline.postprocess(got, row, meta)["detections"]
+        have = pipeline.postprocess(got, row, meta, device_decoding)["detections"]
         for detection in want:
             if detection["score"] < 0.3:
                 continue

@@ -144,3 +144,56 @@ def test_efficientnet_lite0_says_cat_for_chelsea():
     assert "cat" in top[0]["label"]
     assert sum(c["score"] for c in top if c["class_id"] in (281, 282, 285)) > 0.7
     backend.close()
+
+
+def _per_image_reference(pipeline, raw, meta):
+    """The per-image algorithm (decode, OpenCV's own per-image batched NMS, map back) that one call per
+    batch must reproduce."""
+    options = pipeline.options
+    decoded = decode_yolo(raw, pipeline.layout, options.score_threshold)
+    if len(decoded.boxes) == 0:
+        return []
+    xywh = np.column_stack([decoded.boxes[:, :2], decoded.boxes[:, 2:] - decoded.boxes[:, :2]]).astype(np.float64)
+    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), decoded.scores.tolist(), decoded.classes.tolist(), options.score_threshold, options.iou_threshold)).reshape(-1)
+    keep = keep[np.argsort(-decoded.scores[keep], kind="stable")][: options.max_detections]
+    boxes = meta.to_source(decoded.boxes[keep])
+    return [(int(c), round(float(s), 4), [round(float(v), 1) for v in b]) for b, s, c in zip(boxes, decoded.scores[keep], decoded.classes[keep])]
+
+
+@pytest.mark.parametrize("max_detections", [100, 2])
+def test_one_postprocessing_call_per_batch_equals_per_image_decoding_on_real_outputs(max_detections):
+    """Four real bikes frames of different sizes in one batch: vectorised decoding, one NMS call for the
+    whole batch (boxes of other images and classes must not suppress each other) and the mapping back
+    give each image the detections of the per-image algorithm, in the same order."""
+    backend, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127, "max_detections": max_detections})
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    frames, index = [], 0
+    while len(frames) < 4:
+        ok, image = capture.read()
+        assert ok
+        if index in (40, 100, 120, 200):
+            frames.append(image if len(frames) % 2 == 0 else cv2.resize(image, (1280, 720)))
+        index += 1
+    slot = backend.create_slot(0)
+    metas = [pipeline.preprocess(image, slot.inputs["images"][row]) for row, image in enumerate(frames)]
+    backend.submit(slot, 4)
+    outputs = backend.wait(slot, 60)
+    batch = pipeline.postprocess_batch(outputs, metas)
+    total = 0
+    for row, meta in enumerate(metas):
+        want = _per_image_reference(pipeline, outputs["output"][row], meta)
+        have = [(d["class_id"], d["score"], d["box"]) for d in batch[row]["detections"]]
+        assert [c for c, _, _ in have] == [c for c, _, _ in want]
+        for (_, s1, b1), (_, s2, b2) in zip(have, want):
+            assert s1 == pytest.approx(s2, abs=1e-4)
+            np.testing.assert_allclose(b1, b2, atol=0.11)
+        assert batch[row] == pipeline.postprocess(outputs, row, meta)  # the one-row path is the same code
+        total += len(want)
+    assert total >= (8 if max_detections == 100 else 4)
+    backend.close()
+
+
+def test_a_batch_without_detections_gives_empty_lists():
+    pipeline = DetectionPipeline("images", (100, 100), "output", [1, 4, 5 + 2], ["a", "b"], PreprocessConfig(), DetectionConfig())
+    meta = letterbox_geometry(100, 100, 100, 100)
+    assert pipeline.postprocess_batch({"output": np.zeros((3, 4, 7), np.float32)}, [meta] * 3) == [{"detections": []}] * 3

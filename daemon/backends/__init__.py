@@ -69,7 +69,7 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
     if name == "torch":
         from .torch import TorchBackend
 
-        return TorchBackend(model.path, engine.max_batch, engine.streams, engine.torch.half, engine.torch.device)
+        return TorchBackend(model.path, engine.max_batch, engine.streams, engine.torch.half, engine.torch.device, engine.torch.cuda_graphs)
     if name == "tensorrt":
         import tempfile
         from pathlib import Path

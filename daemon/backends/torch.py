@@ -12,6 +12,7 @@ With S streams and two slots per stream, the CPU fills batch N+1 while the GPU r
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,15 @@ class _SlotState:
     host_in: dict[str, np.ndarray]
     host_out: dict[str, np.ndarray]
     device_in: dict[str, Any]  # torch tensors
-    staging_host: np.ndarray | None = None  # uint8 frames for GPU preprocessing
+    # GPU preprocessing: [job table | BGR frames packed back to back], pinned, and its device twin. One
+    # host->device copy moves the table and the frames; one kernel launch preprocesses the batch.
+    staging_host: np.ndarray | None = None
     staging_device: cuda.DeviceBuffer | None = None
-    jobs: list = field(default_factory=list)  # (offset, width, height, KernelGeometry) per row
+    table: Any = None  # ctypes array of Job over the head of staging_host
+    rows: int = 0  # jobs staged for the next submit
+    used: int = 0  # bytes of staging_host in use (table included)
     keep: list = field(default_factory=list)  # pinned buffers owned by this slot
+    graphs: dict = field(default_factory=dict)  # batch size -> captured torch.cuda.CUDAGraph, ascending
 
 
 def _align(nbytes: int, to: int = 256) -> int:
@@ -74,7 +80,7 @@ def _align(nbytes: int, to: int = 256) -> int:
 class TorchBackend:
     """An ONNX model run by PyTorch eager mode on our own CUDA streams."""
 
-    def __init__(self, model_path: Path, max_batch: int, streams: int, half: bool = True, device: int = 0):
+    def __init__(self, model_path: Path, max_batch: int, streams: int, half: bool = True, device: int = 0, cuda_graphs: bool = True):
         import onnx2torch
         import torch
 
@@ -104,11 +110,13 @@ class TorchBackend:
             inputs=host_inputs,
             outputs=tuple(TensorSpec(s.name, np.dtype(np.float32), s.shape) for s in outputs),
             max_batch=max_batch,
-            details={"half": half, "streams": streams, "artifact": None},
+            details={"half": half, "streams": streams, "artifact": None, "cuda_graphs": cuda_graphs},
         )
         self._preprocessor = None
         self._reducer = None
         self._frame_bytes = 0
+        self._table_bytes = 0
+        self._cuda_graphs = cuda_graphs
         self._slots: list[Slot] = []
 
     # -- GPU preprocessing ------------------------------------------------------------------------
@@ -120,17 +128,23 @@ class TorchBackend:
         self._preprocessor = GpuPreprocessor(normalizer, pad_grey, self.info.inputs[0].dtype)
         self._frame_bytes = int(max_frame_bytes)
 
-    def enable_device_reduction(self, reduce, reduced_shape) -> None:
-        """Let the pipeline shrink the (single) output on the GPU before the copy back (``reduce`` is a
-        torch function; ``reduced_shape`` maps the output shape to the reduced one). Before slots exist."""
+    def enable_device_decoding(self, decode, decoded_shape) -> None:
+        """Let the pipeline decode the (single) output on the GPU before the copy back (``decode`` is a
+        torch function, captured into the CUDA graphs with the model; ``decoded_shape`` maps the output
+        shape to the decoded one). Before slots exist."""
         spec = self.info.outputs[0]
-        shape = tuple(reduced_shape(spec.shape))
-        self._reducer = reduce
+        shape = tuple(decoded_shape(spec.shape))
+        self._reducer = decode
         self.info = BackendInfo(
             self.info.name, self.info.version, self.info.device, self.info.inputs,
             (TensorSpec(spec.name, spec.dtype, shape), *self.info.outputs[1:]), self.info.max_batch,
-            {**self.info.details, "device_reduction": list(shape)},
+            {**self.info.details, "device_decoding": list(shape)},
         )  # fmt: skip
+
+    @property
+    def device_postprocessed(self) -> bool:
+        """Outputs come back already decoded by the pipeline's ``device_decode``."""
+        return self._reducer is not None
 
     @property
     def gpu_preprocessing(self) -> bool:
@@ -157,36 +171,58 @@ class TorchBackend:
             if all(d > 0 for d in spec.shape[1:]):
                 state.host_out[spec.name] = self._pinned(state, np.float32, spec.with_batch(batch))
         if self._preprocessor is not None:
-            state.staging_host = self._pinned(state, np.uint8, (batch * self._frame_bytes,))
-            state.staging_device = cuda.DeviceBuffer(batch * self._frame_bytes)
+            from ..gpu.preprocess import Job
+
+            self._table_bytes = _align(ctypes.sizeof(Job) * batch)
+            state.staging_host = self._pinned(state, np.uint8, (self._table_bytes + batch * _align(self._frame_bytes),))
+            state.staging_device = cuda.DeviceBuffer(state.staging_host.nbytes)
+            state.table = (Job * batch).from_address(state.staging_host.ctypes.data)
+        if self._cuda_graphs and index >= 0:
+            try:
+                self._capture_graphs(state)
+            except Exception as exc:  # a model torch cannot capture still runs, eagerly
+                state.graphs.clear()
+                self._cuda_graphs = False
+                torch.cuda.synchronize()
+                log.warning("CUDA graph capture failed (%s); running the model eagerly", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         slot = Slot(index=index, inputs=state.host_in, outputs=state.host_out, state=state)
         if index >= 0:
             self._slots.append(slot)
         return slot
 
+    def _start_row(self, state: _SlotState, row: int) -> None:
+        if row == 0:
+            state.rows, state.used = 0, self._table_bytes
+        if row != state.rows:
+            raise BackendError(f"rows must be staged in order (got {row}, expected {state.rows})")
+
     def stage_frame(self, slot: Slot, row: int, image: np.ndarray, geometry) -> None:
         """GPU preprocessing: append a BGR frame to the slot's pinned staging area (frames are packed
-        back to back, so one host->device copy moves the whole batch)."""
+        back to back after the job table, so one host->device copy moves the whole batch)."""
+        from ..gpu.preprocess import Job
+
         state: _SlotState = slot.state
-        if row == 0:
-            state.jobs.clear()
-        host_jobs = [job for job in state.jobs if job[0] != "nv12"]
-        offset = host_jobs[-1][0] + _align(host_jobs[-1][3]) if host_jobs else 0
-        if offset + image.nbytes > state.staging_host.nbytes:
+        self._start_row(state, row)
+        offset = state.used
+        if offset + image.nbytes > state.staging_host.nbytes or image.nbytes > self._frame_bytes:
             raise BackendError(
                 f"frame of {image.shape[1]}x{image.shape[0]} does not fit the GPU staging area; raise engine.max_frame_size"
             )
-        np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)
-        state.jobs.append((offset, image.shape[1], image.shape[0], image.nbytes, geometry))
+        np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)  # releases the GIL
+        state.table[row] = Job.bgr(state.staging_device.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, geometry)
+        state.used = offset + _align(image.nbytes)
+        state.rows = row + 1
 
     def stage_device_frame(self, slot: Slot, row: int, image, geometry) -> None:
-        """NVDEC: an NV12 frame already in device memory; the NV12 kernel reads it where it is."""
+        """NVDEC: an NV12 frame already in device memory; the kernel reads it where it is."""
         if self._preprocessor is None:
             raise BackendError("NVDEC frames need GPU preprocessing (engine.preprocess = 'gpu' or 'auto')")
+        from ..gpu.preprocess import Job
+
         state: _SlotState = slot.state
-        if row == 0:
-            state.jobs.clear()
-        state.jobs.append(("nv12", image, geometry))
+        self._start_row(state, row)
+        state.table[row] = Job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
+        state.rows = row + 1
 
     # -- inference -------------------------------------------------------------------------------
     def submit(self, slot: Slot, batch_size: int) -> None:
@@ -196,41 +232,75 @@ class TorchBackend:
         stream = state.stream
         name = self.info.inputs[0].name
         device_input = state.device_in[name]
-        if self._preprocessor is not None and state.jobs:  # (a warm-up batch stages no frames)
-            row_bytes = device_input[0].numel() * device_input.element_size()
-            jobs = state.jobs[:batch_size]
-            host_jobs = [job for job in jobs if job[0] != "nv12"]
-            if host_jobs:
-                used = host_jobs[-1][0] + host_jobs[-1][3]
-                cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[:used], stream)
-            for row, job in enumerate(jobs):
-                if job[0] == "nv12":
-                    _, image, geometry = job
-                    self._preprocessor.nv12(
-                        stream, image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720,
-                        device_input.data_ptr() + row * row_bytes, geometry,
-                    )  # fmt: skip
-                    continue
-                offset, width, height, nbytes, geometry = job
-                self._preprocessor.bgr(
-                    stream, state.staging_device.ptr + offset, width, height, width * 3, device_input.data_ptr() + row * row_bytes, geometry
-                )
+        if self._preprocessor is not None and state.rows:  # (a warm-up batch stages no frames)
+            if state.rows < batch_size:
+                raise BackendError(f"{state.rows} frames staged for a batch of {batch_size}")
+            # Table and frames in one copy (only the table for NVDEC frames), then one launch for the batch.
+            cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[: state.used], stream)
+            height, width = device_input.shape[2], device_input.shape[3]
+            self._preprocessor.batch(stream, state.staging_device.ptr, batch_size, device_input.data_ptr(), width, height)
+            state.rows = 0
         elif self._preprocessor is None:
             for input_name, host in state.host_in.items():
                 cuda.memcpy_htod_async(state.device_in[input_name].data_ptr(), host[:batch_size], stream)
         with torch.cuda.stream(state.torch_stream), torch.inference_mode():
-            outputs = self._module(device_input[:batch_size])
-            if not isinstance(outputs, (tuple, list)):
-                outputs = (outputs,)
-            if self._reducer is not None:
-                outputs = (self._reducer(outputs[0]), *outputs[1:])
+            graph = self._graph_for(state, batch_size)
+            if graph is not None:  # one replay instead of ~100 eager launches under the GIL
+                graph.replay()
+                outputs = graph.outputs
+            else:
+                outputs = self._forward(device_input[:batch_size])
             for spec, value in zip(self.info.outputs, outputs):
-                host = state.host_out[spec.name][:batch_size]
-                result = value.float().contiguous()
-                # Freed after this line, the block is reused only by later work on this same stream,
-                # which runs after the copy: no record_stream needed.
-                cuda.memcpy_dtoh_async(host, result.data_ptr(), stream)
+                # An eager result is freed after this line, and its block is reused only by later work on
+                # this same stream, which runs after the copy: no record_stream needed.
+                cuda.memcpy_dtoh_async(state.host_out[spec.name][:batch_size], value.data_ptr(), stream)
         state.event.record(stream)
+
+    def _forward(self, x):
+        """The model, the pipeline's device decoding, float32 contiguous outputs (what is copied back)."""
+        outputs = self._module(x)
+        if not isinstance(outputs, (tuple, list)):
+            outputs = (outputs,)
+        if self._reducer is not None:
+            outputs = (self._reducer(outputs[0]), *outputs[1:])
+        return tuple(value.float().contiguous() for value in outputs)
+
+    # -- CUDA graphs -----------------------------------------------------------------------------
+    def _graph_sizes(self) -> list[int]:
+        """Batch sizes captured per slot: powers of two up to max_batch, and max_batch. A batch of n
+        replays the smallest size >= n (the rows past n compute on stale input and are ignored)."""
+        sizes, size = [], 1
+        while size < self.info.max_batch:
+            sizes.append(size)
+            size *= 2
+        return sizes + [self.info.max_batch]
+
+    def _capture_graphs(self, state: _SlotState) -> None:
+        """Capture the forward pass once per batch size for this slot, sharing one memory pool (a slot's
+        graphs never run at the same time: the slot is reused only after its results were read)."""
+        torch = self._torch
+        device_input = state.device_in[self.info.inputs[0].name]
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        with torch.inference_mode():
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture (lazy initialisation, algorithm choice)
+                self._forward(device_input[: self.info.max_batch])
+            torch.cuda.current_stream().wait_stream(side)
+            for size in self._graph_sizes():
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+                    graph.outputs = self._forward(device_input[:size])
+                state.graphs[size] = graph
+        torch.cuda.synchronize()
+
+    def _graph_for(self, state: _SlotState, batch_size: int):
+        if not state.graphs:
+            return None
+        for size, graph in state.graphs.items():  # ascending
+            if size >= batch_size:
+                return graph
+        return None
 
     def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
         state: _SlotState = slot.state
