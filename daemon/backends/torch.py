@@ -73,6 +73,34 @@ class _SlotState:
     graphs: dict = field(default_factory=dict)  # batch size -> captured torch.cuda.CUDAGraph, ascending
 
 
+# onnx2torch modules whose inputs after the first are shapes, indices or scales read on the host.
+_HOST_ARGUMENT_MODULES = {"OnnxResize", "OnnxResizeV10", "OnnxSlice", "OnnxReshape", "OnnxExpand", "OnnxTile"}
+
+
+def _keep_shape_constants_on_host(module) -> int:
+    """onnx2torch's Resize, Slice, Reshape, Expand and Tile read their constant scales, starts, shapes
+    with ``.tolist()``, ``.numpy()`` or ``torch.Size(...)``: on a GPU tensor each is a device-to-host
+    copy that syncs every forward and forbids CUDA graph capture. Keep those constants (graph
+    initializers of a few numbers) in host memory. Returns how many were moved."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return 0
+    moved = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or type(module.get_submodule(node.target)).__name__ not in _HOST_ARGUMENT_MODULES:
+            continue
+        for arg in (*node.args[1:], *node.kwargs.values()):
+            if getattr(arg, "op", None) != "get_attr":
+                continue
+            owner_path, _, name = arg.target.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            tensor = owner._buffers.get(name)
+            if tensor is not None and tensor.numel() <= 16 and tensor.device.type != "cpu":
+                owner._buffers[name] = tensor.cpu()
+                moved += 1
+    return moved
+
+
 def _align(nbytes: int, to: int = 256) -> int:
     return (nbytes + to - 1) // to * to
 
@@ -97,6 +125,7 @@ class TorchBackend:
         self._half = half
         if half:
             self._module = self._module.half()
+        _keep_shape_constants_on_host(self._module)
         self._compute_dtype = torch.float16 if half else torch.float32
         self._streams = [cuda.Stream() for _ in range(streams)]
         self._torch_streams = [torch.cuda.ExternalStream(s.handle, device=f"cuda:{device}") for s in self._streams]
