@@ -8,6 +8,7 @@ A producer opens one source and yields BGR frames; it knows nothing about queues
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import threading
@@ -21,6 +22,8 @@ from .errors import SourceError
 from .redact import mask_url
 
 __all__ = ["FrameProducer", "open_producer", "gstreamer_available"]
+
+log = logging.getLogger("trtstream.capture")
 
 
 class FrameProducer(Protocol):
@@ -47,32 +50,55 @@ def gstreamer_available() -> bool:
 
 
 class OpenCVProducer:
-    """A ``cv2.VideoCapture`` for files, network streams, USB cameras and GStreamer pipelines."""
+    """A ``cv2.VideoCapture`` for files, network streams, USB cameras and GStreamer pipelines.
 
-    def __init__(self, capture: cv2.VideoCapture, kind: SourceKind):
+    ``pinned_frames`` > 0 (GPU preprocessing): frames are decoded straight into a pool of that many pinned
+    buffers (:mod:`daemon.pinned`), created at the first frame's size and again if the size changes."""
+
+    def __init__(self, capture: cv2.VideoCapture, kind: SourceKind, pinned_frames: int = 0):
         self._capture = capture
         self._kind = kind
         fps = capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
         self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self._pinned_frames = pinned_frames
+        self._pool = None
 
     def read(self) -> tuple[np.ndarray | None, float | None]:
-        ok, image = self._capture.read()
+        target = self._pool.take() if self._pool is not None else None
+        ok, image = self._capture.read(target) if target is not None else self._capture.read()
+        if target is not None and (image is None or image.ctypes.data != target.ctypes.data):
+            target.release()  # OpenCV allocated instead (no frame, or another size/format)
         if not ok or image is None:
             return None, None
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         elif image.shape[2] == 4:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if self._pinned_frames and (self._pool is None or self._pool.shape != image.shape) and image.ndim == 3:
+            self._new_pool(image.shape)
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self._kind is SourceKind.FILE else None
         return image, pts
+
+    def _new_pool(self, shape: tuple[int, ...]) -> None:
+        from .pinned import PinnedImagePool
+
+        if self._pool is not None:
+            self._pool.close()
+        try:
+            self._pool = PinnedImagePool(self._pinned_frames, shape)
+        except Exception as exc:  # out of pinned memory: decode into ordinary memory, as without a GPU
+            log.warning("no pinned frame buffers (%s); decoding into ordinary memory", exc)
+            self._pinned_frames, self._pool = 0, None
 
     def rewind(self) -> bool:
         return bool(self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
     def close(self) -> None:
         self._capture.release()
+        if self._pool is not None:
+            self._pool.close()
 
 
 class SyntheticProducer:
@@ -106,8 +132,9 @@ class SyntheticProducer:
         pass
 
 
-def open_producer(source: SourceConfig, stop: "threading.Event | None" = None) -> FrameProducer:
-    """Open a source, or raise SourceError (URI masked) saying whether a retry may help."""
+def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, pinned_frames: int = 0) -> FrameProducer:
+    """Open a source, or raise SourceError (URI masked) saying whether a retry may help. ``pinned_frames``:
+    the size of the pinned frame pool for OpenCV sources (0: ordinary memory)."""
     kind = source.resolved_kind
     shown = mask_url(source.uri)
     if source.decoder == "nvdec":
@@ -142,4 +169,4 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None) -
     if not capture.isOpened():
         capture.release()
         raise SourceError(f"cannot open {kind.value} source: {shown}", retryable=kind is not SourceKind.FILE)
-    return OpenCVProducer(capture, kind)
+    return OpenCVProducer(capture, kind, pinned_frames)

@@ -10,6 +10,7 @@ heartbeat, close the socket with its linger so the last messages leave. Exit cod
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from .publisher import Publisher
 from .errors import UserError
 from .redact import mask_text, mask_url
 from .scheduler import Scheduler, warm_up
+from .capture import open_producer
 from .sources import SourceReader
 from .stats import SourceStats
 
@@ -226,9 +228,21 @@ class Daemon:
         if self._publisher is not None:
             self._publisher.source_added(source.id)
         queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy)
-        reader = SourceReader(source, queue, self.source_stats[source.id])
+        pinned = self._pinned_frames_for(source)
+        factory = functools.partial(open_producer, pinned_frames=pinned) if pinned else open_producer
+        reader = SourceReader(source, queue, self.source_stats[source.id], producer_factory=factory)
         self._readers[source.id] = reader
         reader.start()
+
+    def _pinned_frames_for(self, source) -> int:
+        """How many pinned buffers this source decodes into (0: ordinary memory). Only with GPU
+        preprocessing, and not with thumbnails (the publisher encodes them after the frame's buffer went
+        back to the pool). Enough for the frames queued plus a few per in-flight slot; an empty pool makes
+        the reader decode into ordinary memory, it never waits."""
+        scheduler = self._scheduler
+        if scheduler is None or not getattr(scheduler.backend, "gpu_preprocessing", False) or self.config.publisher.thumbnail.enabled:
+            return 0
+        return source.queue_size + 2 * self.config.engine.streams * 2 + 2
 
     def _stop_source(self, source_id: str, reason: str) -> None:
         """Stop a reader; its queued frames still drain, then its end-of-stream says ``reason``."""

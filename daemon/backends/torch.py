@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import cuda
+from ..pinned import PinnedImage
 from ..errors import BackendError
 from .base import BackendInfo, Slot, TensorSpec
 
@@ -68,7 +69,9 @@ class _SlotState:
     staging_device: cuda.DeviceBuffer | None = None
     table: Any = None  # ctypes array of Job over the head of staging_host
     rows: int = 0  # jobs staged for the next submit
-    used: int = 0  # bytes of staging_host in use (table included)
+    used: int = 0  # bytes of the staging area in use (table included)
+    host_end: int = 0  # end of the table and the frames copied into staging_host (what the bulk copy moves)
+    pinned_copies: list = field(default_factory=list)  # (offset, PinnedImage): copied from where they were decoded
     keep: list = field(default_factory=list)  # pinned buffers owned by this slot
     graphs: dict = field(default_factory=dict)  # batch size -> captured torch.cuda.CUDAGraph, ascending
 
@@ -221,7 +224,8 @@ class TorchBackend:
 
     def _start_row(self, state: _SlotState, row: int) -> None:
         if row == 0:
-            state.rows, state.used = 0, self._table_bytes
+            state.rows, state.used, state.host_end = 0, self._table_bytes, self._table_bytes
+            state.pinned_copies.clear()
         if row != state.rows:
             raise BackendError(f"rows must be staged in order (got {row}, expected {state.rows})")
 
@@ -237,7 +241,11 @@ class TorchBackend:
             raise BackendError(
                 f"frame of {image.shape[1]}x{image.shape[0]} does not fit the GPU staging area; raise engine.max_frame_size"
             )
-        np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)  # releases the GIL
+        if isinstance(image, PinnedImage) and image.flags.c_contiguous:  # decoded into pinned memory: no CPU copy
+            state.pinned_copies.append((offset, image))
+        else:
+            np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)  # releases the GIL
+            state.host_end = offset + image.nbytes
         state.table[row] = Job.bgr(state.staging_device.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, geometry)
         state.used = offset + _align(image.nbytes)
         state.rows = row + 1
@@ -264,8 +272,13 @@ class TorchBackend:
         if self._preprocessor is not None and state.rows:  # (a warm-up batch stages no frames)
             if state.rows < batch_size:
                 raise BackendError(f"{state.rows} frames staged for a batch of {batch_size}")
-            # Table and frames in one copy (only the table for NVDEC frames), then one launch for the batch.
-            cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[: state.used], stream)
+            # Table and frames in one copy, then each frame decoded into pinned memory straight from
+            # there (after the bulk copy, which may span their places), then one launch for the batch.
+            # NVDEC frames need no copy.
+            cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[: state.host_end], stream)
+            for offset, image in state.pinned_copies:
+                cuda.memcpy_htod_async(state.staging_device.ptr + offset, image, stream)
+            state.pinned_copies.clear()
             height, width = device_input.shape[2], device_input.shape[3]
             self._preprocessor.batch(stream, state.staging_device.ptr, batch_size, device_input.data_ptr(), width, height)
             state.rows = 0
