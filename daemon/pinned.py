@@ -41,7 +41,7 @@ class PinnedImage(np.ndarray):
         """Give the buffer back to its pool (once; a no-op on views and after the first call)."""
         if not self._released and self._pool is not None:
             self._released = True
-            self._pool.give_back(self._buffer)
+            self._pool.give_back(self)
 
 
 class PinnedImagePool:
@@ -50,7 +50,12 @@ class PinnedImagePool:
     def __init__(self, count: int, shape: tuple[int, int, int]):
         self.shape = tuple(shape)
         self._nbytes = int(np.prod(shape))
-        self._free = deque(cuda.PinnedBuffer(self._nbytes) for _ in range(count))
+        self._free: deque[PinnedImage] = deque()
+        for _ in range(count):  # one PinnedImage per buffer, built once: taking one costs a lock, no allocation
+            buffer = cuda.PinnedBuffer(self._nbytes)
+            image = buffer.array(np.uint8, self.shape).view(PinnedImage)
+            image._pool, image._buffer = self, buffer
+            self._free.append(image)
         self._lock = threading.Lock()
         self._closing = False
         self.misses = 0  # takes that found the pool empty (the reader then decoded into ordinary memory)
@@ -61,17 +66,16 @@ class PinnedImagePool:
             if self._closing or not self._free:
                 self.misses += 1
                 return None
-            buffer = self._free.popleft()
-        image = buffer.array(np.uint8, self.shape).view(PinnedImage)
-        image._pool, image._buffer, image._released = self, buffer, False
+            image = self._free.popleft()
+        image._released = False
         return image
 
-    def give_back(self, buffer: "cuda.PinnedBuffer") -> None:
+    def give_back(self, image: PinnedImage) -> None:
         with self._lock:
             if not self._closing:
-                self._free.append(buffer)
+                self._free.append(image)
                 return
-        buffer.close()  # the source is gone: free it instead of keeping it for reuse
+        image._buffer.close()  # the source is gone: free it instead of keeping it for reuse
 
     def close(self) -> None:
         """Free the idle buffers now; buffers still queued or in flight are freed when they come back."""
@@ -79,5 +83,5 @@ class PinnedImagePool:
             self._closing = True
             idle = list(self._free)
             self._free.clear()
-        for buffer in idle:
-            buffer.close()
+        for image in idle:
+            image._buffer.close()

@@ -21,7 +21,8 @@ import zmq
 from .config import PublisherConfig
 from .entities import EndOfStream, FrameResult
 from .errors import PublisherError, UserError
-from .messages import base_header, encode_header, heartbeat_topic, source_topic
+from .messages import SCHEMA_NAME, base_header, encode_header, heartbeat_topic, source_topic
+from . import SCHEMA_VERSION
 from .opsconfig import SecurityConfig
 from .security import bind_endpoints
 from .stats import PublisherStats, SourceStats
@@ -68,6 +69,7 @@ class Publisher:
         self._model_cache: dict[str, Any] = {}
         self._model_cache_key: tuple | None = None
         self._seq: dict[str, int] = {}
+        self._topics: dict[str, bytes] = {}
         self._ended: set[str] = set()
         self._started = threading.Event()
         self._subscriptions = 0
@@ -242,21 +244,28 @@ class Publisher:
         return seq
 
     def _result_message(self, result: FrameResult) -> tuple[list[bytes], dict[str, Any]]:
+        """Header dictionary and wire parts of one result (built as one literal: this runs per frame)."""
         frame = result.frame
-        header = base_header("result", self.instance_id)
-        header.update(
-            source_id=frame.source_id,
-            seq=self._next_seq(frame.source_id),
-            frame={"index": frame.index, "pts_ms": frame.pts_ms, "width": frame.image.shape[1], "height": frame.image.shape[0]},
-            model=self._model_fields(result.backend, result.artifact),
-            batch_size=result.batch_size,
-        )
-        header.update(result.results)
-        parts = [source_topic(self.config.topic_prefix, frame.source_id), b""]
+        source_id = frame.source_id
+        image = frame.image
+        seq = self._seq.get(source_id, 0)
+        self._seq[source_id] = seq + 1
+        topic = self._topics.get(source_id)
+        if topic is None:
+            topic = self._topics[source_id] = source_topic(self.config.topic_prefix, source_id)
+        header = {
+            "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "type": "result", "instance_id": self.instance_id,
+            "source_id": source_id,
+            "seq": seq,
+            "frame": {"index": frame.index, "pts_ms": frame.pts_ms, "width": image.shape[1], "height": image.shape[0]},
+            "model": self._model_fields(result.backend, result.artifact),
+            "batch_size": result.batch_size,
+            **result.results,
+        }  # fmt: skip
+        parts = [topic, b""]
         payloads = []
         thumbnail = self.config.thumbnail
-        if thumbnail.enabled and not getattr(frame.image, "is_device", False):
-            image = frame.image
+        if thumbnail.enabled and not getattr(image, "is_device", False):
             if image.shape[1] > thumbnail.max_width:
                 height = max(1, round(image.shape[0] * thumbnail.max_width / image.shape[1]))
                 image = cv2.resize(image, (thumbnail.max_width, height), interpolation=cv2.INTER_AREA)
@@ -265,14 +274,13 @@ class Publisher:
                 payloads.append({"kind": "thumbnail", "content_type": "image/jpeg", "width": image.shape[1], "height": image.shape[0]})
                 parts.append(jpeg.tobytes())
         header["payloads"] = payloads
-        t_published = time.time()
         header["timestamps"] = {
             "captured": frame.t_captured,
             "preprocessed": result.t_preprocessed,
             "inferred": result.t_inferred,
-            "published": t_published,
+            "published": time.time(),
         }
-        stats = self._source_stats.get(frame.source_id)
+        stats = self._source_stats.get(source_id)
         if stats is not None:
             stats.latency.add(time.monotonic() - frame.mono_captured)
         parts[1] = encode_header(header)
