@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--topic-prefix", default="trtstream")
     sub.set_defaults(handler=cmd_subscribe)
 
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks measured side by side in one run: 'bench cpu [...]' or 'bench gpu [...]' "
+        "(default: gpu when this machine can; 'bench cpu --help' lists the options)",
+    )
+    bench.add_argument("target", nargs="?", choices=["cpu", "gpu"])
+
     from .engine.commands import add_engine_commands
 
     add_engine_commands(commands, _load)
@@ -184,7 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """``trtstream bench [cpu|gpu] [options]``: the options belong to the benchmark, so they are passed on
+    unparsed (argparse would claim them)."""
+    target = argv[0] if argv[:1] and argv[0] in ("cpu", "gpu") else None
+    rest = argv[1:] if target else argv
+    if target is None:
+        from .backends.torch import torch_usable
+
+        target = "gpu" if torch_usable() else "cpu"
+    if target == "gpu":
+        from .bench.gpu import main as bench_main
+    else:
+        from .bench.cpu import main as bench_main
+    return bench_main(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -552,3 +552,20 @@ def test_trt_logger_maps_severities_and_keeps_errors(version, caplog):
     }
     assert logger.last_errors() == ["e1", "e2"]
     assert logger.describe_errors() == "e1; e2"
+
+
+def test_a_batch_smaller_than_the_profile_minimum_runs_padded_and_returns_its_own_rows(fakes):
+    """engine.tensorrt.min_batch = 2: the scheduler's partial batch of 1 runs as a batch of 2 (the profile
+    rejects 1); only the one real row is copied in and back."""
+    backend = loaded(fakes, max_batch=4, tensorrt={"min_batch": 2})
+    slot = backend.create_slot(0)
+    slot.inputs["images"][0] = 7
+    mark = len(fakes.calls)
+    backend.submit(slot, 1)
+    calls = fakes.since(mark)
+    assert ("IExecutionContext.set_input_shape", ("images", (2, 3, 416, 416))) in calls
+    row_in, row_out = 3 * 416 * 416 * 4, 2535 * 85 * 4
+    assert [args[1] for name, args in calls if name == "cuda.memcpy_htod_async"] == [row_in]
+    assert [args[1] for name, args in calls if name == "cuda.memcpy_dtoh_async"] == [row_out]
+    assert backend.wait(slot)["output"].shape == (1, 2535, 85)
+    backend.close()

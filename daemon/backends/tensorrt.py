@@ -537,6 +537,9 @@ class TensorRTBackend:
         if batch_limit < max_batch:
             log.warning("the engine takes batches up to %d; engine.max_batch=%d lowered to it", batch_limit, max_batch)
         self._max_batch = batch_limit
+        # The profile's smallest batch (engine.tensorrt.min_batch): a smaller batch from the scheduler runs
+        # padded to it (the extra rows hold whatever the slot held; their results are not copied back).
+        self._min_run_batch = max((t.batch_range[0] for t in self._inputs if t.batch_range), default=1)
         try:
             for _ in range(streams):
                 self._streams.append(cuda.Stream())
@@ -616,14 +619,15 @@ class TensorRTBackend:
         state: _SlotState = slot.state
         stream = self._streams[state.stream_index]
         context: trt.IExecutionContext = self._contexts[state.stream_index]
+        run_batch = max(batch_size, self._min_run_batch)
         with self._locks[state.stream_index]:  # slots sharing a stream share its context: one enqueue at a time
             for host, device in state.inputs.values():
                 cuda.memcpy_htod_async(device.ptr, host[:batch_size], stream)
             for tensor in self._inputs:
                 if tensor.batch_range is not None and not context.set_input_shape(
-                    tensor.name, self._run_shape(tensor, batch_size)
+                    tensor.name, self._run_shape(tensor, run_batch)
                 ):
-                    raise BackendError(f"TensorRT rejected batch {batch_size} for input {tensor.name!r}")
+                    raise BackendError(f"TensorRT rejected batch {run_batch} for input {tensor.name!r}")
             for name, address in state.addresses:
                 if not context.set_tensor_address(name, address):
                     raise BackendError(f"TensorRT rejected the device address of {name!r}")

@@ -1,0 +1,135 @@
+"""CPU benchmark (``trtstream bench cpu``): engine-only vs whole-pipeline throughput, side by side in one run.
+
+engine-only  ONNX Runtime on ready-made, already-preprocessed batches (the ceiling).
+pipeline     the daemon itself: decode bikes.mp4 -> preprocess -> batch -> infer -> decode -> publish
+             (ZeroMQ, no subscriber), same model, same batch size, same session options.
+
+The two alternate for --rounds rounds so drift (thermal, other load) hits both alike; the table gives
+the median of each and the ratio pipeline / engine-only (target >= 0.9).
+
+Usage: trtstream bench cpu [--config configs/default.toml] [--batch 4] [--frames 500] [--rounds 3]
+       (scripts/bench-cpu is the same)
+(run scripts/setup and scripts/fetch-assets first; scripts/demo does both)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
+
+import cv2
+
+from daemon.backends import create_backend
+from daemon.config import load_config
+from daemon.errors import UserError
+from daemon.service import Daemon
+from pipelines import create_pipeline
+
+
+def decode_all(path: str) -> list:
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            return frames
+        frames.append(image)
+
+
+def engine_only(config, frames: list, batch: int, count: int) -> float:
+    backend = create_backend(config.model, config.engine)
+    pipeline = create_pipeline(config.model, backend.info)
+    slots = [backend.create_slot(i) for i in range(2)]
+    batches = []
+    for start in range(0, batch * 8, batch):  # 8 distinct ready-made batches, reused
+        slot = backend.create_slot(len(batches) + 2)
+        for row in range(batch):
+            pipeline.preprocess(frames[(start + row) % len(frames)], slot.inputs[pipeline.input_name][row])
+        batches.append(slot)
+    for slot in batches[:1]:
+        backend.submit(slot, batch)
+        backend.wait(slot)
+    rounds = max(1, count // batch)
+    started = time.perf_counter()
+    for i in range(rounds):
+        slot = batches[i % len(batches)]
+        backend.submit(slot, batch)
+        backend.wait(slot)
+    elapsed = time.perf_counter() - started
+    backend.close()
+    del slots
+    return rounds * batch / elapsed
+
+
+def pipeline_fps(config, batch: int, count: int, video: str) -> tuple[float, dict]:
+    run_dir = tempfile.mkdtemp(prefix="trtstream-bench-")
+    config = config.model_copy(deep=True)
+    source = config.sources[0]
+    source.uri, source.pace, source.loop, source.max_frames = video, False, True, count
+    config.sources = [source]
+    config.engine.max_batch = batch
+    config.publisher.endpoints = [f"ipc://{run_dir}/bench.ipc"]
+    config.publisher.wait_for_subscribers = 0
+    daemon = Daemon(config)
+    finished = {}
+
+    def run() -> None:
+        finished["code"] = daemon.run()
+        finished["time"] = time.perf_counter()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    if not daemon.started.wait(120):
+        raise SystemExit("bench: the daemon did not start")
+    started = time.perf_counter()
+    thread.join()
+    stats = daemon.source_stats[source.id]
+    published = stats.frames_published
+    if published != count:
+        raise SystemExit(f"bench: expected {count} results, got {published}")
+    return published / (finished["time"] - started), daemon._scheduler.stats.snapshot()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "default.toml"))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=500, help="frames per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        config = load_config(args.config)
+    except UserError as exc:
+        print(f"trtstream bench cpu: {exc}", file=sys.stderr)
+        return 2
+    video = config.sources[0].uri
+    frames = decode_all(video)
+    engine_runs, pipeline_runs, batch_sizes = [], [], []
+    for round_index in range(args.rounds):
+        engine_runs.append(engine_only(config, frames, args.batch, args.frames))
+        fps, snapshot = pipeline_fps(config, args.batch, args.frames, video)
+        pipeline_runs.append(fps)
+        batch_sizes.append(snapshot["mean_batch_size"])
+        print(f"round {round_index + 1}: engine-only {engine_runs[-1]:7.1f} fps   pipeline {fps:7.1f} fps", flush=True)
+    engine, pipeline = statistics.median(engine_runs), statistics.median(pipeline_runs)
+    print()
+    print(f"model     {config.model.path.name}   video {Path(video).name}   batch {args.batch}   frames/run {args.frames}")
+    print(f"machine   {os.cpu_count()} CPU cores, ONNX Runtime CPU, intra-op threads {config.engine.onnxruntime.intra_op_threads or 'default'}")
+    print(f"{'measure':<28}{'fps (median of ' + str(args.rounds) + ')':>22}")
+    print(f"{'engine-only (ready batches)':<28}{engine:>22.1f}")
+    print(f"{'pipeline (decode..publish)':<28}{pipeline:>22.1f}")
+    print(f"{'ratio pipeline/engine-only':<28}{pipeline / engine:>22.3f}   (target >= 0.9)")
+    print(f"{'mean pipeline batch size':<28}{statistics.median(batch_sizes):>22.2f}")
+    return 0
+

@@ -1,0 +1,540 @@
+"""GPU benchmark (torch backend, YOLOv3-tiny): modes side by side in one run (``trtstream bench gpu``).
+
+engine-only   the model on input tensors already on the device (the ceiling), batch B, 2 streams, each a
+              replayed CUDA graph (the eager-launch figure is printed too, for reference)
+naive         the classic loop: pageable numpy, CPU letterbox, one stream, copy + execute + copy per frame
+pipeline      the daemon's scheduler + publisher: CPU preprocessing into pinned slots, S streams x 2 slots
+pipeline-gpu  the same with GPU preprocessing (frames decoded into pooled pinned buffers, one copy each to
+              the device, one NVRTC kernel launch per batch) and decoding on the device (top candidates
+              come back already decoded); "pageable": frames in ordinary memory, copied by the batcher
+
+pipeline-nvdec  the same daemon path fed by NVDEC instead (--nvdec CLIP: 1080p H.264 decoded into device
+              memory by 4 looping decoders, unpaced; the NV12 rows go through the same batched kernel)
+
+Per mode: throughput; capture->publish latency p50/p95/p99 (pipeline modes, at saturation); frames per
+joule from nvidia-smi's power draw (NVML); host RSS and GPU memory used at the end of the mode; and
+accuracy against the FP32 ONNX Runtime reference on the same frames (label agreement of the matched
+detections, mean box IoU). Prints one table. The first modes decode their frames beforehand.
+
+Usage: trtstream bench gpu [--batch 32] [--streams 3] [--seconds 8] [--frames 1080p|native] [--nvdec CLIP]
+       (scripts/bench-gpu is the same; scripts/gpu-check runs the GPU tests first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
+
+import cv2
+import numpy as np
+
+MODEL = REPO / "assets" / "models" / "yolov3_tiny_416.onnx"
+VIDEO = REPO / "assets" / "media" / "bikes.mp4"
+LABELS = REPO / "assets" / "labels" / "coco.txt"
+
+
+class PowerMeter:
+    """Samples nvidia-smi's power draw every 100 ms while a mode runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._process = None
+
+    def __enter__(self):
+        try:
+            self._process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=power.draw", "--format=csv,noheader,nounits", "-lms", "100"],
+                stdout=subprocess.PIPE, text=True,
+            )
+        except OSError:
+            return self
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            try:
+                self.samples.append(float(line.strip().split()[0]))
+            except (ValueError, IndexError):
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self._process:
+            self._process.terminate()
+
+    @property
+    def watts(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def decode(frames_kind: str, count: int = 250) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(VIDEO))
+    frames = []
+    while len(frames) < count:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(image, (1920, 1080)) if frames_kind == "1080p" else image)
+    return frames
+
+
+def make_pipeline():
+    from daemon.config import DetectionConfig, PreprocessConfig
+    from pipelines.detection import DetectionPipeline
+
+    labels = LABELS.read_text().split("\n")[:80]
+    return DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+
+
+def engine_only(batch: int, streams: int, seconds: float, graphs: bool = True) -> float:
+    """The model alone on inputs already on the device, one CUDA graph per stream (``graphs``, what the
+    pipeline's backend replays) or eager launches: the ceiling the pipeline is measured against."""
+    import torch
+
+    from daemon.backends.torch import TorchBackend
+
+    backend = TorchBackend(MODEL, batch, streams, half=True, cuda_graphs=False)
+    inputs = [torch.rand((batch, 3, 416, 416), device="cuda").half() for _ in range(streams)]
+    cuda_streams = [torch.cuda.Stream() for _ in range(streams)]
+    with torch.inference_mode():
+        for _ in range(3):
+            backend._module(inputs[0])
+        torch.cuda.synchronize()
+        runs = []
+        for stream, x in zip(cuda_streams, inputs):
+            if graphs:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    backend._module(x)
+                runs.append((stream, graph.replay))
+            else:
+                runs.append((stream, lambda x=x: backend._module(x)))
+        torch.cuda.synchronize()
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for stream, run in runs:
+                with torch.cuda.stream(stream):
+                    run()
+            done += batch * streams
+            if done % (batch * streams * 8) == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    backend.close()
+    return done / elapsed
+
+
+def naive(frames: list[np.ndarray], seconds: float) -> float:
+    import torch
+
+    from daemon.backends.torch import TorchBackend
+
+    backend = TorchBackend(MODEL, 1, 1, half=True)
+    pipeline = make_pipeline()
+    buffer = np.zeros((1, 3, 416, 416), np.float32)
+    done, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - started < seconds:
+            image = frames[done % len(frames)]
+            meta = pipeline.preprocess(image, buffer[0])
+            x = torch.from_numpy(buffer).cuda().half()  # pageable copy, default stream
+            out = backend._module(x).float().cpu().numpy()  # synchronous copy back
+            pipeline.postprocess({"output": out}, 0, meta)
+            done += 1
+    backend.close()
+    return done / (time.perf_counter() - started)
+
+
+def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
+                  sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
+                  nvdec_clip: Path | None = None) -> dict:
+    """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
+    ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
+    otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
+    ``pinned`` (with GPU preprocessing, as the daemon's readers do): each source "decodes" its frame into a
+    buffer of its pinned pool (the copy a decoder's output write costs, on the source's thread); without
+    it frames are ordinary arrays and the batcher copies them into pinned staging."""
+    from daemon.backends.torch import TorchBackend
+    from daemon.config import DropPolicy, EngineConfig, PublisherConfig
+    from daemon.service import configure_device_work
+    from daemon.entities import Frame
+    from daemon.framequeue import Multiplexer
+    from daemon.publisher import Publisher
+    from daemon.scheduler import Scheduler
+    from daemon.stats import SourceStats
+
+    pipeline = make_pipeline()
+    backend = TorchBackend(MODEL, batch, streams, half=True)
+    frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
+    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size))
+    mux = Multiplexer()
+    policy = DropPolicy.DROP_OLDEST if paced_fps else DropPolicy.BLOCK
+    queues = [mux.add_queue(f"cam{i}", 4 if paced_fps else batch * 2, policy) for i in range(sources)]
+    stats = {f"cam{i}": SourceStats(f"cam{i}", "memory", "synthetic") for i in range(sources)}
+    run_dir = tempfile.mkdtemp(prefix="trtstream-gpu-bench-")
+    publisher = Publisher(PublisherConfig(endpoints=[f"ipc://{run_dir}/bench.ipc"], send_hwm=1000, queue_size=100000), "0" * 32, {"id": "bench", "sha256": "0" * 64, "pipeline": "detection"}, stats, lambda: {})
+    publisher.start()
+    scheduler = Scheduler(mux, backend, pipeline, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * 2, sink_many=publisher.submit_many)
+    scheduler.warm_up()
+    stop = threading.Event()
+    from daemon.pinned import PinnedImagePool
+
+    pools = [PinnedImagePool((4 + 12) if paced_fps else (batch * 2 + batch * streams * 2 // sources + 8), frames[0].shape)
+             for _ in range(sources)] if (pinned and gpu_pre) else None
+
+    def decoded(index: int, image: np.ndarray) -> np.ndarray:
+        target = pools[index].take() if pools else None
+        if target is None:
+            return image
+        np.copyto(target, image)
+        return target
+
+    def feed_nvdec(index: int) -> None:
+        """An NVDEC source as the daemon runs it (pooled device images), looping, unpaced."""
+        from daemon.gpu.nvdec import NvdecProducer
+
+        producer, queue, n = NvdecProducer(str(nvdec_clip), batch * 2 + 32, stop), queues[index], 0
+        try:
+            while not stop.is_set():
+                image, pts = producer.read()
+                if image is None:
+                    if stop.is_set() or not producer.rewind():
+                        break
+                    continue
+                if not queue.put(Frame(f"cam{index}", n, pts, image, time.time(), time.monotonic()), stop):
+                    image.release()
+                    break
+                stats[f"cam{index}"].frames_captured += 1
+                n += 1
+        finally:
+            queue.close("shutdown")
+            producer.close()
+
+    def feed(index: int) -> None:
+        if nvdec_clip is not None:
+            return feed_nvdec(index)
+        queue, n = queues[index], 0
+        while not stop.is_set():
+            image = decoded(index, frames[(n * sources + index) % len(frames)])
+            if not queue.put(Frame(f"cam{index}", n, None, image, time.time(), time.monotonic()), stop):
+                break
+            stats[f"cam{index}"].frames_captured += 1
+            n += 1
+        queue.close("shutdown")
+
+    def paced() -> None:
+        """One thread plays every camera: frame n of camera i is due at n / fps (+ a per-camera phase)."""
+        interval, start, n = 1.0 / paced_fps, time.monotonic(), 0
+        while not stop.is_set():
+            due = start + n * interval
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            now_wall, now = time.time(), time.monotonic()
+            for index, queue in enumerate(queues):
+                queue.put(Frame(f"cam{index}", n, None, decoded(index, frames[(n + index * 7) % len(frames)]), now_wall, now))
+                stats[f"cam{index}"].frames_captured += 1
+            n += 1
+        for queue in queues:
+            queue.close("shutdown")
+
+    feeders = [threading.Thread(target=paced, daemon=True)] if paced_fps else [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(sources)]
+    scheduler.start()
+    for thread in feeders:
+        thread.start()
+    time.sleep(1.0)  # settle
+    start_count = sum(s.frames_published for s in stats.values())
+    for s in stats.values():
+        s.latency = type(s.latency)()
+    started = time.perf_counter()
+    memory = []
+    with PowerMeter() as power:
+        while time.perf_counter() - started < seconds:
+            time.sleep(min(10.0, seconds / 10) if sample_memory else seconds)
+            if sample_memory:
+                memory.append((time.perf_counter() - started, _rss_mib(), _gpu_used_mib()))
+        done = sum(s.frames_published for s in stats.values()) - start_count
+        elapsed = time.perf_counter() - started
+    dropped = sum(q.dropped for q in queues)
+    misses = sum(pool.misses for pool in pools) if pools else None
+    rss_end, gpu_end = _rss_mib(), _gpu_used_mib()
+    stop.set()
+    scheduler.join(30)
+    publisher.stop()
+    backend.close()
+    for pool in pools or ():
+        pool.close()
+    latencies = np.concatenate([np.fromiter(s.latency._values, float) for s in stats.values()])
+    fps = done / elapsed
+    return {
+        "fps": fps,
+        "p50": np.percentile(latencies, 50) * 1000, "p95": np.percentile(latencies, 95) * 1000, "p99": np.percentile(latencies, 99) * 1000,
+        "watts": power.watts, "batch": scheduler.stats.snapshot()["mean_batch_size"], "dropped": dropped, "memory": memory,
+        "pinned_misses": misses, "rss_mib": rss_end, "gpu_mib": gpu_end,
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _gpu_used_mib() -> float:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        return float(out.stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return float("nan")
+
+
+def slope_per_minute(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope, in units per minute (memory growth over a soak)."""
+    if len(points) < 2:
+        return float("nan")
+    t, v = np.array(points).T
+    return float(np.polyfit(t / 60.0, v, 1)[0])
+
+
+def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
+    """Against FP32 ONNX Runtime on the same frames: share of reference detections (score >= 0.3) found
+    with the same label at IoU >= 0.5, and their mean IoU."""
+    from daemon.backends.onnxruntime import OnnxRuntimeBackend
+    from daemon.backends.torch import TorchBackend
+    from daemon.config import EngineConfig, OnnxRuntimeConfig
+    from daemon.service import configure_device_work
+
+    pipeline = make_pipeline()
+    reference = OnnxRuntimeBackend(MODEL, 8, 1, OnnxRuntimeConfig())
+    backend = TorchBackend(MODEL, 8, 1, half=True)
+    frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
+    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size))
+    ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
+    agree, ious, total = 0, [], 0
+    for start in range(0, min(len(frames), 64), 8):
+        chunk = frames[start : start + 8]
+        metas = []
+        for row, image in enumerate(chunk):
+            metas.append(pipeline.preprocess(image, ref_slot.inputs["images"][row]))
+            if gpu_pre:
+                backend.stage_frame(slot, row, image, pipeline.plan(image.shape)[1])
+            else:
+                pipeline.preprocess(image, slot.inputs["images"][row])
+        reference.submit(ref_slot, len(chunk))
+        backend.submit(slot, len(chunk))
+        want_all, have_all = reference.wait(ref_slot), backend.wait(slot)
+        for row, meta in enumerate(metas):
+            want = pipeline.postprocess(want_all, row, meta)["detections"]
+            have = pipeline.postprocess(have_all, row, meta, backend.device_postprocessed)["detections"]
+            for d in want:
+                total += 1
+                best = max((_iou(d["box"], h["box"]) for h in have if h["label"] == d["label"]), default=0.0)
+                if best >= 0.5:
+                    agree += 1
+                    ious.append(best)
+    backend.close()
+    return agree / max(total, 1), float(np.mean(ious)) if ious else 0.0
+
+
+def _primary_context() -> tuple[int, int]:
+    """The runtime's primary context as the driver handle PyNvVideoCodec takes (decoded frames then live
+    in the same address space as our buffers and kernels)."""
+    from cuda.bindings import driver
+
+    from daemon.cuda import _native_handle, cuda_call
+
+    cuda_call(driver.cuInit(0), "cuInit")
+    device = cuda_call(driver.cuDeviceGet(0), "cuDeviceGet")
+    context = cuda_call(driver.cuDevicePrimaryCtxRetain(device), "cuDevicePrimaryCtxRetain")
+    cuda_call(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    return _native_handle(context), int(device)
+
+
+def _nv12_planes(frame, width: int, height: int) -> tuple[int, int, int]:
+    """(luma pointer, chroma pointer, pitch) of a decoded NV12 frame in device memory."""
+    try:
+        planes = frame.cuda()
+        y, uv = planes[0].__cuda_array_interface__, planes[1].__cuda_array_interface__
+        pitch = y["strides"][0] if y.get("strides") else width
+        return int(y["data"][0]), int(uv["data"][0]), int(pitch)
+    except Exception:
+        cai = frame.__cuda_array_interface__
+        pitch = cai["strides"][0] if cai.get("strides") else width
+        return int(cai["data"][0]), int(cai["data"][0]) + pitch * height, int(pitch)
+
+
+def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
+    """NVDEC -> NV12 in device memory -> one NVRTC kernel per frame -> model -> on-device reduction ->
+    host decoding of boxes: no host round trip of pixels. ``decoders`` clips decode in round robin."""
+    import PyNvVideoCodec as nvc
+    import torch
+
+    from daemon import cuda
+    from daemon.backends.torch import TorchBackend
+    from daemon.gpu.preprocess import GpuPreprocessor, letterbox_params
+    from pipelines.imageops import letterbox_geometry
+
+    context, _ = _primary_context()
+    stream = cuda.Stream()
+    pipeline = make_pipeline()
+    backend = TorchBackend(MODEL, batch, 1, half=True)
+    preprocessor = GpuPreprocessor(pipeline.normalizer, pipeline.pad_grey, np.float16)
+    # One frame per call, round robin over the decoders: measured faster on the H100 than taking
+    # several frames from one decoder per call (1078 vs 636 img/s with 4 decoders).
+    sources = [nvc.SimpleDecoder(str(clip), gpu_id=0, cuda_context=context, cuda_stream=stream.handle, use_device_memory=True,
+                                 output_color_type=nvc.OutputColorType.NATIVE) for _ in range(decoders)]
+    first = sources[0].get_batch_frames(1)[0]
+    planes = first.cuda()
+    shapes = [p.__cuda_array_interface__ for p in planes]
+    print(f"nvdec frame: {len(planes)} planes: " + "; ".join(f"shape {c.get('shape')} strides {c.get('strides')} {c.get('typestr')}" for c in shapes), flush=True)
+    height, width = int(shapes[0]["shape"][0]), int(shapes[0]["shape"][1])
+    geometry_box = letterbox_geometry(width, height, 416, 416)
+    geometry = letterbox_params(width, height, geometry_box, 416, 416)
+    inputs = torch.empty((batch, 3, 416, 416), dtype=torch.float16, device="cuda")
+    row_bytes = inputs[0].numel() * inputs.element_size()
+    external = torch.cuda.ExternalStream(stream.handle)
+    done, detections, started = 0, 0, time.perf_counter()
+    index = 0
+    while time.perf_counter() - started < seconds:
+        row = 0
+        while row < batch:
+            source = sources[index % decoders]
+            index += 1
+            frames = source.get_batch_frames(1)
+            if not frames:
+                source.seek_to_index(0)
+                continue
+            y_ptr, uv_ptr, pitch = _nv12_planes(frames[0], width, height)
+            preprocessor.nv12(stream, y_ptr, uv_ptr, width, height, pitch, True, inputs.data_ptr() + row * row_bytes, geometry)
+            row += 1
+        with torch.cuda.stream(external), torch.inference_mode():
+            decoded = pipeline.device_decode(backend._module(inputs)).float().cpu().numpy()
+        results = pipeline.postprocess_batch({"output": decoded}, [geometry_box] * batch, decoded=True)
+        detections += sum(len(r["detections"]) for r in results)
+        done += batch
+    elapsed = time.perf_counter() - started
+    return {"fps": done / elapsed, "frames": done, "detections_per_frame": detections / max(done, 1), "size": (width, height)}
+
+
+def _iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    global MODEL, VIDEO, LABELS  # the modes read them (set from --model, --video, --labels)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--frames", choices=["native", "1080p"], default="native")
+    parser.add_argument("--realtime", type=int, nargs="*", default=[], help="also run N cameras at 30 fps each (latency under a live load)")
+    parser.add_argument("--soak", type=float, default=0, help="also run a paced soak of this many seconds and report memory slopes")
+    parser.add_argument("--nvdec", type=Path, help="also run the NVDEC modes on this 1080p H.264 clip (scripts/make-test-clips)")
+    parser.add_argument("--only-nvdec", action="store_true", help="run only the NVDEC mode")
+    parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy",
+                        help="comma-separated subset of the default (engine is always run: it is the ratios' base)")
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
+    parser.add_argument("--model", type=Path, default=MODEL, help="YOLOv3-tiny 416 ONNX (scripts/fetch-assets)")
+    parser.add_argument("--video", type=Path, default=VIDEO)
+    parser.add_argument("--labels", type=Path, default=LABELS)
+    args = parser.parse_args(argv)
+    from daemon.backends.torch import torch_usable
+
+    if not torch_usable():
+        print("trtstream bench gpu: needs an NVIDIA GPU with PyTorch and onnx2torch (on a CPU machine: trtstream bench cpu)", file=sys.stderr)
+        return 2
+    MODEL, VIDEO, LABELS = args.model, args.video, args.labels
+    for what, path in (("--model", MODEL), ("--video", VIDEO), ("--labels", LABELS), ("--nvdec", args.nvdec)):
+        if path is not None and not path.is_file():
+            print(f"trtstream bench gpu: {what} {path}: no such file (scripts/fetch-assets, scripts/make-test-clips)", file=sys.stderr)
+            return 2
+    modes = set(args.modes.split(","))
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    frames = decode(args.frames)
+    card = torch.cuda.get_device_name(0)
+    print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; card {card}; torch {torch.__version__}; frames {frames[0].shape[1]}x{frames[0].shape[0]} ({len(frames)} decoded); "
+          f"batch {args.batch}; streams {args.streams}; {args.seconds}s per mode; {os.cpu_count()} CPU cores", flush=True)
+    if args.nvdec:
+        for decoders in (1, 4):
+            try:
+                result = nvdec_mode(args.nvdec, args.batch, decoders, args.seconds)
+                print(f"nvdec {decoders} decoder(s), {result['size'][0]}x{result['size'][1]} H.264: {result['fps']:.1f} img/s end to end "
+                      f"(decode, NV12 kernel, model, reduction, box decoding), {result['detections_per_frame']:.2f} detections/frame", flush=True)
+            except Exception as exc:  # report and go on with the other modes
+                import traceback
+
+                traceback.print_exc()
+                print(f"nvdec mode failed: {type(exc).__name__}: {exc}", flush=True)
+                break
+        if args.only_nvdec:
+            return 0
+        modes.add("pipeline-nvdec")
+    rows = []
+    if "engine-eager" in modes:
+        engine_eager = engine_only(args.batch, args.streams, args.seconds, graphs=False)
+        print(f"engine-only, eager launches {engine_eager:9.1f} img/s (for reference)", flush=True)
+    engine = engine_only(args.batch, args.streams, args.seconds)
+    rows.append(("engine-only", engine, None))
+    print(f"engine-only (CUDA graphs) {engine:9.1f} img/s", flush=True)
+    naive_fps = naive(frames, args.seconds) if "naive" in modes else float("nan")
+    rows.append(("naive", naive_fps, None))
+    print(f"naive       {naive_fps:9.1f} img/s", flush=True)
+    for name, gpu_pre, pinned in (("pipeline", False, False), ("pipeline-gpu, pageable", True, False), ("pipeline-gpu", True, True)):
+        if name.replace(", ", "-") not in modes:
+            continue
+        result = pipeline_mode(frames, args.batch, args.streams, args.seconds, gpu_pre, pinned=pinned)
+        rows.append((name, result["fps"], result))
+        print(f"{name:<12}{result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  p99 {result['p99']:.1f} ms  "
+              f"batch {result['batch']:.1f}  pinned-pool misses {result['pinned_misses']}", flush=True)
+    if "pipeline-nvdec" in modes and args.nvdec:
+        result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, nvdec_clip=args.nvdec)
+        rows.append(("pipeline-nvdec (1080p)", result["fps"], result))
+        print(f"pipeline-nvdec {result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  batch {result['batch']:.1f}", flush=True)
+    for cameras in args.realtime:
+        result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, sources=cameras, paced_fps=30.0)
+        print(f"realtime {cameras} cameras x 30 fps ({frames[0].shape[1]}x{frames[0].shape[0]}): {result['fps']:.1f} img/s published, "
+              f"{result['dropped']} dropped, p50 {result['p50']:.1f} ms, p95 {result['p95']:.1f} ms, p99 {result['p99']:.1f} ms, batch {result['batch']:.1f}", flush=True)
+    if args.soak:
+        cameras = args.realtime[0] if args.realtime else 16
+        result = pipeline_mode(frames, args.batch, args.streams, args.soak, True, sources=cameras, paced_fps=30.0, sample_memory=True)
+        rss = slope_per_minute([(t, r) for t, r, _ in result["memory"]])
+        gpu = slope_per_minute([(t, g) for t, _, g in result["memory"]])
+        print(f"soak {args.soak:.0f}s, {cameras} cameras x 30 fps: {result['fps']:.1f} img/s, {result['dropped']} dropped, p95 {result['p95']:.1f} ms; "
+              f"RSS {result['memory'][0][1]:.0f} -> {result['memory'][-1][1]:.0f} MiB (slope {rss:+.2f} MiB/min), "
+              f"GPU used {result['memory'][0][2]:.0f} -> {result['memory'][-1][2]:.0f} MiB (slope {gpu:+.2f} MiB/min)", flush=True)
+    print()
+    print(f"{'mode':<24}{'img/s':>10}{'x engine':>10}{'x naive':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'img/J':>8}{'RSS MiB':>9}{'GPU MiB':>9}")
+    for name, fps, result in rows:
+        lat = result or {}
+        joules = f"{fps / result['watts']:.1f}" if result and result.get("watts") else "-"
+        print(f"{name:<24}{fps:>10.1f}{fps / engine:>10.3f}{fps / naive_fps:>9.2f}"
+              f"{lat.get('p50', float('nan')):>8.1f}{lat.get('p95', float('nan')):>8.1f}{lat.get('p99', float('nan')):>8.1f}{joules:>8}"
+              f"{lat.get('rss_mib', float('nan')):>9.0f}{lat.get('gpu_mib', float('nan')):>9.0f}")
+    if "accuracy" not in modes:
+        return 0
+    agreement_cpu, iou_cpu = accuracy(frames, False)
+    agreement_gpu, iou_gpu = accuracy(frames, True)
+    print(f"accuracy vs FP32 ONNX Runtime (64 frames): CPU preprocessing {agreement_cpu:.1%} detections matched, mean IoU {iou_cpu:.3f}; "
+          f"GPU preprocessing {agreement_gpu:.1%}, mean IoU {iou_gpu:.3f}")
+    print(f"GPU memory: max allocated by torch {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    return 0
+

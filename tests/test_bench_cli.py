@@ -1,0 +1,43 @@
+"""``trtstream bench``: the CPU benchmark runs the real daemon and ONNX Runtime side by side and prints its
+ratio; the GPU benchmark refuses a machine without a GPU in one line; a bad config is one line, exit 2."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side():
+    done = bench("cpu", "--rounds", "1", "--frames", "24", "--batch", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine = float(re.search(r"engine-only \(ready batches\)\s+([\d.]+)", done.stdout).group(1))
+    pipeline = float(re.search(r"pipeline \(decode\.\.publish\)\s+([\d.]+)", done.stdout).group(1))
+    ratio = float(re.search(r"ratio pipeline/engine-only\s+([\d.]+)", done.stdout).group(1))
+    assert engine > 0 and pipeline > 0
+    assert ratio == pytest.approx(pipeline / engine, abs=0.002)
+
+
+def test_bench_cpu_names_a_missing_config_in_one_line():
+    done = bench("cpu", "--config", "no/such.toml")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no/such.toml" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_gpu_without_a_gpu_says_so_in_one_line():
+    from daemon.backends.torch import torch_usable
+
+    if torch_usable():
+        pytest.skip("this machine has a GPU with PyTorch: the refusal cannot be observed here")
+    done = bench("gpu")
+    assert done.returncode == 2
+    assert "needs an NVIDIA GPU" in done.stderr and "Traceback" not in done.stderr
