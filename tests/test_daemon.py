@@ -5,7 +5,6 @@ Every message received here is validated against docs/schema/message-v1.schema.j
 
 from __future__ import annotations
 
-import time
 
 from daemon.client import ResultSubscriber
 

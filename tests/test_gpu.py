@@ -229,6 +229,7 @@ def _iou(a, b) -> float:
 def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocessing, device_decoding):
     from daemon.backends.onnxruntime import OnnxRuntimeBackend
     from daemon.backends.torch import TorchBackend
+    from daemon.bench.compare import side_by_side
     from pipelines.detection import DetectionPipeline
 
     model = asset("models/yolov3_tiny_416.onnx")
@@ -242,17 +243,7 @@ def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocess
         backend.enable_device_decoding(pipeline.device_decode, pipeline.reduced_shape)
     assert backend.device_postprocessed == device_decoding
     frames = bikes_frames((100, 120, 160, 200))
-    ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
-    metas = []
-    for row, image in enumerate(frames):
-        metas.append(pipeline.preprocess(image, ref_slot.inputs["images"][row]))
-        if gpu_preprocessing:
-            backend.stage_frame(slot, row, image, pipeline.plan(image.shape)[1])
-        else:
-            pipeline.preprocess(image, slot.inputs["images"][row])
-    reference.submit(ref_slot, len(frames))
-    backend.submit(slot, len(frames))
-    expected, got = reference.wait(ref_slot), backend.wait(slot)
+    metas, expected, got = side_by_side(reference, reference.create_slot(0), backend, backend.create_slot(0), pipeline, frames, gpu_preprocessing)
     matched = total = 0
     for row, meta in enumerate(metas):
         want = pipeline.postprocess(expected, row, meta)["detections"]

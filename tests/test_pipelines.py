@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from daemon.backends.onnxruntime import OnnxRuntimeBackend
-from daemon.config import ClassificationConfig, DetectionConfig, OnnxRuntimeConfig, PreprocessConfig, parse_config
+from daemon.config import DetectionConfig, OnnxRuntimeConfig, PreprocessConfig, parse_config
 from pipelines import create_pipeline
 from pipelines.classification import top_k
 from pipelines.detection import ANCHORS_LAST, OBJECTNESS, DetectionPipeline, decode_yolo, resolve_layout

@@ -569,3 +569,25 @@ def test_a_batch_smaller_than_the_profile_minimum_runs_padded_and_returns_its_ow
     assert [args[1] for name, args in calls if name == "cuda.memcpy_dtoh_async"] == [row_out]
     assert backend.wait(slot)["output"].shape == (1, 2535, 85)
     backend.close()
+
+
+def test_an_uncached_engine_leaves_no_plan_file_behind(fakes, monkeypatch, tmp_path):
+    """engine.use_cache = false with TensorRT (the double): the plan is built into a scratch folder,
+    loaded, and the folder is gone once the backend serves."""
+    import tempfile
+
+    import daemon.backends as backends
+    import daemon.engine.builders as builders
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    monkeypatch.setattr(backends, "available_backends", lambda: {"tensorrt": True, "onnxruntime": True, "torch": False})
+    builder = fakes.builder(max_batch=2)
+    monkeypatch.setattr(builders, "create_builder", lambda model, engine, name: builder)
+    backend = backends.create_backend(builder._model, EngineConfig(backend="tensorrt", max_batch=2, use_cache=False))
+    assert list(scratch_root.iterdir()) == []
+    slot = backend.create_slot(0)
+    backend.submit(slot, 1)
+    assert backend.wait(slot)["output"].shape == (1, 2535, 85)
+    backend.close()

@@ -77,7 +77,9 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
         from ..engine.builders import create_builder
 
         builder = create_builder(model, engine, name)
-        plan = Path(tempfile.mkdtemp(prefix="trtstream-uncached-")) / f"{model.path.stem}.engine"
-        builder.build(model.path, plan, None, lambda fraction, message: None)
-        return builder.load(plan)
+        # The loaded engine lives in memory: its plan file is scratch, removed once loaded.
+        with tempfile.TemporaryDirectory(prefix="trtstream-uncached-") as scratch:
+            plan = Path(scratch) / f"{model.path.stem}.engine"
+            builder.build(model.path, plan, None, lambda fraction, message: None)
+            return builder.load(plan)
     raise BackendError(f"engine.backend: unknown backend {name!r}")  # pragma: no cover

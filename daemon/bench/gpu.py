@@ -311,28 +311,18 @@ def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
     with the same label at IoU >= 0.5, and their mean IoU."""
     from daemon.backends.onnxruntime import OnnxRuntimeBackend
     from daemon.backends.torch import TorchBackend
+    from daemon.bench.compare import side_by_side
     from daemon.config import EngineConfig, OnnxRuntimeConfig
     from daemon.service import configure_device_work
 
     pipeline = make_pipeline()
     reference = OnnxRuntimeBackend(MODEL, 8, 1, OnnxRuntimeConfig())
     backend = TorchBackend(MODEL, 8, 1, half=True)
-    frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
-    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size))
+    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=(frames[0].shape[1], frames[0].shape[0])))
     ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
     agree, ious, total = 0, [], 0
     for start in range(0, min(len(frames), 64), 8):
-        chunk = frames[start : start + 8]
-        metas = []
-        for row, image in enumerate(chunk):
-            metas.append(pipeline.preprocess(image, ref_slot.inputs["images"][row]))
-            if gpu_pre:
-                backend.stage_frame(slot, row, image, pipeline.plan(image.shape)[1])
-            else:
-                pipeline.preprocess(image, slot.inputs["images"][row])
-        reference.submit(ref_slot, len(chunk))
-        backend.submit(slot, len(chunk))
-        want_all, have_all = reference.wait(ref_slot), backend.wait(slot)
+        metas, want_all, have_all = side_by_side(reference, ref_slot, backend, slot, pipeline, frames[start : start + 8], gpu_pre)
         for row, meta in enumerate(metas):
             want = pipeline.postprocess(want_all, row, meta)["detections"]
             have = pipeline.postprocess(have_all, row, meta, backend.device_postprocessed)["detections"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cuda import Stream
-from .nvrtc import INT, PTR, Module, compile_module
+from .nvrtc import PTR, Module, compile_module
 
 __all__ = ["KernelGeometry", "GpuPreprocessor", "Job", "letterbox_params", "crop_params"]
 
