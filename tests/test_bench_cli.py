@@ -24,7 +24,7 @@ def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side():
     pipeline = float(re.search(r"pipeline \(decode\.\.publish\)\s+([\d.]+)", done.stdout).group(1))
     ratio = float(re.search(r"ratio pipeline/engine-only\s+([\d.]+)", done.stdout).group(1))
     assert engine > 0 and pipeline > 0
-    assert ratio == pytest.approx(pipeline / engine, abs=0.002)
+    assert ratio == pytest.approx(pipeline / engine, rel=0.01)  # the fps are printed to 0.1
 
 
 def test_bench_cpu_names_a_missing_config_in_one_line():
