@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .backends.base import InferenceBackend, Slot
-from .entities import EndOfStream, Frame, FrameResult, release_image
+from .entities import EndOfStream, Frame, FrameResult, drop_pixels, release_image
 from .errors import BackendError
 from .framequeue import Multiplexer
 from .stats import PipelineStats, SourceStats
@@ -57,6 +57,7 @@ class Scheduler:
         max_wait_s: float,
         slots: int,
         sink_many: BatchSink | None = None,
+        keep_pixels: bool = True,
     ):
         self._mux = mux
         self._backend = backend
@@ -64,6 +65,8 @@ class Scheduler:
         self._sink = sink
         # One hand-over per batch (the publisher's submit_many) instead of one queue operation per frame.
         self._sink_many = sink_many or (lambda results: [sink(result) for result in results])
+        # False when nothing downstream reads pixels (no thumbnails): results then carry only the shape.
+        self._keep_pixels = keep_pixels
         self._source_stats = source_stats
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
@@ -254,6 +257,9 @@ class Scheduler:
                     except Exception as exc:
                         results.append(None)
                         self._count_error(frame.source_id, f"postprocessing failed: {exc}")
+            if not self._keep_pixels:  # the batch is done with the pixels; the publisher needs only shapes
+                for frame in item.frames:
+                    drop_pixels(frame)
             ready = []
             for frame, result in zip(item.frames, results):
                 if result is None:

@@ -133,6 +133,7 @@ class Daemon:
                 max_wait_s=config.engine.max_wait_ms / 1000,
                 slots=config.engine.streams * 2,  # double buffering per stream
                 sink_many=publisher.submit_many,
+                keep_pixels=config.publisher.thumbnail.enabled,
             )
             scheduler.on_backend_switched = provider.mark_switched
             if config.engine.warmup:
@@ -239,8 +240,10 @@ class Daemon:
         preprocessing, and not with thumbnails (the publisher encodes them after the frame's buffer went
         back to the pool). Enough for the frames queued plus a few per in-flight slot; an empty pool makes
         the reader decode into ordinary memory, it never waits."""
-        scheduler = self._scheduler
-        if scheduler is None or not getattr(scheduler.backend, "gpu_preprocessing", False) or self.config.publisher.thumbnail.enabled:
+        scheduler, publisher = self._scheduler, self._publisher
+        if scheduler is None or not getattr(scheduler.backend, "gpu_preprocessing", False):
+            return 0
+        if publisher is None or publisher.config.thumbnail.enabled:  # the running publisher's settings, not a reloaded file's
             return 0
         return source.queue_size + 2 * self.config.engine.streams * 2 + 2
 

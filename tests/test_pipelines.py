@@ -197,3 +197,47 @@ def test_a_batch_without_detections_gives_empty_lists():
     pipeline = DetectionPipeline("images", (100, 100), "output", [1, 4, 5 + 2], ["a", "b"], PreprocessConfig(), DetectionConfig())
     meta = letterbox_geometry(100, 100, 100, 100)
     assert pipeline.postprocess_batch({"output": np.zeros((3, 4, 7), np.float32)}, [meta] * 3) == [{"detections": []}] * 3
+
+
+def test_results_keep_only_the_frame_shape_when_no_thumbnail_needs_pixels():
+    """The scheduler hands results to the publisher without their pixels unless thumbnails are on, so a
+    backlog of results never holds decoded frames alive."""
+    import threading
+
+    from daemon.config import DropPolicy
+    from daemon.entities import Frame, ImageShape
+    from daemon.framequeue import Multiplexer
+    from daemon.scheduler import Scheduler
+    from daemon.stats import SourceStats
+
+    backend, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 120)
+    ok, image = capture.read()
+    assert ok
+    for keep_pixels in (False, True):
+        mux = Multiplexer()
+        queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+        got, done = [], threading.Event()
+
+        def sink(item, got=got, done=done):
+            got.append(item)
+            if len(got) == 3:
+                done.set()
+
+        scheduler = Scheduler(mux, backend, pipeline, sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=4, max_wait_s=0.001, slots=2, keep_pixels=keep_pixels)
+        scheduler.start()
+        for index in range(2):
+            queue.put(Frame("cam", index, None, image.copy(), 0.0, 0.0), threading.Event())
+        queue.close("end_of_file")
+        assert done.wait(60)
+        scheduler.close_when_drained()
+        assert scheduler.join(30)
+        results = [item for item in got if hasattr(item, "frame")]
+        assert len(results) == 2 and all(r.results["detections"] for r in results)
+        for result in results:
+            if keep_pixels:
+                assert isinstance(result.frame.image, np.ndarray) and result.frame.image.shape == image.shape
+            else:
+                assert isinstance(result.frame.image, ImageShape) and result.frame.image.shape == image.shape
+    backend.close()
