@@ -238,14 +238,14 @@ class Daemon:
     def _pinned_frames_for(self, source) -> int:
         """How many pinned buffers this source decodes into (0: ordinary memory). Only with GPU
         preprocessing, and not with thumbnails (the publisher encodes them after the frame's buffer went
-        back to the pool). Enough for the frames queued plus a few per in-flight slot; an empty pool makes
-        the reader decode into ordinary memory, it never waits."""
+        back to the pool). Enough for the frames queued plus one per in-flight slot and two being decoded;
+        an empty pool makes the reader decode into ordinary memory, it never waits."""
         scheduler, publisher = self._scheduler, self._publisher
         if scheduler is None or not getattr(scheduler.backend, "gpu_preprocessing", False):
             return 0
         if publisher is None or publisher.config.thumbnail.enabled:  # the running publisher's settings, not a reloaded file's
             return 0
-        return source.queue_size + 2 * self.config.engine.streams * 2 + 2
+        return source.queue_size + 2 * self.config.engine.streams + 2
 
     def _stop_source(self, source_id: str, reason: str) -> None:
         """Stop a reader; its queued frames still drain, then its end-of-stream says ``reason``."""
