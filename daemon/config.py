@@ -271,7 +271,11 @@ class EngineConfig(StrictModel):
     )
     max_batch: int = Field(8, ge=1, le=1024, description="Frames per batch across sources.")
     max_wait_ms: float = Field(5.0, ge=0, le=10000, description="How long a partial batch waits for more frames.")
-    streams: int = Field(1, ge=1, le=64, description="Batches in flight at once (CUDA streams on a GPU).")
+    streams: int | Literal["auto"] = Field(
+        "auto",
+        description="Batches in flight at once (CUDA streams on a GPU), each with two buffer slots. 'auto': 3 on a GPU "
+        "backend (measured best on the H100), 1 on ONNX Runtime.",
+    )
     warmup: bool = Field(True, description="Run one batch before serving, so the first frame is not slow.")
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
@@ -296,6 +300,21 @@ class EngineConfig(StrictModel):
     @classmethod
     def _resolve_cache_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _resolve(value.expanduser(), info) if value is not None else None
+
+    @field_validator("streams", mode="wrap")
+    @classmethod
+    def _streams(cls, value: Any, handler: Any) -> int | str:
+        """One clear message instead of one per member of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"must be 'auto' or a whole number from 1 to 64 (got {value!r})")
+
+    def streams_for(self, backend: str) -> int:
+        """Streams for ``backend`` (a resolved name): ``streams`` itself, or for 'auto' 3 on a GPU backend
+        (0.90 -> 0.92-0.97 x engine-only on the H100, docs/benchmarks.md) and 1 on ONNX Runtime."""
+        if self.streams != "auto":
+            return int(self.streams)
+        return 1 if backend == "onnxruntime" else 3
 
 
 class ThumbnailConfig(StrictModel):

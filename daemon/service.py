@@ -131,7 +131,7 @@ class Daemon:
                 self.source_stats,
                 max_batch=config.engine.max_batch,
                 max_wait_s=config.engine.max_wait_ms / 1000,
-                slots=config.engine.streams * 2,  # double buffering per stream
+                slots=config.engine.streams_for(provider.target) * 2,  # double buffering per stream of the target engine
                 sink_many=publisher.submit_many,
                 keep_pixels=config.publisher.thumbnail.enabled,
             )
@@ -245,7 +245,7 @@ class Daemon:
             return 0
         if publisher is None or publisher.config.thumbnail.enabled:  # the running publisher's settings, not a reloaded file's
             return 0
-        return source.queue_size + 2 * self.config.engine.streams + 2
+        return source.queue_size + 2 * self.config.engine.streams_for(scheduler.backend.info.name) + 2
 
     def _stop_source(self, source_id: str, reason: str) -> None:
         """Stop a reader; its queued frames still drain, then its end-of-stream says ``reason``."""

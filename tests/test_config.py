@@ -62,6 +62,22 @@ def test_several_mistakes_give_one_line_each():
     assert any("engine.streams" in p for p in problems)
 
 
+@pytest.mark.parametrize("value", [0, 65, "two", True, 1.5])
+def test_engine_streams_is_auto_or_a_count_in_one_clear_line(value):
+    problems = problems_of({**MINIMAL, "engine": {"streams": value}})
+    assert len(problems) == 1 and "engine.streams" in problems[0] and "'auto' or a whole number from 1 to 64" in problems[0], problems
+
+
+def test_engine_streams_auto_means_three_on_a_gpu_backend_and_one_on_onnxruntime():
+    from daemon.config import EngineConfig
+
+    auto = EngineConfig()
+    assert auto.streams == "auto"
+    assert (auto.streams_for("onnxruntime"), auto.streams_for("torch"), auto.streams_for("tensorrt")) == (1, 3, 3)
+    fixed = EngineConfig(streams=2)
+    assert (fixed.streams_for("onnxruntime"), fixed.streams_for("torch")) == (2, 2)
+
+
 def test_source_kinds_and_default_drop_policies():
     assert resolve_source_kind("rtsp://user:pw@10.0.0.2/stream") is SourceKind.STREAM
     assert resolve_source_kind("https://example.com/live.m3u8") is SourceKind.STREAM

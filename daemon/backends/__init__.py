@@ -65,11 +65,11 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams, engine.onnxruntime)
+        return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams_for(name), engine.onnxruntime)
     if name == "torch":
         from .torch import TorchBackend
 
-        return TorchBackend(model.path, engine.max_batch, engine.streams, engine.torch.half, engine.torch.device, engine.torch.cuda_graphs)
+        return TorchBackend(model.path, engine.max_batch, engine.streams_for(name), engine.torch.half, engine.torch.device, engine.torch.cuda_graphs)
     if name == "tensorrt":
         import tempfile
         from pathlib import Path

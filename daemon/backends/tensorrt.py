@@ -425,7 +425,7 @@ class TensorRTBuilder:
             engine,
             io,
             max_batch=self._max_batch,
-            streams=self._engine.streams,
+            streams=self._engine.streams_for("tensorrt"),
             trt=trt,
             cuda=self._cuda,
             device=gpu["name"],

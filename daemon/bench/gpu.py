@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     global MODEL, VIDEO, LABELS  # the modes read them (set from --model, --video, --labels)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=3, help="CUDA streams (the daemon's engine.streams = auto on a GPU)")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--frames", choices=["native", "1080p"], default="native")
     parser.add_argument("--realtime", type=int, nargs="*", default=[], help="also run N cameras at 30 fps each (latency under a live load)")

@@ -75,7 +75,7 @@ class OnnxRuntimeBuilder:
 
         options = self.engine.onnxruntime.model_copy(update={"graph_optimization": "disable"})
         try:
-            backend = OnnxRuntimeBackend(artifact_path, self.engine.max_batch, self.engine.streams, options)
+            backend = OnnxRuntimeBackend(artifact_path, self.engine.max_batch, self.engine.streams_for("onnxruntime"), options)
         except BackendError as exc:
             raise ArtifactInvalid(str(exc)) from None
         backend.info.details["artifact"] = artifact_path.stem.rsplit("-", 1)[-1]

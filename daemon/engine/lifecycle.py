@@ -34,7 +34,7 @@ log = logging.getLogger("trtstream.engine")
 def plain_onnxruntime(model: ModelConfig, engine: EngineConfig) -> InferenceBackend:
     from ..backends.onnxruntime import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams, engine.onnxruntime)
+    backend = OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams_for("onnxruntime"), engine.onnxruntime)
     backend.info.details["artifact"] = None
     return backend
 
