@@ -2,9 +2,9 @@
 
 The publisher thread creates and owns the socket (pyzmq sockets are not thread-safe); other threads
 hand it work through a bounded queue with a non-blocking put (a whole batch of results per put), so a
-stalled publisher costs counted drops, never a stalled pipeline. Every send is non-blocking and the socket has a small send high-water
-mark: a slow or dead subscriber loses its own messages (visible to it as gaps in ``seq``) and never
-slows the daemon or the other subscribers.
+stalled publisher costs counted drops, never a stalled pipeline. Every send is non-blocking and the
+socket has a small send high-water mark: a slow or dead subscriber loses its own messages (visible to
+it as gaps in ``seq``) and never slows the daemon or the other subscribers.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import zmq
 from .config import PublisherConfig
 from .entities import EndOfStream, FrameResult
 from .errors import PublisherError, UserError
-from .messages import SCHEMA_NAME, base_header, encode_header, heartbeat_topic, source_topic
-from . import SCHEMA_VERSION
+from .messages import base_header, encode_header, heartbeat_topic, source_topic
 from .opsconfig import SecurityConfig
 from .security import bind_endpoints
 from .stats import PublisherStats, SourceStats
@@ -70,6 +69,7 @@ class Publisher:
         self._model_cache_key: tuple | None = None
         self._seq: dict[str, int] = {}
         self._topics: dict[str, bytes] = {}
+        self._result_base = base_header("result", instance_id)  # the fields every result starts with
         self._ended: set[str] = set()
         self._started = threading.Event()
         self._subscriptions = 0
@@ -248,15 +248,13 @@ class Publisher:
         frame = result.frame
         source_id = frame.source_id
         image = frame.image
-        seq = self._seq.get(source_id, 0)
-        self._seq[source_id] = seq + 1
         topic = self._topics.get(source_id)
         if topic is None:
             topic = self._topics[source_id] = source_topic(self.config.topic_prefix, source_id)
         header = {
-            "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "type": "result", "instance_id": self.instance_id,
+            **self._result_base,
             "source_id": source_id,
-            "seq": seq,
+            "seq": self._next_seq(source_id),
             "frame": {"index": frame.index, "pts_ms": frame.pts_ms, "width": image.shape[1], "height": image.shape[0]},
             "model": self._model_fields(result.backend, result.artifact),
             "batch_size": result.batch_size,

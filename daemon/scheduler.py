@@ -85,6 +85,11 @@ class Scheduler:
         self._completer = threading.Thread(target=self._complete_loop, name="completer", daemon=True)
 
     @property
+    def slot_count(self) -> int:
+        """Batches that can be in flight at once (streams x 2)."""
+        return self._slot_count
+
+    @property
     def max_batch(self) -> int:
         return self._max_batch
 

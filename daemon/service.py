@@ -245,7 +245,7 @@ class Daemon:
             return 0
         if publisher is None or publisher.config.thumbnail.enabled:  # the running publisher's settings, not a reloaded file's
             return 0
-        return source.queue_size + 2 * self.config.engine.streams_for(scheduler.backend.info.name) + 2
+        return source.queue_size + scheduler.slot_count + 2
 
     def _stop_source(self, source_id: str, reason: str) -> None:
         """Stop a reader; its queued frames still drain, then its end-of-stream says ``reason``."""

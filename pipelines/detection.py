@@ -6,7 +6,8 @@ Two output layouts are decoded:
   probabilities; score = objectness x class probability (YOLOv3, YOLOv5, darknet exports).
 * ``yolo_anchors_last`` -- ``[N, 4 + classes, anchors]``: cx, cy, w, h, class scores (YOLOv8 and later).
 
-Non-maximum suppression is class-wise (OpenCV's batched NMS) unless ``class_agnostic_nms``.
+Non-maximum suppression is class-wise unless ``class_agnostic_nms``: one OpenCV call per batch, every
+(image, class) group shifted apart (:func:`batched_nms`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from daemon.config import DetectionConfig, PreprocessConfig
 
-from .imageops import INTERPOLATION, Letterbox, Normalizer, ScratchPool, letterbox_geometry
+from .imageops import INTERPOLATION, Letterbox, Normalizer, ScratchPool, boxes_to_source, letterbox_geometry
 
 __all__ = ["DetectionPipeline", "resolve_layout", "decode_yolo", "decode_batch", "batched_nms", "Candidates"]
 
@@ -82,12 +83,6 @@ def decode_yolo(output: np.ndarray, layout: str, score_threshold: float) -> Deco
     boxes[:, :2] = cxcywh[:, :2] - cxcywh[:, 2:] / 2
     boxes[:, 2:] = cxcywh[:, :2] + cxcywh[:, 2:] / 2
     return Decoded(boxes, scores[keep].astype(np.float32), classes[keep], np.flatnonzero(prefilter)[keep])
-
-
-def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_threshold: float, iou_threshold: float, class_agnostic: bool) -> np.ndarray:
-    """Indices kept, best score first (one image)."""
-    groups = np.zeros(len(boxes), np.int64) if class_agnostic else classes
-    return batched_nms(boxes, scores, groups, score_threshold, iou_threshold)
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, score_threshold: float, iou_threshold: float) -> np.ndarray:
@@ -246,11 +241,9 @@ class DetectionPipeline:
         rank = np.arange(len(keep)) - starts[image]
         keep, image = keep[rank < options.max_detections], image[rank < options.max_detections]
         starts = np.searchsorted(image, np.arange(len(metas) + 1))
-        # Back to source pixels, all boxes at once: per row (pad_x, pad_y, scale, width, height).
-        geometry = np.array([(m.pad_x, m.pad_y, m.scale, m.src_w, m.src_h) for m in metas], np.float64).reshape(-1, 5)[image]
-        boxes = (found.boxes[keep].astype(np.float64) - geometry[:, [0, 1, 0, 1]]) / geometry[:, 2:3]
-        np.clip(boxes, 0, geometry[:, [3, 4, 3, 4]], out=boxes)
-        boxes = np.round(boxes, 1).tolist()
+        # Back to source pixels, all boxes at once, each with its own frame's letterbox.
+        inverse = np.array([meta.inverse for meta in metas], np.float64).reshape(-1, 5)[image]
+        boxes = np.round(boxes_to_source(found.boxes[keep], inverse), 1).tolist()
         scores = np.round(found.scores[keep].astype(np.float64), 4).tolist()
         classes = found.classes[keep].tolist()
         labels, count = self.labels, len(self.labels)

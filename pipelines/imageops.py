@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Letterbox", "letterbox_geometry", "CropGeometry", "crop_geometry", "ScratchPool", "Normalizer", "INTERPOLATION"]
+__all__ = ["Letterbox", "letterbox_geometry", "boxes_to_source", "CropGeometry", "crop_geometry", "ScratchPool", "Normalizer", "INTERPOLATION"]
 
 INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
@@ -35,16 +35,24 @@ class Letterbox:
     pad_x: int
     pad_y: int
 
+    @property
+    def inverse(self) -> tuple[int, int, float, int, int]:
+        """(pad_x, pad_y, scale, src_w, src_h): what :func:`boxes_to_source` needs of this letterbox."""
+        return (self.pad_x, self.pad_y, self.scale, self.src_w, self.src_h)
+
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map x1,y1,x2,y2 boxes from input pixels back to source pixels, clipped to the frame."""
-        out = boxes.astype(np.float32, copy=True)
-        xs, ys = out[:, 0::2], out[:, 1::2]  # views: every step below is in place
-        xs -= self.pad_x
-        ys -= self.pad_y
-        out /= self.scale
-        np.clip(xs, 0, self.src_w, out=xs)
-        np.clip(ys, 0, self.src_h, out=ys)
-        return out
+        return boxes_to_source(boxes, self.inverse).astype(np.float32)
+
+
+def boxes_to_source(boxes: np.ndarray, inverse) -> np.ndarray:
+    """x1,y1,x2,y2 boxes from input pixels back to source pixels (float64), clipped to the frame.
+    ``inverse``: one :attr:`Letterbox.inverse` for every box, or an array of them, one row per box (a
+    whole batch's boxes, each with its own frame's letterbox)."""
+    inverse = np.asarray(inverse, np.float64).reshape(-1, 5)
+    out = (boxes.astype(np.float64) - inverse[:, [0, 1, 0, 1]]) / inverse[:, 2:3]
+    np.clip(out, 0, inverse[:, [3, 4, 3, 4]], out=out)
+    return out
 
 
 def letterbox_geometry(src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
