@@ -16,11 +16,11 @@ instead (counted), so the pool is sized for the steady state, not the worst case
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 import numpy as np
 
 from . import cuda
+from .bufferpool import BufferPool
 
 __all__ = ["PinnedImage", "PinnedImagePool"]
 
@@ -44,44 +44,24 @@ class PinnedImage(np.ndarray):
             self._pool.give_back(self)
 
 
-class PinnedImagePool:
-    """``count`` pinned buffers of one frame shape (height, width, 3) for one source."""
+class PinnedImagePool(BufferPool[PinnedImage]):
+    """``count`` pinned buffers of one frame shape (height, width, 3) for one source. Readers take
+    without waiting: an empty pool means "decode into ordinary memory this time" (counted in
+    ``misses``)."""
 
     def __init__(self, count: int, shape: tuple[int, int, int]):
         self.shape = tuple(shape)
-        self._nbytes = int(np.prod(shape))
-        self._free: deque[PinnedImage] = deque()
+        nbytes = int(np.prod(shape))
+        images = []
         for _ in range(count):  # one PinnedImage per buffer, built once: taking one costs a lock, no allocation
-            buffer = cuda.PinnedBuffer(self._nbytes)
+            buffer = cuda.PinnedBuffer(nbytes)
             image = buffer.array(np.uint8, self.shape).view(PinnedImage)
             image._pool, image._buffer = self, buffer
-            self._free.append(image)
-        self._lock = threading.Lock()
-        self._closing = False
-        self.misses = 0  # takes that found the pool empty (the reader then decoded into ordinary memory)
+            images.append(image)
+        super().__init__(images, lambda image: image._buffer.close())
 
-    def take(self) -> PinnedImage | None:
-        """A free buffer as a :class:`PinnedImage`, or None at once when every buffer is in use."""
-        with self._lock:
-            if self._closing or not self._free:
-                self.misses += 1
-                return None
-            image = self._free.popleft()
-        image._released = False
+    def take(self, stop: threading.Event | None = None) -> PinnedImage | None:
+        image = super().take(stop)
+        if image is not None:
+            image._released = False
         return image
-
-    def give_back(self, image: PinnedImage) -> None:
-        with self._lock:
-            if not self._closing:
-                self._free.append(image)
-                return
-        image._buffer.close()  # the source is gone: free it instead of keeping it for reuse
-
-    def close(self) -> None:
-        """Free the idle buffers now; buffers still queued or in flight are freed when they come back."""
-        with self._lock:
-            self._closing = True
-            idle = list(self._free)
-            self._free.clear()
-        for image in idle:
-            image._buffer.close()

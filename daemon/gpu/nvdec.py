@@ -12,9 +12,9 @@ reload, reconnect) its idle buffers are freed at once and the others as their fr
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 from .. import cuda
+from ..bufferpool import BufferPool
 from ..errors import SourceError
 
 __all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "nvdec_available"]
@@ -57,37 +57,12 @@ class DeviceImage:
             self._pool.give_back(self.buffer)
 
 
-class DeviceImagePool:
-    """A fixed set of device buffers for one source's decoded frames."""
+class DeviceImagePool(BufferPool[cuda.DeviceBuffer]):
+    """A fixed set of device buffers for one source's decoded frames (readers take with their stop
+    event: an empty pool makes them wait)."""
 
     def __init__(self, count: int, nbytes: int):
-        self._free = deque(cuda.DeviceBuffer(nbytes) for _ in range(count))
-        self._closing = False
-        self._ready = threading.Condition()
-
-    def take(self, stop: threading.Event) -> cuda.DeviceBuffer | None:
-        with self._ready:
-            while not self._free:
-                if stop.is_set() or self._closing:
-                    return None
-                self._ready.wait(0.1)
-            return self._free.popleft()
-
-    def give_back(self, buffer: cuda.DeviceBuffer) -> None:
-        with self._ready:
-            if self._closing:  # the source is gone: free it now instead of keeping it for reuse
-                buffer.close()
-                return
-            self._free.append(buffer)
-            self._ready.notify()
-
-    def close(self) -> None:
-        """Free the idle buffers now and the ones still queued or in flight when they come back."""
-        with self._ready:
-            self._closing = True
-            while self._free:
-                self._free.popleft().close()
-            self._ready.notify_all()
+        super().__init__((cuda.DeviceBuffer(nbytes) for _ in range(count)), lambda buffer: buffer.close())
 
 
 class NvdecProducer:
