@@ -1,9 +1,9 @@
 """PyTorch on an NVIDIA GPU: the backend for GPUs without TensorRT, and how the GPU runtime is proven
 where TensorRT cannot be installed.
 
-The ONNX model is converted once with onnx2torch (eager mode: its Resize converter breaks torch.export)
-and optionally cast to fp16. Everything runs on *our* CUDA streams (``torch.cuda.ExternalStream`` over
-:class:`daemon.cuda.Stream`), so the shape of the work is the one a TensorRT engine gets: per slot,
+The ONNX model is converted once with onnx2torch (eager modules: its Resize converter breaks
+torch.export) and optionally cast to fp16; each slot replays it as captured CUDA graphs. Everything
+runs on *our* CUDA streams (``torch.cuda.ExternalStream`` over :class:`daemon.cuda.Stream`), so the shape of the work is the one a TensorRT engine gets: per slot,
 pinned host buffers and device buffers allocated once, then per batch an async host->device copy,
 optional GPU preprocessing (uint8 frames -> input tensor, :mod:`daemon.gpu.preprocess`), the forward
 pass, an async device->host copy of the outputs and an event; ``wait`` sleeps on the event.
@@ -109,7 +109,7 @@ def _align(nbytes: int, to: int = 256) -> int:
 
 
 class TorchBackend:
-    """An ONNX model run by PyTorch eager mode on our own CUDA streams."""
+    """An ONNX model run by PyTorch (CUDA graphs, or eager launches) on our own CUDA streams."""
 
     def __init__(self, model_path: Path, max_batch: int, streams: int, half: bool = True, device: int = 0, cuda_graphs: bool = True):
         import onnx2torch
@@ -145,7 +145,8 @@ class TorchBackend:
             details={"half": half, "streams": streams, "artifact": None, "cuda_graphs": cuda_graphs},
         )
         self._preprocessor = None
-        self._reducer = None
+        self._job = None
+        self._device_decode = None
         self._frame_bytes = 0
         self._table_bytes = 0
         self._cuda_graphs = cuda_graphs
@@ -155,9 +156,10 @@ class TorchBackend:
     def enable_gpu_preprocessing(self, normalizer, pad_grey: int, max_frame_bytes: int) -> None:
         """Take uint8 BGR frames (up to ``max_frame_bytes`` each) and preprocess them on the GPU.
         Must be called before slots are created."""
-        from ..gpu.preprocess import GpuPreprocessor
+        from ..gpu.preprocess import GpuPreprocessor, Job
 
         self._preprocessor = GpuPreprocessor(normalizer, pad_grey, self.info.inputs[0].dtype)
+        self._job = Job  # the job-table row type, resolved once (stage_frame runs per frame)
         self._frame_bytes = int(max_frame_bytes)
 
     def enable_device_decoding(self, decode, decoded_shape) -> None:
@@ -166,7 +168,7 @@ class TorchBackend:
         shape to the decoded one). Before slots exist."""
         spec = self.info.outputs[0]
         shape = tuple(decoded_shape(spec.shape))
-        self._reducer = decode
+        self._device_decode = decode
         self.info = BackendInfo(
             self.info.name, self.info.version, self.info.device, self.info.inputs,
             (TensorSpec(spec.name, spec.dtype, shape), *self.info.outputs[1:]), self.info.max_batch,
@@ -176,7 +178,7 @@ class TorchBackend:
     @property
     def device_postprocessed(self) -> bool:
         """Outputs come back already decoded by the pipeline's ``device_decode``."""
-        return self._reducer is not None
+        return self._device_decode is not None
 
     @property
     def gpu_preprocessing(self) -> bool:
@@ -203,12 +205,10 @@ class TorchBackend:
             if all(d > 0 for d in spec.shape[1:]):
                 state.host_out[spec.name] = self._pinned(state, np.float32, spec.with_batch(batch))
         if self._preprocessor is not None:
-            from ..gpu.preprocess import Job
-
-            self._table_bytes = _align(ctypes.sizeof(Job) * batch)
+            self._table_bytes = _align(ctypes.sizeof(self._job) * batch)
             state.staging_host = self._pinned(state, np.uint8, (self._table_bytes + batch * _align(self._frame_bytes),))
             state.staging_device = cuda.DeviceBuffer(state.staging_host.nbytes)
-            state.table = (Job * batch).from_address(state.staging_host.ctypes.data)
+            state.table = (self._job * batch).from_address(state.staging_host.ctypes.data)
         if self._cuda_graphs and index >= 0:
             try:
                 self._capture_graphs(state)
@@ -232,8 +232,6 @@ class TorchBackend:
     def stage_frame(self, slot: Slot, row: int, image: np.ndarray, geometry) -> None:
         """GPU preprocessing: append a BGR frame to the slot's pinned staging area (frames are packed
         back to back after the job table, so one host->device copy moves the whole batch)."""
-        from ..gpu.preprocess import Job
-
         state: _SlotState = slot.state
         self._start_row(state, row)
         offset = state.used
@@ -246,7 +244,7 @@ class TorchBackend:
         else:
             np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)  # releases the GIL
             state.host_end = offset + image.nbytes
-        state.table[row] = Job.bgr(state.staging_device.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, geometry)
+        state.table[row] = self._job.bgr(state.staging_device.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, geometry)
         state.used = offset + _align(image.nbytes)
         state.rows = row + 1
 
@@ -254,11 +252,9 @@ class TorchBackend:
         """NVDEC: an NV12 frame already in device memory; the kernel reads it where it is."""
         if self._preprocessor is None:
             raise BackendError("NVDEC frames need GPU preprocessing (engine.preprocess = 'gpu' or 'auto')")
-        from ..gpu.preprocess import Job
-
         state: _SlotState = slot.state
         self._start_row(state, row)
-        state.table[row] = Job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
+        state.table[row] = self._job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
         state.rows = row + 1
 
     # -- inference -------------------------------------------------------------------------------
@@ -303,8 +299,8 @@ class TorchBackend:
         outputs = self._module(x)
         if not isinstance(outputs, (tuple, list)):
             outputs = (outputs,)
-        if self._reducer is not None:
-            outputs = (self._reducer(outputs[0]), *outputs[1:])
+        if self._device_decode is not None:
+            outputs = (self._device_decode(outputs[0]), *outputs[1:])
         return tuple(value.float().contiguous() for value in outputs)
 
     # -- CUDA graphs -----------------------------------------------------------------------------
@@ -337,8 +333,7 @@ class TorchBackend:
         torch.cuda.synchronize()
 
     def _graph_for(self, state: _SlotState, batch_size: int):
-        if not state.graphs:
-            return None
+        """The smallest captured graph that holds ``batch_size`` rows; None without graphs (eager)."""
         for size, graph in state.graphs.items():  # ascending
             if size >= batch_size:
                 return graph
