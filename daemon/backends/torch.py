@@ -3,10 +3,11 @@ where TensorRT cannot be installed.
 
 The ONNX model is converted once with onnx2torch (eager modules: its Resize converter breaks
 torch.export) and optionally cast to fp16; each slot replays it as captured CUDA graphs. Everything
-runs on *our* CUDA streams (``torch.cuda.ExternalStream`` over :class:`daemon.cuda.Stream`), so the shape of the work is the one a TensorRT engine gets: per slot,
-pinned host buffers and device buffers allocated once, then per batch an async host->device copy,
-optional GPU preprocessing (uint8 frames -> input tensor, :mod:`daemon.gpu.preprocess`), the forward
-pass, an async device->host copy of the outputs and an event; ``wait`` sleeps on the event.
+runs on *our* CUDA streams (``torch.cuda.ExternalStream`` over :class:`daemon.cuda.Stream`), so the
+shape of the work is the one a TensorRT engine gets: per slot, pinned host buffers and device buffers
+allocated once, then per batch an async host->device copy, optional GPU preprocessing (uint8 frames ->
+input tensor, :mod:`daemon.gpu.preprocess`), the forward pass, an async device->host copy of the
+outputs and an event; ``wait`` sleeps on the event.
 With S streams and two slots per stream, the CPU fills batch N+1 while the GPU runs batch N.
 """
 
