@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from daemon.bench.compare import iou
 from daemon.config import DetectionConfig, OnnxRuntimeConfig, PreprocessConfig
 
 from .conftest import asset
@@ -218,13 +219,6 @@ def test_cuda_graph_replay_equals_eager_execution():
     eager.close()
 
 
-def _iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @pytest.mark.parametrize("gpu_preprocessing,device_decoding", [(False, False), (True, False), (True, True)])
 def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocessing, device_decoding):
     from daemon.backends.onnxruntime import OnnxRuntimeBackend
@@ -252,7 +246,7 @@ def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocess
             if detection["score"] < 0.3:
                 continue
             total += 1
-            best = max((_iou(detection["box"], d["box"]) for d in have if d["label"] == detection["label"]), default=0.0)
+            best = max((iou(detection["box"], d["box"]) for d in have if d["label"] == detection["label"]), default=0.0)
             matched += best >= 0.9
     assert total >= 5 and matched / total >= 0.9, (matched, total)
     backend.close()

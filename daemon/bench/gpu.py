@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ l
 import cv2
 import numpy as np
 
+from daemon.bench.compare import iou
+from daemon.bench.resources import gpu_used_mib, rss_mib, slope_per_minute
+
 MODEL = REPO / "assets" / "models" / "yolov3_tiny_416.onnx"
 VIDEO = REPO / "assets" / "media" / "bikes.mp4"
 LABELS = REPO / "assets" / "labels" / "coco.txt"
@@ -260,12 +263,12 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         while time.perf_counter() - started < seconds:
             time.sleep(min(10.0, seconds / 10) if sample_memory else seconds)
             if sample_memory:
-                memory.append((time.perf_counter() - started, _rss_mib(), _gpu_used_mib()))
+                memory.append((time.perf_counter() - started, rss_mib(), gpu_used_mib()))
         done = sum(s.frames_published for s in stats.values()) - start_count
         elapsed = time.perf_counter() - started
     dropped = sum(q.dropped for q in queues)
     misses = sum(pool.misses for pool in pools) if pools else None
-    rss_end, gpu_end = _rss_mib(), _gpu_used_mib()
+    rss_end, gpu_end = rss_mib(), gpu_used_mib()
     stop.set()
     scheduler.join(30)
     publisher.stop()
@@ -280,30 +283,6 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         "watts": power.watts, "batch": scheduler.stats.snapshot()["mean_batch_size"], "dropped": dropped, "memory": memory,
         "pinned_misses": misses, "rss_mib": rss_end, "gpu_mib": gpu_end,
     }
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _gpu_used_mib() -> float:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
-        return float(out.stdout.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return float("nan")
-
-
-def slope_per_minute(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope, in units per minute (memory growth over a soak)."""
-    if len(points) < 2:
-        return float("nan")
-    t, v = np.array(points).T
-    return float(np.polyfit(t / 60.0, v, 1)[0])
 
 
 def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
@@ -328,26 +307,12 @@ def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
             have = pipeline.postprocess(have_all, row, meta, backend.device_postprocessed)["detections"]
             for d in want:
                 total += 1
-                best = max((_iou(d["box"], h["box"]) for h in have if h["label"] == d["label"]), default=0.0)
+                best = max((iou(d["box"], h["box"]) for h in have if h["label"] == d["label"]), default=0.0)
                 if best >= 0.5:
                     agree += 1
                     ious.append(best)
     backend.close()
     return agree / max(total, 1), float(np.mean(ious)) if ious else 0.0
-
-
-def _primary_context() -> tuple[int, int]:
-    """The runtime's primary context as the driver handle PyNvVideoCodec takes (decoded frames then live
-    in the same address space as our buffers and kernels)."""
-    from cuda.bindings import driver
-
-    from daemon.cuda import _native_handle, cuda_call
-
-    cuda_call(driver.cuInit(0), "cuInit")
-    device = cuda_call(driver.cuDeviceGet(0), "cuDeviceGet")
-    context = cuda_call(driver.cuDevicePrimaryCtxRetain(device), "cuDevicePrimaryCtxRetain")
-    cuda_call(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
-    return _native_handle(context), int(device)
 
 
 def _nv12_planes(frame, width: int, height: int) -> tuple[int, int, int]:
@@ -374,7 +339,7 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
     from daemon.gpu.preprocess import GpuPreprocessor, letterbox_params
     from pipelines.imageops import letterbox_geometry
 
-    context, _ = _primary_context()
+    context = cuda.primary_context_handle(0)
     stream = cuda.Stream()
     pipeline = make_pipeline()
     backend = TorchBackend(MODEL, batch, 1, half=True)
@@ -414,13 +379,6 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
         done += batch
     elapsed = time.perf_counter() - started
     return {"fps": done / elapsed, "frames": done, "detections_per_frame": detections / max(done, 1), "size": (width, height)}
-
-
-def _iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
