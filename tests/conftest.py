@@ -23,6 +23,15 @@ ASSETS = REPO / "assets"
 SCHEMA_PATH = REPO / "docs" / "schema" / "message-v1.schema.json"
 
 _VALIDATOR = None
+REQUIRE_EXTRAS = os.environ.get("TRTSTREAM_REQUIRE_EXTRAS") == "1"
+
+
+def missing(message: str) -> None:
+    """An optional dependency or tool is absent: skip with the reason, or fail under
+    TRTSTREAM_REQUIRE_EXTRAS=1 (scripts/test), so CI can never pass without running the test."""
+    if REQUIRE_EXTRAS:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def asset(relative: str) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 import cv2
@@ -24,9 +23,8 @@ from daemon.config import OnnxRuntimeConfig
 from daemon.convert import add_convert_commands, convert_fp16, convert_saved_model, fp16_max_abs_diff
 from daemon.errors import UserError
 
-from .conftest import asset
+from .conftest import asset, missing
 
-REQUIRE_EXTRAS = os.environ.get("TRTSTREAM_REQUIRE_EXTRAS") == "1"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
@@ -36,9 +34,7 @@ def need(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         message = f"needs the '{extra}' extra ({exc}); run scripts/test-tf"
-        if REQUIRE_EXTRAS:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
 
 
 def convert_parser() -> argparse.ArgumentParser:

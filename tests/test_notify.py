@@ -17,7 +17,8 @@ import pytest
 
 from daemon.notify import Notifier, extending_timeout, monotonic_usec, status_line
 
-REQUIRE_EXTRAS = os.environ.get("TRTSTREAM_REQUIRE_EXTRAS") == "1"
+from .conftest import missing
+
 
 
 class NotifySocket:
@@ -86,9 +87,7 @@ def test_systemd_python_path(notify_socket, monkeypatch):
         from systemd import daemon  # noqa: F401
     except ImportError as exc:
         message = f"needs systemd-python ({exc}): apt-get install -y libsystemd-dev pkg-config; pip install systemd-python"
-        if REQUIRE_EXTRAS:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.env_value)
     notifier = Notifier()
     assert notifier.backend == "systemd-python"

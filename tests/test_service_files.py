@@ -12,7 +12,6 @@ TRTSTREAM_REQUIRE_EXTRAS=1 (scripts/test), so CI can never pass without running 
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import subprocess
@@ -23,19 +22,18 @@ import pytest
 
 from daemon.config import parse_config
 
+from .conftest import missing
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 INSTALLER = REPO / "scripts" / "install-service.sh"
-REQUIRE_EXTRAS = os.environ.get("TRTSTREAM_REQUIRE_EXTRAS") == "1"
 
 
 def need_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"needs {name} (apt-get install -y {package})"
-        if REQUIRE_EXTRAS:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     return path
 
 
