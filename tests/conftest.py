@@ -6,6 +6,7 @@ command runs it first. A missing asset is a failure with a hint, never a silent 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -167,3 +168,24 @@ def collect(subscriber, until, timeout: float = 60.0, daemon: "DaemonProcess | N
 def all_ended(messages) -> bool:
     """The daemon's last message: the final heartbeat, which follows every end-of-stream."""
     return any(m.type == "heartbeat" and m.header["final"] for m in messages)
+
+
+@contextlib.contextmanager
+def daemon_under_notify_socket(tmp_path: Path, config: Path, *, watchdog_usec: int | None = None, stdout=subprocess.PIPE):
+    """``trtstream run config`` as systemd starts it: a real $NOTIFY_SOCKET datagram socket bound here
+    first (and $WATCHDOG_USEC when given). Yields (process, notify socket); on the way out kills the
+    daemon if it still runs and closes the socket."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    process = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(config)], cwd=REPO, env=env,
+                               stdout=stdout, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process, notify
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        notify.close()

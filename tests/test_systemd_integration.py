@@ -4,24 +4,19 @@ the control socket (mode 0600), a real Prometheus scrape, STOPPING=1 on SIGTERM 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import textwrap
 import time
 import urllib.request
 
 from daemon.control import query
 
-from .conftest import REPO, asset
+from .conftest import asset, daemon_under_notify_socket
 
 
 def test_daemon_under_a_stand_in_for_systemd(tmp_path, free_port):
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
@@ -51,26 +46,22 @@ def test_daemon_under_a_stand_in_for_systemd(tmp_path, free_port):
         [daemon]
         exit_when_sources_end = false
     """))
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000",
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(config)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: list[list[str]] = []
+    with daemon_under_notify_socket(tmp_path, config, watchdog_usec=2_000_000) as (process, notify):
+        seen: list[list[str]] = []
 
-    def wait_for(first_line: str, timeout: float = 60.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            notify.settimeout(remaining)
-            try:
-                lines = notify.recv(4096).decode().split("\n")
-            except TimeoutError:
-                break
-            seen.append(lines)
-            if lines[0] == first_line:
-                return lines
-        raise AssertionError(f"no {first_line} within {timeout}s; got {seen[-5:]}")
+        def wait_for(first_line: str, timeout: float = 60.0) -> list[str]:
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                notify.settimeout(remaining)
+                try:
+                    lines = notify.recv(4096).decode().split("\n")
+                except TimeoutError:
+                    break
+                seen.append(lines)
+                if lines[0] == first_line:
+                    return lines
+            raise AssertionError(f"no {first_line} within {timeout}s; got {seen[-5:]}")
 
-    try:
         assert wait_for("READY=1")[1].startswith("STATUS=serving yolov3_tiny_416@")
         for _ in range(3):
             wait_for("WATCHDOG=1")
@@ -88,17 +79,10 @@ def test_daemon_under_a_stand_in_for_systemd(tmp_path, free_port):
         wait_for("STOPPING=1")
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr[-3000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        notify.close()
 
 
 def test_reload_is_bracketed_by_reloading_and_ready(tmp_path, free_port):
     """SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1, also when the new config is rejected."""
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
     config = tmp_path / "daemon.toml"
     text = textwrap.dedent(f"""
         [[sources]]
@@ -117,15 +101,12 @@ def test_reload_is_bracketed_by_reloading_and_ready(tmp_path, free_port):
         exit_when_sources_end = false
     """)
     config.write_text(text)
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    process = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(config)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with daemon_under_notify_socket(tmp_path, config) as (process, notify):
 
-    def next_datagram() -> list[str]:
-        notify.settimeout(60)
-        return notify.recv(4096).decode().split("\n")
+        def next_datagram() -> list[str]:
+            notify.settimeout(60)
+            return notify.recv(4096).decode().split("\n")
 
-    try:
         while next_datagram()[0] != "READY=1":
             pass
         config.write_text(text + '\n[[sources]]\nid = "cam2"\nuri = "synthetic:160x120@5"\n')
@@ -146,8 +127,3 @@ def test_reload_is_bracketed_by_reloading_and_ready(tmp_path, free_port):
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr[-3000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        notify.close()

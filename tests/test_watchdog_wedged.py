@@ -7,11 +7,9 @@ keeps running: exactly the case WATCHDOG=1 exists to catch."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -19,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import REPO
+from .conftest import daemon_under_notify_socket
 
 
 def hanging_classifier(path) -> None:
@@ -74,8 +72,6 @@ def _stderr(process) -> str:
 def test_watchdog_pings_stop_when_inference_hangs(tmp_path):
     hanging_classifier(tmp_path / "hang.onnx")
     dark_then_bright_video(tmp_path / "clip.avi", dark=40, bright=40)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -105,27 +101,23 @@ def test_watchdog_pings_stop_when_inference_hangs(tmp_path):
         [control]
         enabled = false
     """))
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000",
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(config)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    pings: list[float] = []
-    try:
-        started = time.monotonic()
-        notify.settimeout(1.0)
-        while time.monotonic() - started < 20:  # the clip turns bright after 4 s; keep listening well past it
-            try:
-                first = notify.recv(4096).decode().split("\n")[0]
-            except TimeoutError:
-                continue
-            if first == "WATCHDOG=1":
-                pings.append(time.monotonic() - started)
-        assert len([t for t in pings if t < 4]) >= 3, f"pings while dark frames flowed: {pings}\n{_stderr(process)}"
-        last = max(pings)
-        assert last < 4 + 2 + 2, f"pings went on after inference hung (last at {last:.1f}s): {pings}"
-        assert process.poll() is None, "the daemon itself is still running: only the watchdog says it is wedged"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        _, stderr = process.communicate(timeout=30)
-        notify.close()
+    with daemon_under_notify_socket(tmp_path, config, watchdog_usec=1_000_000, stdout=subprocess.DEVNULL) as (process, notify):
+        pings: list[float] = []
+        try:
+            started = time.monotonic()
+            notify.settimeout(1.0)
+            while time.monotonic() - started < 20:  # the clip turns bright after 4 s; keep listening well past it
+                try:
+                    first = notify.recv(4096).decode().split("\n")[0]
+                except TimeoutError:
+                    continue
+                if first == "WATCHDOG=1":
+                    pings.append(time.monotonic() - started)
+            assert len([t for t in pings if t < 4]) >= 3, f"pings while dark frames flowed: {pings}\n{_stderr(process)}"
+            last = max(pings)
+            assert last < 4 + 2 + 2, f"pings went on after inference hung (last at {last:.1f}s): {pings}"
+            assert process.poll() is None, "the daemon itself is still running: only the watchdog says it is wedged"
+        finally:
+            process.send_signal(signal.SIGKILL)
+            _, stderr = process.communicate(timeout=30)
     assert "watchdog" in stderr.lower(), stderr[-2000:]
