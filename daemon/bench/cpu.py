@@ -23,8 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
-
 import cv2
 
 from daemon.backends import create_backend
@@ -32,6 +30,8 @@ from daemon.config import load_config
 from daemon.errors import UserError
 from daemon.service import Daemon
 from pipelines import create_pipeline
+
+REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
 
 
 def decode_all(path: str) -> list:
@@ -47,10 +47,9 @@ def decode_all(path: str) -> list:
 def engine_only(config, frames: list, batch: int, count: int) -> float:
     backend = create_backend(config.model, config.engine)
     pipeline = create_pipeline(config.model, backend.info)
-    slots = [backend.create_slot(i) for i in range(2)]
     batches = []
     for start in range(0, batch * 8, batch):  # 8 distinct ready-made batches, reused
-        slot = backend.create_slot(len(batches) + 2)
+        slot = backend.create_slot(len(batches))
         for row in range(batch):
             pipeline.preprocess(frames[(start + row) % len(frames)], slot.inputs[pipeline.input_name][row])
         batches.append(slot)
@@ -65,7 +64,6 @@ def engine_only(config, frames: list, batch: int, count: int) -> float:
         backend.wait(slot)
     elapsed = time.perf_counter() - started
     backend.close()
-    del slots
     return rounds * batch / elapsed
 
 

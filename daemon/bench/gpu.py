@@ -31,14 +31,13 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
-
 import cv2
 import numpy as np
 
 from daemon.bench.compare import iou
 from daemon.bench.resources import gpu_used_mib, rss_mib, slope_per_minute
 
+REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
 MODEL = REPO / "assets" / "models" / "yolov3_tiny_416.onnx"
 VIDEO = REPO / "assets" / "media" / "bikes.mp4"
 LABELS = REPO / "assets" / "labels" / "coco.txt"
