@@ -4,6 +4,8 @@ machines without an NVIDIA GPU. Run them on a GPU machine with ``scripts/gpu-che
 
 from __future__ import annotations
 
+import ctypes
+
 import cv2
 import numpy as np
 import pytest
@@ -134,8 +136,9 @@ def test_one_batched_launch_equals_per_frame_launches_for_mixed_bgr_and_nv12_row
     with cuda.PinnedBuffer(total) as src_host, cuda.DeviceBuffer(total) as src, cuda.PinnedBuffer(len(frames) * 72) as table_host, \
             cuda.DeviceBuffer(len(frames) * 72) as table, cuda.DeviceBuffer(row_bytes * 3) as batched, cuda.DeviceBuffer(row_bytes * 3) as single, \
             cuda.PinnedBuffer(row_bytes * 6) as out_host, cuda.Stream() as stream:
-        jobs = (Job * len(frames)).from_address(table_host.array(np.uint8, (len(frames) * 72,)).ctypes.data)
-        assert ctypes_size(Job) == 72
+        table_bytes = table_host.array(np.uint8, (len(frames) * 72,))
+        jobs = (Job * len(frames)).from_address(table_bytes.ctypes.data)
+        assert ctypes.sizeof(Job) == 72
         staged, offset = src_host.array(np.uint8, (total,)), 0
         for row, (kind, image) in enumerate(frames):
             staged[offset : offset + image.nbytes] = image.reshape(-1)
@@ -147,7 +150,7 @@ def test_one_batched_launch_equals_per_frame_launches_for_mixed_bgr_and_nv12_row
                                      pipeline.plan((height, image.shape[1], 3))[1])
             offset += image.nbytes
         cuda.memcpy_htod_async(src.ptr, staged, stream)
-        cuda.memcpy_htod_async(table.ptr, table_host.array(np.uint8, (len(frames) * 72,)), stream)
+        cuda.memcpy_htod_async(table.ptr, table_bytes, stream)
         preprocessor.batch(stream, table.ptr, len(frames), batched.ptr, 416, 416)
         for row in range(len(frames)):
             preprocessor.one(stream, jobs[row], single.ptr + row * row_bytes)
@@ -162,12 +165,6 @@ def test_one_batched_launch_equals_per_frame_launches_for_mixed_bgr_and_nv12_row
                 pipeline.preprocess(image, cpu)
                 difference = np.abs(_pixels(result[0, row].astype(np.float32), pipeline.normalizer) - _pixels(cpu, pipeline.normalizer))
                 assert difference.max() <= 1.5, (row, float(difference.max()))
-
-
-def ctypes_size(kind) -> int:
-    import ctypes
-
-    return ctypes.sizeof(kind)
 
 
 def test_device_decoding_gives_the_host_decoding_results():
