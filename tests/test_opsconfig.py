@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
+from daemon.tomlcompat import tomllib
 
 
 class Sections(BaseModel):

@@ -15,12 +15,12 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from daemon.config import parse_config
+from daemon.tomlcompat import tomllib
 
 from .conftest import missing
 
