@@ -17,6 +17,8 @@ import cudart`` was removed in 13.0). Every call returns a tuple whose first ite
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import math
 from typing import Any
 
@@ -38,6 +40,11 @@ __all__ = [
     "memcpy_dtoh_async",
     "memcpy2d_dtod_async",
     "primary_context_handle",
+    "driver_cuda_version",
+    "bindings_version",
+    "bindings_driver_mismatch",
+    "cuda_mismatch",
+    "bindings_fit_driver",
 ]
 
 # Flag values from driver_types.h, used only if a cuda-bindings release lacks the module constant.
@@ -65,7 +72,7 @@ def _runtime() -> Any:
         except ImportError:
             raise CudaError(
                 "cuda-python is not installed: pip install cuda-bindings with the CUDA major of your TensorRT wheel "
-                "(cu12 or cu13), or pip install 'trtstream[gpu]'"
+                "(cu12 or cu13): pip install 'trtstream[gpu-cu12]' or 'trtstream[gpu-cu13]'"
             ) from None
         _cudart = runtime
     return _cudart
@@ -97,8 +104,80 @@ def cuda_call(result: Any, what: str = "") -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The newest CUDA version the installed driver supports, e.g. (12, 6) on JetPack 6, read from
+    libcuda itself through ctypes, so the answer does not depend on cuda-python being the right one.
+    None when there is no driver (a CPU machine)."""
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            libcuda = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        if libcuda.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
+            return version.value // 1000, (version.value % 1000) // 10
+    return None
+
+
+def bindings_version() -> str | None:
+    """The installed cuda-bindings (or older cuda-python) version, without importing it."""
+    from importlib import metadata
+
+    for distribution in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def bindings_driver_mismatch(bindings: str | None, driver: tuple[int, int] | None) -> str | None:
+    """One line when cuda-bindings ``bindings`` cannot run on a driver that supports CUDA ``driver``, else None.
+
+    Drivers run every older CUDA major, so only bindings newer than the driver fail: cuda-bindings 13
+    needs a CUDA 13 driver (R580+), and JetPack 6's driver is CUDA 12.6. The extras are per major
+    (``trtstream[gpu-cu12]``, ``trtstream[gpu-cu13]``), since ``cuda-python>=12.6`` alone resolves to 13.
+    """
+    if bindings is None or driver is None:
+        return None
+    try:
+        major = int(bindings.split(".", 1)[0])
+    except ValueError:
+        return None
+    if major <= driver[0]:
+        return None
+    return (
+        f"cuda-bindings {bindings} needs a CUDA {major} driver, but this machine's driver supports CUDA "
+        f"{driver[0]}.{driver[1]}: pip install 'trtstream[gpu-cu{driver[0]}]' (cuda-python {driver[0]}.x)"
+    )
+
+
+@functools.cache
+def cuda_mismatch() -> str | None:
+    """:func:`bindings_driver_mismatch` for this machine, computed once."""
+    return bindings_driver_mismatch(bindings_version(), driver_cuda_version())
+
+
+@functools.cache
+def _warn_once(line: str) -> None:
+    logging.getLogger("trtstream.cuda").warning("CUDA unusable: %s", line)
+
+
+def bindings_fit_driver() -> bool:
+    """False, with one warning line logged once, when cuda-bindings is newer than the driver: otherwise
+    ``engine.backend = "auto"`` would quietly fall back to the CPU, or fail in the first CUDA call."""
+    mismatch = cuda_mismatch()
+    if mismatch is not None:
+        _warn_once(mismatch)
+        return False
+    return True
+
+
 def cuda_available() -> bool:
-    """Whether cuda-python is installed and a CUDA driver with at least one GPU answers. Never raises."""
+    """Whether cuda-python is installed, fits the driver, and a CUDA driver with at least one GPU
+    answers. Never raises."""
+    if not bindings_fit_driver():
+        return False
     try:
         count = cuda_call(_runtime().cudaGetDeviceCount(), "cudaGetDeviceCount")
     except Exception:

@@ -14,7 +14,7 @@
 #   --dry-run      print what would be done, change nothing (no root needed)
 #   --prefix DIR   virtual environment (default /opt/trtstream); the units' paths follow it
 #   --config FILE  config to install when none exists (default systemd/config.example.toml)
-#   --extras LIST  pip extras (default: gpu when an NVIDIA driver is present, systemd when libsystemd's
+#   --extras LIST  pip extras (default: gpu-cu12 or gpu-cu13, the driver's CUDA major, when an NVIDIA driver is present, systemd when libsystemd's
 #                  headers are, since systemd-python is built from source)
 #   --root DIR     install into DIR instead of / (staging, tests): no user, modules or systemctl; a venv
 #                  made there is not relocatable, so build images by running this inside the image
@@ -100,7 +100,22 @@ if [ "$with_venv" = 1 ]; then
         || die "trtstream needs Python >= 3.10 (use --python /path/to/python3.x)"
     if [ "$extras" = auto ]; then
         extras=
-        [ "$nvidia" = 1 ] || [ "$jetson" = 1 ] && extras=gpu
+        if [ "$nvidia" = 1 ] || [ "$jetson" = 1 ]; then
+            # cuda-bindings must not be newer than the driver's CUDA major (13 needs a CUDA 13 driver):
+            # ask libcuda itself, as daemon/cuda.py does at start.
+            cuda_major=$("$python" -c 'import ctypes
+try:
+    lib = ctypes.CDLL("libcuda.so.1")
+except OSError:
+    raise SystemExit
+v = ctypes.c_int(0)
+if lib.cuDriverGetVersion(ctypes.byref(v)) == 0:
+    print(v.value // 1000)' 2>/dev/null || true)
+            case $cuda_major in
+                12|13) extras=gpu-cu$cuda_major; say "driver supports CUDA $cuda_major: extras gpu-cu$cuda_major" ;;
+                *) say "cannot read the driver's CUDA version: installing without the GPU extras (--extras gpu-cu12 or gpu-cu13)" ;;
+            esac
+        fi
         if command -v pkg-config >/dev/null && pkg-config --exists libsystemd; then
             extras=${extras:+$extras,}systemd
         else

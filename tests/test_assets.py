@@ -53,6 +53,7 @@ def one_ulp(_index: int, array: np.ndarray) -> np.ndarray:
 
 
 def verify(model: Path, golden: str) -> subprocess.CompletedProcess:
+    _onnx()  # verify_model.py needs onnx in this interpreter
     return subprocess.run([sys.executable, str(VERIFY), "check", str(model), str(GOLDEN / golden)],
                           capture_output=True, text=True, timeout=120)
 

@@ -27,9 +27,11 @@ def _tensorrt_usable() -> bool:
 def _torch_usable() -> bool:
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx2torch") is None:
         return False
+    from ..cuda import bindings_fit_driver
     from .torch import torch_usable
 
-    return torch_usable()
+    # The torch backend runs on trtstream's own CUDA streams (cuda-bindings), not only torch's.
+    return bindings_fit_driver() and torch_usable()
 
 
 def available_backends() -> dict[str, bool]:
@@ -46,8 +48,14 @@ def resolve_backend_name(requested: str) -> str:
     usable = available_backends()
     if requested != "auto":
         if not usable.get(requested, False):
+            if requested in ("tensorrt", "torch"):
+                from ..cuda import cuda_mismatch
+
+                mismatch = cuda_mismatch()
+                if mismatch is not None:
+                    raise BackendError(f"engine.backend = {requested!r}: {mismatch}")
             hints = {
-                "tensorrt": "TensorRT and a CUDA GPU (pip install tensorrt cuda-python)",
+                "tensorrt": "TensorRT and a CUDA GPU (pip install tensorrt 'trtstream[gpu-cu12]' or '[gpu-cu13]', the driver's CUDA major)",
                 "torch": "PyTorch with CUDA and onnx2torch (pip install torch onnx2torch)",
                 "onnxruntime": "pip install onnxruntime",
             }

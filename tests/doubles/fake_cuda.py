@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.cuda import CudaError, cuda_call
+from daemon.cuda import CudaError, bindings_driver_mismatch, cuda_call
 
 __all__ = ["FakeCuda", "FakeDevice"]
 
@@ -204,6 +204,26 @@ class FakeCuda:
         return cuda_call(result, what)
 
     def cuda_available(self) -> bool:
+        return True
+
+    # The version checks are pure functions of what they read: the double answers as a machine whose
+    # bindings fit its driver would (the real functions are tested in tests/test_cuda_mismatch.py).
+    def driver_cuda_version(self) -> tuple[int, int] | None:
+        major, minor = self.versions["driver"].split(".")[:2]
+        return int(major), int(minor)
+
+    @staticmethod
+    def bindings_version() -> str | None:
+        return None
+
+    bindings_driver_mismatch = staticmethod(bindings_driver_mismatch)
+
+    @staticmethod
+    def cuda_mismatch() -> str | None:
+        return None
+
+    @staticmethod
+    def bindings_fit_driver() -> bool:
         return True
 
     def device_properties(self, index: int = 0) -> dict[str, Any]:
