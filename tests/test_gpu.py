@@ -57,6 +57,17 @@ def test_cuda_layer_round_trip_through_pinned_and_device_memory():
     assert cuda.cuda_versions()["driver"]
 
 
+def test_driver_version_read_through_ctypes_is_the_runtime_s_and_fits_the_bindings():
+    """The start-up check (issue 9) reads libcuda directly; on a real driver it must agree with
+    cudaDriverGetVersion and find the installed bindings fit."""
+    from daemon import cuda
+
+    major, minor = cuda.driver_cuda_version()
+    assert cuda.cuda_versions()["driver"] == f"{major}.{minor}"
+    assert cuda.bindings_version() is not None
+    assert cuda.cuda_mismatch() is None and cuda.bindings_fit_driver()
+
+
 def _gpu_preprocess(pipeline, image: np.ndarray, dtype) -> np.ndarray:
     from daemon import cuda
     from daemon.gpu.preprocess import GpuPreprocessor
