@@ -21,7 +21,7 @@ from .config import SourceConfig, SourceKind, parse_synthetic_uri
 from .errors import SourceError
 from .redact import mask_url
 
-__all__ = ["FrameProducer", "open_producer", "gstreamer_available"]
+__all__ = ["FrameProducer", "open_producer", "gstreamer_available", "file_pts_ms"]
 
 log = logging.getLogger("trtstream.capture")
 
@@ -34,12 +34,23 @@ class FrameProducer(Protocol):
     height: int
 
     def read(self) -> tuple[np.ndarray | None, float | None]:
-        """The next BGR frame and its presentation time in ms, or (None, None) at end or on error."""
+        """The next BGR frame and its position in the file in ms (:func:`file_pts_ms`; None for live
+        sources, which have no position), or (None, None) at end or on error."""
 
     def rewind(self) -> bool:
         """Go back to the first frame (files); False when not possible."""
 
     def close(self) -> None: ...
+
+
+PTS_DECIMALS = 3  # microseconds: finer than any frame interval, coarse enough to drop binary noise
+
+
+def file_pts_ms(milliseconds: float) -> float:
+    """A file position for ``frame.pts_ms``, rounded to the microsecond. Containers store timestamps in
+    integer time-base units that FFmpeg converts to milliseconds in binary floating point, so frame 35
+    of a 25 fps file comes out as 1400.0000000000002; subscribers compare and key on these values."""
+    return round(milliseconds, PTS_DECIMALS)
 
 
 @functools.cache
@@ -78,7 +89,7 @@ class OpenCVProducer:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
         if self._pinned_frames and (self._pool is None or self._pool.shape != image.shape) and image.ndim == 3:
             self._new_pool(image.shape)
-        pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self._kind is SourceKind.FILE else None
+        pts = file_pts_ms(self._capture.get(cv2.CAP_PROP_POS_MSEC)) if self._kind is SourceKind.FILE else None
         return image, pts
 
     def _new_pool(self, shape: tuple[int, ...]) -> None:
@@ -114,15 +125,16 @@ class SyntheticProducer:
         columns = (np.arange(width) * len(bars)) // width
         self._background = np.ascontiguousarray(np.broadcast_to(bars[columns][None], (height, width, 3)))
 
-    def read(self) -> tuple[np.ndarray | None, float | None]:
+    def read(self) -> tuple[np.ndarray | None, None]:
+        """The next pattern frame; no pts: a synthetic source stands in for a camera (it is paced and
+        drops its oldest frames like one), and live sources have no position (``frame.pts_ms`` null)."""
         image = self._background.copy()
         size = max(8, min(self.width, self.height) // 4)
         x = (self._index * 7) % max(1, self.width - size)
         y = (self.height - size) // 2
         image[y : y + size, x : x + size] = 255
-        pts = self._index * 1000.0 / self.fps
         self._index += 1
-        return image, pts
+        return image, None
 
     def rewind(self) -> bool:
         self._index = 0

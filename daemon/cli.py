@@ -1,7 +1,10 @@
 """The ``trtstream`` command: run, check-config, subscribe, engine, convert.
 
-Exit codes: 0 success; 1 a runtime failure (model cannot load, endpoint in use); 2 an invalid config
-or command line. User mistakes print one line per problem on stderr, never a traceback.
+Exit codes: 0 success (also a stop by SIGTERM/SIGINT, even during start-up, and a run whose sources
+ended with at least one ending normally); 1 a runtime failure (model cannot load, endpoint in use); 2 an
+invalid config or command line; 3 ``run`` ended because every source failed for good (each ended with
+reason "error": file not found, ``reconnect.max_attempts`` exhausted; the systemd units do not restart
+on it). User mistakes print one line per problem on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, check_files, load_config
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UsageError, UserError
+
+if TYPE_CHECKING:
+    from .client import Message, ResultSubscriber
 
 __all__ = ["main"]
 
@@ -40,13 +48,23 @@ def _load(path: str | None) -> tuple[Config, str]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Everything ``run`` would refuse, plus what it would only find out while running (a missing source
+    file, a model that does not fit its pipeline): see daemon/preflight.py."""
+    from .preflight import preflight
+
     config, origin = _load(args.config)
+    problems = preflight(config, origin)
+    if problems:
+        raise ConfigError(problems)
     sources = ", ".join(f"{s.id} ({s.resolved_kind.value})" for s in config.enabled_sources)
     print(f"{origin}: ok — model {config.model.path.name} ({config.model.pipeline}), backend {config.engine.backend}, sources: {sources}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .signals import StartupSignals
+
+    early_signals = StartupSignals.install()  # first: SIGHUP's default action would kill a starting daemon
     import faulthandler
 
     from .logs import configure_logging
@@ -57,18 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, origin = _load(args.config)
     configure_logging(config.logging, args.log_level)
     daemon = Daemon(config, Path(origin))
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        daemon.request_stop()
-
-    def on_hangup(_signum: int, _frame: object) -> None:
-        log.info("received SIGHUP: reloading %s", origin)
-        daemon.request_reload()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
+    early_signals.hand_over(daemon, origin)
     log.info("starting with %s", origin)
     code = daemon.run()
     if daemon.native_work_left:
@@ -102,8 +109,9 @@ def _format_message(message, show_heartbeats: bool) -> str | None:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from .client import ResultSubscriber
-
+    """Print what a daemon publishes until told to stop. A stdout closed by its reader (``| head -1``)
+    ends it quietly with exit 0: the reader took what it wanted, which is how such a pipeline is meant
+    to end, and 0 (not 141, the shell's status for SIGPIPE) keeps ``set -o pipefail`` scripts passing."""
     stopped = False
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -111,35 +119,96 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         stopped = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    with _open_subscriber(args) as subscriber:
+        try:
+            return _print_messages(subscriber, args, lambda: stopped)
+        except KeyboardInterrupt:
+            return 0
+        except BrokenPipeError:
+            _silence_stdout()
+            return 0
+
+
+def _open_subscriber(args: argparse.Namespace) -> ResultSubscriber:
+    """The subscriber the flags describe; a bad endpoint or key file is a UsageError (one line, exit 2)."""
+    from .client import ResultSubscriber
+
+    if (args.server_key is None) != (args.client_key is None):
+        raise UsageError("subscribe: --server-key and --client-key go together (CURVE needs both)")
+    return ResultSubscriber(
+        args.endpoint,
+        args.source or None,
+        topic_prefix=args.topic_prefix,
+        curve_server_key=Path(args.server_key) if args.server_key else None,
+        curve_client_keys=args.client_key,
+    )
+
+
+def _print_messages(subscriber: ResultSubscriber, args: argparse.Namespace, stopped: Callable[[], bool]) -> int:
+    """The receive loop of ``subscribe``: print, warn once about what cannot work, stop on --count,
+    --until-eos or --timeout."""
     received = 0
     ended: set[str] = set()
-    with ResultSubscriber(args.endpoint, args.source or None, topic_prefix=args.topic_prefix) as subscriber:
-        try:
-            while not stopped:
-                message = subscriber.receive(timeout=args.timeout if args.timeout else 0.5)
-                if message is None:
-                    if args.timeout:
-                        print(f"no message within {args.timeout}s from {args.endpoint}", file=sys.stderr)
-                        return 1
-                    continue
-                if args.json:
-                    print(json.dumps(message.header, ensure_ascii=False), flush=True)
-                else:
-                    line = _format_message(message, args.heartbeats)
-                    if line:
-                        print(line, flush=True)
-                if message.type == "result":
-                    received += 1
-                if message.type == "eos":
-                    ended.add(message.source_id)
-                    done = set(args.source) <= ended if args.source else message.header.get("sources_remaining") == 0
-                    if args.until_eos and done:
-                        break
-                if args.count and received >= args.count:
-                    break
-        except KeyboardInterrupt:
-            pass
+    sources_checked = not args.source
+    reported_handshake: str | None = None
+    while not stopped():
+        message = subscriber.receive(timeout=args.timeout if args.timeout else 0.5)
+        if subscriber.handshake_failure != reported_handshake:
+            reported_handshake = subscriber.handshake_failure
+            _warn(reported_handshake)
+        if message is None:
+            if args.timeout:
+                print(f"no message within {args.timeout}s from {args.endpoint}", file=sys.stderr)
+                return 1
+            continue
+        if message.type == "heartbeat" and not sources_checked:
+            sources_checked = True  # the first heartbeat names the daemon's sources
+            _warn(_unknown_sources(args.source, message.header))
+        line = _render(message, args)
+        if line is not None:
+            print(line, flush=True)
+        if message.type == "result":
+            received += 1
+        if message.type == "eos":
+            ended.add(message.source_id)
+            done = set(args.source) <= ended if args.source else message.header.get("sources_remaining") == 0
+            if args.until_eos and done:
+                break
+        if args.count and received >= args.count:
+            break
     return 0
+
+
+def _render(message: Message, args: argparse.Namespace) -> str | None:
+    """The line to print for ``message``, or None; heartbeats only with --heartbeats, in both modes."""
+    if args.json:
+        if message.type == "heartbeat" and not args.heartbeats:
+            return None
+        return json.dumps(message.header, ensure_ascii=False)
+    return _format_message(message, args.heartbeats)
+
+
+def _unknown_sources(wanted: list[str], heartbeat: dict) -> str | None:
+    """A warning when --source names ids the daemon does not have: filtering on a typo would otherwise
+    wait forever in silence."""
+    known = [source["id"] for source in heartbeat.get("sources", [])]
+    unknown = [source for source in wanted if source not in known]
+    if not unknown:
+        return None
+    return f"the daemon has no source {', '.join(map(repr, unknown))} (its sources: {', '.join(known) or 'none'})"
+
+
+def _warn(text: str | None) -> None:
+    if text:
+        print(f"trtstream: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered does not
+    raise BrokenPipeError again (and print a traceback) on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,17 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560 or ipc:///run/trtstream/results.ipc")
     sub.add_argument("--source", action="append", help="only this source id (repeatable)")
     sub.add_argument("--json", action="store_true", help="print each message header as one JSON line")
-    sub.add_argument("--heartbeats", action="store_true", help="also print heartbeats (text mode)")
+    sub.add_argument("--heartbeats", action="store_true", help="also print heartbeats (text and --json)")
     sub.add_argument("--count", type=int, default=0, help="exit after this many results")
     sub.add_argument("--until-eos", action="store_true", help="exit once every (selected) source has ended")
     sub.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives for this many seconds")
     sub.add_argument("--topic-prefix", default="trtstream")
+    sub.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key (DIR/server.key from 'trtstream keys generate')")
+    sub.add_argument("--client-key", metavar="FILE", help="CURVE: this subscriber's secret key (DIR/NAME.key_secret, mode 0600)")
     sub.set_defaults(handler=cmd_subscribe)
 
     bench = commands.add_parser(
         "bench",
         help="benchmarks measured side by side in one run: 'bench cpu [...]' or 'bench gpu [...]' "
         "(default: gpu when this machine can; 'bench cpu --help' lists the options)",
+        description="Benchmarks measured side by side in one run. 'trtstream bench cpu': ONNX Runtime "
+        "engine-only against the whole daemon, alternating rounds. 'trtstream bench gpu': engine-only, naive "
+        "and pipeline modes on an NVIDIA GPU. Without a target: gpu when this machine can run it, else cpu. "
+        "'trtstream bench cpu --help' and 'trtstream bench gpu --help' list each one's options.",
     )
     bench.add_argument("target", nargs="?", choices=["cpu", "gpu"])
 
@@ -196,6 +271,8 @@ def cmd_bench(argv: list[str]) -> int:
     unparsed (argparse would claim them)."""
     target = argv[0] if argv[:1] and argv[0] in ("cpu", "gpu") else None
     rest = argv[1:] if target else argv
+    if target is None and {"-h", "--help"} & set(rest):
+        build_parser().parse_args(["bench", "--help"])  # both benchmarks named, not the one this machine picks; exits 0
     if target is None:
         from .backends.torch import torch_usable
 

@@ -6,18 +6,31 @@
 
 Gaps in a source's ``seq`` (messages this subscriber lost because it read too slowly) are counted per
 source in ``missed``; a new ``instance_id`` (the daemon restarted) resets the count base.
+
+A daemon with ``[security.curve]`` serves tcp only to CURVE clients: pass the server's public key
+(``server.key`` from ``trtstream keys generate``, or its 40-character Z85 text) and this client's
+``NAME.key_secret``. A refused handshake is invisible to a SUB socket (it simply receives nothing), so
+the subscriber watches its handshakes and says why in ``handshake_failure``.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from .errors import UsageError, UserError
 from .messages import HEARTBEAT_TOPIC, decode_header
+from .security import is_z85_key, load_public, load_secret
 
-__all__ = ["Message", "ResultSubscriber"]
+__all__ = ["Message", "ResultSubscriber", "CurveKeys", "load_curve_keys", "check_endpoint"]
+
+_HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
 @dataclass(slots=True)
@@ -35,8 +48,53 @@ class Message:
         return self.header.get("source_id")
 
 
+class CurveKeys(NamedTuple):
+    """What a CURVE client socket needs, in Z85: the server's public key it pins, and its own pair."""
+
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+
+def load_curve_keys(server_key: str | os.PathLike | bytes, client_secret_file: str | os.PathLike) -> CurveKeys:
+    """The keys for a CURVE subscriber, or UsageError naming the file (or key) that is unusable.
+
+    ``server_key``: a ``server.key`` file, or the key itself as 40 Z85 characters (``bytes``, or a
+    ``str`` that is no existing path). ``client_secret_file``: this client's ``NAME.key_secret``
+    (mode 0600, as ``keys generate`` writes it)."""
+    try:
+        client_public, client_secret = load_secret(Path(client_secret_file))
+        return CurveKeys(_server_public(server_key), client_public, client_secret)
+    except UsageError:
+        raise
+    except UserError as exc:  # the key file was named by the caller: its argument is wrong, exit 2
+        raise UsageError(str(exc)) from None
+
+
+def _server_public(key: str | os.PathLike | bytes) -> bytes:
+    if isinstance(key, bytes):
+        if not is_z85_key(key):
+            raise UsageError("CURVE server key: bytes must be the 40 Z85 characters of a public key")
+        return key
+    if isinstance(key, str) and is_z85_key(key) and not os.path.exists(key):
+        return key.encode("ascii")
+    return load_public(Path(key))
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint libzmq cannot connect to with one line that names it (and, for the common
+    ``host:port``, says what was meant), instead of a ZMQError from deep inside connect."""
+    if "://" not in endpoint:
+        transport = "ipc" if endpoint.startswith(("/", ".")) else "tcp"
+        raise UsageError(f"endpoint {endpoint!r} has no transport: did you mean {transport}://{endpoint}?")
+
+
 class ResultSubscriber:
-    """A SUB socket subscribed to some or all sources (and optionally heartbeats) of one daemon."""
+    """A SUB socket subscribed to some or all sources (and optionally heartbeats) of one daemon.
+
+    ``curve_server_key`` and ``curve_client_keys`` (both or neither) make it a CURVE client of a
+    ``[security.curve]`` daemon; see :func:`load_curve_keys` for what they accept. A bad endpoint or key
+    raises UsageError (a UserError) before anything is connected."""
 
     def __init__(
         self,
@@ -47,8 +105,33 @@ class ResultSubscriber:
         heartbeats: bool = True,
         receive_hwm: int = 1000,
         context: zmq.Context | None = None,
+        curve_server_key: str | os.PathLike | bytes | None = None,
+        curve_client_keys: str | os.PathLike | None = None,
     ):
+        check_endpoint(endpoint)
+        if (curve_server_key is None) != (curve_client_keys is None):
+            raise UsageError("CURVE needs both the server's public key and this client's secret key file")
+        if curve_server_key is not None and not endpoint.startswith("tcp://"):
+            # the daemon binds ipc before it turns CURVE on (daemon/security.py): the handshake could only fail
+            raise UsageError(f"CURVE keys for {endpoint!r}: the daemon runs CURVE on tcp endpoints only, ipc stays plain")
+        curve = load_curve_keys(curve_server_key, curve_client_keys) if curve_server_key is not None else None
+        self.endpoint = endpoint
+        self.handshake_failure: str | None = None  # why the daemon and this client could not agree, if so
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
+        self._monitor: zmq.Socket | None = None
+        try:
+            self._configure(sources, topic_prefix, heartbeats, receive_hwm, curve)
+            self._connect(endpoint)
+        except BaseException:
+            self.close()
+            raise
+        self._heartbeats = heartbeats
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self.missed: dict[str, int] = {}
+
+    def _configure(
+        self, sources: Iterable[str] | None, topic_prefix: str, heartbeats: bool, receive_hwm: int, curve: CurveKeys | None
+    ) -> None:
         self._socket.setsockopt(zmq.RCVHWM, receive_hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
         sources = list(sources) if sources is not None else None
@@ -59,24 +142,51 @@ class ResultSubscriber:
                 self._socket.setsockopt(zmq.SUBSCRIBE, f"{topic_prefix}/{source}/".encode())
             if heartbeats:
                 self._socket.setsockopt(zmq.SUBSCRIBE, f"{topic_prefix}/{HEARTBEAT_TOPIC}/".encode())
-        self._heartbeats = heartbeats
-        self._socket.connect(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
-        self._last_seq: dict[tuple[str, str], int] = {}
-        self.missed: dict[str, int] = {}
+        if curve is not None:
+            self._socket.curve_serverkey = curve.server_public
+            self._socket.curve_publickey = curve.client_public
+            self._socket.curve_secretkey = curve.client_secret
+            # before connect, so the first handshake's outcome cannot be missed
+            self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
+            self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _connect(self, endpoint: str) -> None:
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            reason = zmq.strerror(exc.errno)
+            raise UsageError(f"cannot connect to {endpoint!r}: {reason} (e.g. tcp://127.0.0.1:5560, ipc:///run/trtstream/results.ipc)") from None
 
     def receive(self, timeout: float | None = None) -> Message | None:
-        """The next message, or None when nothing arrives within ``timeout`` seconds."""
+        """The next message, or None when nothing arrives within ``timeout`` seconds (messages this
+        subscriber skips, and handshake reports, do not extend it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if not self._poller.poll(None if timeout is None else int(timeout * 1000)):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = dict(self._poller.poll(None if remaining is None else int(remaining * 1000)))
+            if not ready:
                 return None
+            if self._monitor is not None and self._monitor in ready:
+                self._note_handshake(recv_monitor_message(self._monitor)["event"])
+            if self._socket not in ready:
+                continue
             parts = self._socket.recv_multipart()
             message = Message(parts[0].decode(), decode_header(parts[1]), parts[2:])
             if message.type == "heartbeat" and not self._heartbeats:
                 continue
             self._track(message)
             return message
+
+    def _note_handshake(self, event: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            reason = "refused this client's key (its public key is not among the daemon's authorized_clients)"
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            reason = "does not speak CURVE on this endpoint (is [security.curve] enabled there?)"
+        else:  # libzmq reports a wrong server key this way, and at times a server without CURVE too
+            reason = "failed the CURVE handshake (is the server key this daemon's server.key, and [security.curve] enabled there?)"
+        self.handshake_failure = f"{self.endpoint} {reason}"
 
     def _track(self, message: Message) -> None:
         seq, source = message.header.get("seq"), message.source_id
@@ -89,6 +199,10 @@ class ResultSubscriber:
         self._last_seq[key] = seq
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self._socket.close(linger=0)
 
     def __enter__(self) -> "ResultSubscriber":

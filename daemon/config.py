@@ -1,24 +1,30 @@
 """The configuration: pydantic models are the single source of truth for every setting.
 
-Every model forbids unknown keys (a typo must fail, not be ignored), every field has bounds where they
-apply, and ``load_config`` turns any problem into one line per problem that names the key path
+Every model forbids unknown keys (a typo must fail, not be ignored) and NaN/infinity in float fields,
+every field has bounds where they apply, URLs and endpoints are checked by their text (scheme, host,
+IP address, port), and ``load_config`` turns any problem into one line per problem that names the key path
 (``sources[1].uri: ...``), raised as :class:`ConfigError` (exit code 2). Validation does no I/O beyond
-reading the file; ``check_files`` separately checks that the referenced model and label files exist.
+reading the file; ``check_files`` separately checks that the referenced model and label files exist,
+and ``daemon.preflight`` what only ``check-config`` checks (file sources, the model's tensors).
 Relative paths are resolved against the config file's directory, so a config works from any cwd.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-import tomllib
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
+from .netaddr import check_host, check_port, split_tcp_endpoint
 from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
+from .redact import mask_url
+from .tomlcompat import tomllib
 
 __all__ = [
     "Config",
@@ -32,16 +38,25 @@ __all__ = [
     "parse_config",
     "check_files",
     "resolve_source_kind",
+    "check_not_a_url",
+    "check_stream_url",
 ]
 
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+_SCHEME_NAMES = tuple(scheme.removesuffix("://") for scheme in _STREAM_SCHEMES)
+_LISTENER_SCHEMES = ("udp", "tcp", "srt")  # FFmpeg listens with no host: udp://@:1234, srt://:9000?mode=listener
+# Something that starts like a URL: a scheme-like word followed by ':' and/or '//' ('clips/a.mp4' is not).
+_URL_LIKE = re.compile(r"(?P<name>[A-Za-z][A-Za-z0-9+.-]+)(?P<sep>:/*|//+)(?P<rest>.*)", re.DOTALL)
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors."""
+    """Base of every config section: unknown keys are errors, and so are NaN and infinity (TOML has
+    ``nan`` and ``inf`` literals) in every float field: ``mean = [nan, 0, 0]`` would otherwise validate
+    and turn every score into NaN, published as ``"score": null``. One setting here instead of a check
+    per field, so a float field added later is covered too (opsconfig's sections do the same)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class SourceKind(str, Enum):
@@ -101,12 +116,13 @@ class SourceConfig(StrictModel):
     """One video source; one reader thread per source."""
 
     id: str = Field(pattern=SOURCE_ID_PATTERN, description="Unique id; part of the ZeroMQ topic.")
+    # kind is declared before uri so that uri's validator sees it (pydantic validates in field order).
+    kind: Literal["auto", "file", "stream", "usb", "gstreamer", "synthetic"] = "auto"
     uri: str = Field(
         min_length=1,
         description="File path, rtsp/http(s) URL, USB index ('usb:0', '0', '/dev/video0'), GStreamer pipeline "
         "ending in appsink, or 'synthetic:WIDTHxHEIGHT@FPS'.",
     )
-    kind: Literal["auto", "file", "stream", "usb", "gstreamer", "synthetic"] = "auto"
     decoder: Literal["opencv", "nvdec"] = Field(
         "opencv", description="Files: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends."
     )
@@ -133,6 +149,22 @@ class SourceConfig(StrictModel):
             return self.drop_policy
         return DropPolicy.DROP_OLDEST if self.is_live else DropPolicy.BLOCK
 
+    @field_validator("uri")
+    @classmethod
+    def _plausible_uri(cls, uri: str, info: ValidationInfo) -> str:
+        """URLs are checked here, by their text, so a typo is a config error (key ``uri``) rather than a
+        "file not found" at run time. With an explicit kind = 'stream' any scheme is accepted (FFmpeg
+        has more protocols than the ones ``auto`` recognises), but its host and port are still checked."""
+        kind = info.data.get("kind")
+        if kind is None:  # kind itself is invalid and reported on its own
+            return uri
+        resolved = resolve_source_kind(uri, kind)
+        if kind == "auto" and resolved is SourceKind.FILE:
+            check_not_a_url(uri)
+        elif resolved is SourceKind.STREAM:
+            check_stream_url(uri)
+        return uri
+
     @model_validator(mode="after")
     def _resolve_relative_file(self, info: ValidationInfo) -> "SourceConfig":
         if self.resolved_kind is SourceKind.FILE:
@@ -144,6 +176,57 @@ class SourceConfig(StrictModel):
         if self.decoder == "nvdec" and self.resolved_kind is not SourceKind.FILE:
             raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
         return self
+
+
+def _close_scheme(name: str) -> str | None:
+    """The supported scheme ``name`` is probably a typo of (``rstp`` -> ``rtsp``), if any."""
+    close = difflib.get_close_matches(name.lower(), _SCHEME_NAMES, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def check_not_a_url(uri: str) -> None:
+    """Raise ValueError when a URI that would be read as a file path is really a URL with an unknown or
+    mistyped scheme (``ftp://h/x``, ``rstp://cam/x``, ``rtsp//cam/x``, ``rtsp:/cam/x``). Without this it
+    is taken for a relative file name and only fails, as "file not found", once the daemon runs."""
+    match = _URL_LIKE.match(uri)
+    if match is None:
+        return
+    name, sep, rest = match["name"], match["sep"], match["rest"]
+    guess = _close_scheme(name)
+    if sep.startswith("://"):
+        hint = f" (did you mean {guess}://?)" if guess else ""
+        raise ValueError(
+            f"unknown URL scheme '{name}://'{hint}; supported: {', '.join(_STREAM_SCHEMES)} "
+            "(set kind = 'stream' to hand another FFmpeg protocol to OpenCV as it is)"
+        )
+    if guess is not None:
+        # Only the corrected form is shown: mask_url finds a password only after a well-formed '://'.
+        raise ValueError(f"'{name}{sep}' does not start a valid URL (did you mean {mask_url(f'{guess}://{rest}')!r}?)")
+
+
+def check_stream_url(uri: str) -> None:
+    """Raise ValueError when a network URL has no host (``rtsp:///x``), a host that cannot exist
+    (``rtsp://999.1.1.1/x``) or a port outside 1..65535. A missing host is accepted only for the schemes
+    FFmpeg can listen on (``udp://@:1234``) and only with a port. Nothing is resolved or connected."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ValueError(f"not a valid URL: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:  # its text would show what precedes a stray '#' or '/' in a password: not shown
+        raise ValueError(
+            "the port must be a whole number from 1 to 65535 ('#', '/' or '?' in a password must be percent-encoded)"
+        ) from None
+    scheme = parts.scheme.lower()
+    if not scheme or not uri[len(scheme) :].startswith("://"):
+        raise ValueError("a stream URI must be a URL like 'rtsp://camera.local/stream'")
+    if port is not None:
+        check_port(port)
+    if parts.hostname:
+        check_host(parts.hostname)
+    elif not (scheme in _LISTENER_SCHEMES and port is not None):
+        raise ValueError(f"the {scheme}:// URL has no host (like '{scheme}://camera.local/stream')")
 
 
 def parse_synthetic_uri(uri: str) -> tuple[int, int, float]:
@@ -344,6 +427,8 @@ class PublisherConfig(StrictModel):
         for endpoint in endpoints:
             if not re.match(r"^(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)$", endpoint):
                 raise ValueError(f"{endpoint!r} is not a ZeroMQ endpoint like 'tcp://127.0.0.1:5560' or 'ipc:///run/x.ipc'")
+            if endpoint.startswith("tcp://"):
+                split_tcp_endpoint(endpoint)  # port 1..65535 (ZeroMQ would bind 99999 as 34463), a real address
         if len(set(endpoints)) != len(endpoints):
             raise ValueError("endpoints must be unique")
         return endpoints

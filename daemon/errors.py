@@ -2,7 +2,9 @@
 
     TrtstreamError
     ├── UserError            -- the user can fix it (bad config, missing file, port in use): one line, no traceback
-    │   └── ConfigError      -- the config file is invalid; exit code 2
+    │   ├── ConfigError      -- the config file is invalid; exit code 2
+    │   ├── ModelConfigError -- the model settings do not fit the model file's tensors or labels
+    │   └── UsageError       -- an argument is invalid (an endpoint, a key file given on the command line); exit code 2
     ├── SourceError          -- a source failed to open or read; contained to that source, never fatal
     ├── BackendError         -- an inference backend failed to load or run
     └── PublisherError       -- ZeroMQ endpoint could not be bound
@@ -10,10 +12,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "TrtstreamError",
     "UserError",
     "ConfigError",
+    "ModelConfigError",
+    "UsageError",
     "SourceError",
     "BackendError",
     "PublisherError",
@@ -38,6 +44,25 @@ class ConfigError(UserError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class ModelConfigError(UserError):
+    """``[model]`` settings that do not fit the model file itself (its inputs, outputs or labels): found
+    only once the model's tensors are read, so not by the schema. ``key`` names the setting to change and
+    ``detail`` says why, so ``check-config`` prints its usual ``file: key: detail`` line (exit 2); the
+    message itself is what ``trtstream run`` has always printed, prefixed with the model file or the key."""
+
+    def __init__(self, key: str, detail: str, *, model: Path | None = None):
+        self.key = key
+        self.detail = detail
+        super().__init__(f"{model}: {detail}" if model is not None else f"{key}: {detail}")
+
+
+class UsageError(UserError):
+    """An argument names something unusable (an endpoint without a transport, a missing key file): the
+    command line is wrong, so it exits 2 like argparse's own errors, not 1 like a failure at run time."""
+
+    exit_code = 2
 
 
 class SourceError(TrtstreamError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .netaddr import is_loopback_host
+from .netaddr import check_host, is_loopback_host, split_tcp_endpoint
 
 __all__ = ["MetricsConfig", "ControlConfig", "WatchdogConfig", "CurveConfig", "SecurityConfig"]
 
@@ -21,7 +21,10 @@ _SOCKET_MODES = (0o600, 0o660)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Base of these sections, with config.py's StrictModel rules: unknown keys and NaN/infinity (TOML's
+    ``nan``, ``inf``) are errors, so a float setting always holds a real number."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _socket_mode(mode: int) -> int:
@@ -45,6 +48,13 @@ class MetricsConfig(_Section):
     port: int = Field(9810, ge=1, le=65535, description="Listen port (one per instance).")
     allow_remote: bool = Field(False, description="Allow a non-loopback address (the metrics have no authentication).")
 
+    @field_validator("address")
+    @classmethod
+    def _real_address(cls, address: str) -> str:
+        """``999.1.1.1`` is refused even with allow_remote: the HTTP server could never bind it."""
+        check_host(address)
+        return address
+
     @model_validator(mode="after")
     def _loopback(self) -> "MetricsConfig":
         if not self.allow_remote and not is_loopback_host(self.address):
@@ -67,6 +77,14 @@ class ControlConfig(_Section):
     def _mode_bits(cls, mode: int) -> int:
         return _socket_mode(mode)
 
+    @field_validator("endpoint")
+    @classmethod
+    def _real_tcp_address(cls, endpoint: str | None) -> str | None:
+        """A tcp endpoint's port is 1..65535 and its host a real address, whatever allow_remote says."""
+        if endpoint is not None and endpoint.startswith("tcp://"):
+            split_tcp_endpoint(endpoint)
+        return endpoint
+
     @model_validator(mode="after")
     def _endpoint(self) -> "ControlConfig":
         endpoint = self.endpoint
@@ -75,7 +93,7 @@ class ControlConfig(_Section):
         if endpoint.startswith("ipc://@"):
             raise ValueError("endpoint: an abstract ipc socket has no file permissions; use a path")
         if endpoint.startswith("tcp://"):
-            host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+            host, _port = split_tcp_endpoint(endpoint)
             if not self.allow_remote and not is_loopback_host(host):
                 raise ValueError(f"endpoint {endpoint!r} is not loopback; set allow_remote = true to allow it")
         elif not endpoint.startswith("ipc:///"):

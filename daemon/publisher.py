@@ -87,14 +87,22 @@ class Publisher:
         if self._start_error is not None:
             raise self._start_error
 
-    def wait_for_subscribers(self, count: int, timeout: float) -> bool:
-        """Block until ``count`` subscriptions have arrived (so a subscriber started first misses nothing)."""
+    def wait_for_subscribers(self, count: int, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Block until ``count`` subscriptions have arrived (so a subscriber started first misses nothing),
+        ``timeout`` passed or ``stop`` was set; True only in the first case. ``stop`` is looked at every
+        50 ms (a wait cannot be on two events at once): a SIGTERM must not wait out the timeout."""
         if count <= 0:
             return True
         self._subscribers_wanted = count
         if self._subscriptions >= count:
             return True
-        return self._subscribed.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._subscribed.wait(min(remaining, 0.05)):
+                return True
+            if stop is not None and stop.is_set():
+                return False
+        return self._subscribed.is_set()
 
     def source_added(self, source_id: str) -> None:
         """A source (re)starts: it counts as not ended again for ``sources_remaining``."""

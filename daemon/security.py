@@ -15,6 +15,10 @@ Key layout written by ``trtstream keys generate DIR``::
     DIR/client.key_secret     client secret key   (give to that client only) 0600
     DIR/authorized_clients/client.key             the daemon's allow list
 
+Run again with ``--client NAME`` to add a client: the server pair, once written, is never replaced.
+Subscribers connect with ``trtstream subscribe --server-key DIR/server.key --client-key
+DIR/NAME.key_secret`` or ``ResultSubscriber(curve_server_key=..., curve_client_keys=...)``.
+
 CURVE options are applied per listener at bind time, so one socket can serve ``ipc://`` plainly
 (file permissions protect it) and ``tcp://`` with CURVE: bind ipc first, then call
 :func:`configure_curve`, then bind tcp (see :func:`bind_endpoints`).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -43,6 +48,7 @@ __all__ = [
     "generate_keys",
     "load_secret",
     "load_public",
+    "is_z85_key",
     "start_authenticator",
     "configure_curve",
     "curve_client",
@@ -53,6 +59,7 @@ __all__ = [
 
 SERVER = "server"
 AUTHORIZED_DIR = "authorized_clients"
+_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 class KeyPair(NamedTuple):
@@ -66,25 +73,27 @@ def _require_curve() -> None:
 
 
 def generate_keys(directory: Path, clients: Iterable[str] = ("client",), *, force: bool = False) -> dict[str, KeyPair]:
-    """Create the server key pair and one pair per client name; authorise every client.
+    """Create the server key pair unless ``directory`` has one, and one pair per client name; authorise
+    every client (its public key goes into ``directory/authorized_clients``, the directory that
+    ``[security.curve] authorized_clients`` names).
 
-    Keys are written into a private temporary directory (mode 0700) first, made 0600 (secret) and
-    0644 (public) there, then moved into place, so no secret is readable by others at any moment."""
+    An existing server key pair is kept byte for byte, ``force`` or not: every subscriber pins the
+    server's public key, so replacing it would lock all of them out. ``force`` replaces only the named
+    clients' pairs (and their allow-list entries). Keys are written into a private temporary directory
+    (mode 0700) first, made 0600 (secret) and 0644 (public) there, then moved into place, so no secret
+    is readable by others at any moment."""
     _require_curve()
-    names = [SERVER, *clients]
-    for name in clients:
-        if not name or name == SERVER or not name.replace("-", "").replace("_", "").isalnum():
-            raise UserError(f"keys: invalid client name {name!r} (letters, digits, '-', '_'; not 'server')")
-    if len(set(names)) != len(names):
-        raise UserError("keys: client names must be unique")
+    clients = list(clients)
+    _check_client_names(clients)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = [directory / f"{name}{suffix}" for name in names for suffix in (".key", ".key_secret")]
-    existing = [p for p in existing if p.exists()]
-    if existing and not force:
-        raise UserError(f"keys: {existing[0]} already exists (use --force to replace every key in {directory})")
+    server = _existing_server_pair(directory)
+    taken = [p for name in clients for p in _pair_paths(directory, name) if p.exists()]
+    if taken and not force:
+        raise UserError(f"keys: {taken[0]} already exists (--force replaces the named clients' keys; never the server key)")
+    names = clients if server is not None else [SERVER, *clients]
     authorized = directory / AUTHORIZED_DIR
     authorized.mkdir(mode=0o755, exist_ok=True)
-    result: dict[str, KeyPair] = {}
+    result = {SERVER: server} if server is not None else {}
     with tempfile.TemporaryDirectory(dir=directory, prefix=".keys-") as staging:
         for name in names:
             public, secret = (Path(p) for p in zmq.auth.create_certificates(staging, name))
@@ -93,7 +102,8 @@ def generate_keys(directory: Path, clients: Iterable[str] = ("client",), *, forc
             result[name] = KeyPair(directory / public.name, directory / secret.name)
             if name != SERVER:
                 shutil.copy2(public, Path(staging) / f"{name}.authorized")
-        for name, pair in result.items():
+        for name in names:
+            pair = result[name]
             os.replace(Path(staging) / pair.secret.name, pair.secret)
             os.replace(Path(staging) / pair.public.name, pair.public)
             if name != SERVER:
@@ -101,18 +111,49 @@ def generate_keys(directory: Path, clients: Iterable[str] = ("client",), *, forc
     return result
 
 
+def _check_client_names(clients: list[str]) -> None:
+    for name in clients:
+        if not name or name == SERVER or not name.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"keys: invalid client name {name!r} (letters, digits, '-', '_'; not 'server')")
+    if len(set(clients)) != len(clients):
+        raise UserError("keys: client names must be unique")
+
+
+def _pair_paths(directory: Path, name: str) -> KeyPair:
+    return KeyPair(directory / f"{name}.key", directory / f"{name}.key_secret")
+
+
+def _existing_server_pair(directory: Path) -> KeyPair | None:
+    """The server pair already in ``directory``, None when there is none; half a pair is refused rather
+    than completed, since a new half would not match the other."""
+    pair = _pair_paths(directory, SERVER)
+    present = [p.exists() for p in pair]
+    if all(present):
+        return pair
+    if any(present):
+        missing = pair.public if not present[0] else pair.secret
+        raise UserError(
+            f"keys: {missing} is missing but its other half exists; restore it, or delete both server files "
+            "to make a new server key (every subscriber then needs the new server.key)"
+        )
+    return None
+
+
 def load_secret(path: Path) -> tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` file; refuses a secret readable by group or others."""
+    """(public, secret) from a ``.key_secret`` file; refuses a secret readable by group or others.
+
+    The file is parsed before its mode is judged, so a public ``.key`` given by mistake (mode 0644 by
+    design) is reported as what it is rather than as an exposed secret."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise UserError(f"cannot read secret key {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(f"secret key {path} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     public, secret = _load(path)
     if secret is None:
         raise UserError(f"{path} holds no secret key (is it the .key_secret file?)")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(f"secret key {path} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return public, secret
 
 
@@ -121,10 +162,25 @@ def load_public(path: Path) -> bytes:
 
 
 def _load(path: Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) through zmq.auth; a missing or malformed file is one line naming it
+    (a malformed key would otherwise surface later as a bare EINVAL from setsockopt)."""
+    if not path.is_file():
+        raise UserError(f"cannot load CURVE key {path}: no such file")
     try:
-        return zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load CURVE key {path}: {exc}") from None
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise UserError(f"cannot load CURVE key {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise UserError(f"cannot load CURVE key {path}: no public-key line (not a file from `trtstream keys generate`)") from None
+    if not is_z85_key(public) or (secret is not None and not is_z85_key(secret)):
+        raise UserError(f"cannot load CURVE key {path}: a key in it is not 40 Z85 characters")
+    return public, secret
+
+
+def is_z85_key(key: bytes | str) -> bool:
+    """Whether ``key`` is a CURVE key in its Z85 text form (40 characters), as in the key files."""
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    return _Z85_KEY.fullmatch(text) is not None
 
 
 def start_authenticator(
@@ -223,13 +279,18 @@ def _bind(socket: zmq.Socket, endpoint: str) -> None:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    pairs = generate_keys(Path(args.directory), args.client or ["client"], force=args.force)
     directory = Path(args.directory)
-    print(f"server public key:  {pairs[SERVER].public}   (copy to every subscriber)")
-    print(f"server secret key:  {pairs[SERVER].secret}   (daemon only, mode 0600)")
+    kept = _existing_server_pair(directory) if directory.is_dir() else None
+    pairs = generate_keys(directory, args.client or ["client"], force=args.force)
+    state = "kept, unchanged" if kept is not None else "new"
+    print(f"server public key:  {pairs[SERVER].public}   ({state}; every subscriber's --server-key)")
+    print(f"server secret key:  {pairs[SERVER].secret}   ({state}; daemon only, mode 0600)")
     for name, pair in pairs.items():
         if name != SERVER:
-            print(f"client {name!r}: {pair.secret} (give to that subscriber only), authorised in {directory / AUTHORIZED_DIR}")
+            print(f"client {name!r}: {pair.secret} (that subscriber's --client-key only), authorised in {directory / AUTHORIZED_DIR}")
+    if kept is not None:
+        # the daemon's authenticator reads the allow list once, when it binds its tcp endpoints
+        print("restart the daemon to admit the new clients")
     return 0
 
 
@@ -239,12 +300,19 @@ def add_keys_commands(subparsers) -> argparse.ArgumentParser:
     actions = keys.add_subparsers(dest="keys_command", required=True)
     generate = actions.add_parser(
         "generate",
-        help="create a server key pair and client key pairs, and authorise the clients",
-        description="Write DIR/server.key(_secret), one DIR/NAME.key(_secret) per client and "
-        f"DIR/{AUTHORIZED_DIR}/NAME.key. Secret files are mode 0600. Existing keys are kept unless --force.",
+        help="create the server key pair (once) and client key pairs, and authorise the clients",
+        description="Write DIR/server.key(_secret) unless DIR has them, one DIR/NAME.key(_secret) per client "
+        f"and DIR/{AUTHORIZED_DIR}/NAME.key. Secret files are mode 0600. An existing server key pair is "
+        "never replaced (every subscriber pins it): run again with --client NAME to add a client; delete "
+        "both server files to make a new server key.",
     )
     generate.add_argument("directory", metavar="DIR")
     generate.add_argument("--client", action="append", metavar="NAME", help="client key name (repeatable; default 'client')")
-    generate.add_argument("--force", action="store_true", help="replace existing keys of the same names")
+    generate.add_argument(
+        "--force",
+        action="store_true",
+        help=f"replace the key pairs of the clients named with --client (DIR/NAME.key, DIR/NAME.key_secret, "
+        f"DIR/{AUTHORIZED_DIR}/NAME.key) when they exist; never the server key pair",
+    )
     generate.set_defaults(handler=cmd_keys_generate)
     return keys

@@ -4,7 +4,11 @@ Start order: model + backend (fails fast on a bad model), pipeline, warm-up batc
 port in use fails before any camera is touched), scheduler, then one reader per source. Shutdown (one
 path for SIGTERM, SIGINT and "all sources ended"): stop the readers, let the scheduler drain what was
 already captured within ``daemon.drain_timeout_s``, publish end-of-stream for every source and a final
-heartbeat, close the socket with its linger so the last messages leave. Exit code 0.
+heartbeat, close the socket with its linger so the last messages leave. Exit code 0, except
+``EXIT_SOURCES_FAILED`` (3) when the daemon ends on its own because every source failed for good (each
+ended with ``reason = "error"``): a supervisor must be able to tell "nothing could be read" from "the
+files are done". A stop requested during start-up (while the model loads, during the warm-up, while
+waiting for subscribers) is honoured at the next step that returns to Python: no source is started, exit 0.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from .engine.fingerprint import file_sha256
+from .engine.cache import EngineLeases
 from .engine.lifecycle import EngineProvider
 from .config import Config, EngineConfig
 from .control import ControlServer, LatestResults, default_control_endpoint
@@ -33,12 +38,14 @@ from .errors import UserError
 from .redact import mask_text, mask_url
 from .scheduler import Scheduler, warm_up
 from .capture import open_producer
-from .sources import SourceReader
+from .sources import SourceReader, SourceState
 from .stats import SourceStats
 
-__all__ = ["Daemon", "model_id"]
+__all__ = ["Daemon", "model_id", "EXIT_SOURCES_FAILED"]
 
 log = logging.getLogger("trtstream.service")
+
+EXIT_SOURCES_FAILED = 3  # every source failed for good (0 ok, 1 failure at start, 2 invalid config)
 
 
 def model_id(path: Path, explicit: str | None) -> tuple[str, str]:
@@ -88,6 +95,7 @@ class Daemon:
         self._reload = threading.Event()
         self._started_at = time.monotonic()
         self._provider: EngineProvider | None = None
+        self._engine_leases = EngineLeases()  # cache leases of the engines serving: prune leaves them alone
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
         self._mux = Multiplexer()
@@ -112,12 +120,16 @@ class Daemon:
 
     def run(self) -> int:
         config = self.config
-        self._provider = provider = EngineProvider(config.model, config.engine)
+        if self._stop_requested("before the model loaded"):
+            return 0
+        self._provider = provider = EngineProvider(config.model, config.engine, leases=self._engine_leases)
         self.notifier.status("loading the model")
         with extending_timeout(self.notifier):  # an engine built before serving may take many minutes
-            backend = provider.start()
+            backend = provider.start()  # native code: a SIGTERM meanwhile is seen once it returns
         scheduler: Scheduler | None = None
         try:
+            if self._stop_requested("while the model loaded"):
+                return 0
             pipeline, model_info = self._model_parts(config, backend)
             self._publisher = publisher = Publisher(
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
@@ -139,6 +151,8 @@ class Daemon:
             if config.engine.warmup:
                 seconds = scheduler.warm_up()
                 log.info("warm-up batch of %d took %.3fs", scheduler.max_batch, seconds)
+                if self._stop_requested("during the warm-up batch"):
+                    return 0
             self._start_observability()
             publisher.start()
             info = backend.info
@@ -147,10 +161,9 @@ class Daemon:
                 __version__, model_info["id"], info.name, info.version, info.device, scheduler.max_batch,
                 len(config.enabled_sources), self.instance_id,
             )
-            if not publisher.wait_for_subscribers(
-                config.publisher.wait_for_subscribers, config.publisher.wait_for_subscribers_timeout_s
-            ):
-                log.warning("no subscriber after %.0fs; starting anyway", config.publisher.wait_for_subscribers_timeout_s)
+            if not self._wait_for_subscribers(publisher):
+                publisher.stop()  # its final heartbeat tells subscribers this instance is gone
+                return 0
             scheduler.start()
             provider.set_on_ready(self._switch_to)
             for source in config.enabled_sources:
@@ -160,14 +173,52 @@ class Daemon:
                 f"serving {model_info['id']} with {info.name} on {info.device}, {len(config.enabled_sources)} source(s)"
             )
             self._start_watchdog(scheduler, publisher)
-            self._serve_until_done()
-            return self._shutdown(scheduler, publisher)
+            sources_ended = self._serve_until_done()
+            self._shutdown(scheduler, publisher)
+            return self._sources_outcome() if sources_ended else 0
         finally:
             for part in (self._pinger, self._control, self._metrics):
                 if part is not None:
                     part.stop()
             self.native_work_left = not self._provider.close(self.config.daemon.drain_timeout_s)
             (scheduler.backend if scheduler is not None else backend).close()
+            self._engine_leases.release_except(None)
+
+    # -- start-up and exit -------------------------------------------------------------------------
+    def _stop_requested(self, when: str) -> bool:
+        """True (logged, STOPPING=1 sent) when a stop came in during start-up: the caller returns before
+        any source starts, rather than finishing a start nobody wants any more."""
+        if not self._stop.is_set():
+            return False
+        log.info("stop requested %s; exiting before any source starts", when)
+        self.notifier.stopping("stopped during start-up")
+        return True
+
+    def _wait_for_subscribers(self, publisher: Publisher) -> bool:
+        """Wait for ``publisher.wait_for_subscribers`` subscriptions; False when a stop request came
+        meanwhile (the sources are then never started)."""
+        wanted = self.config.publisher.wait_for_subscribers
+        timeout = self.config.publisher.wait_for_subscribers_timeout_s
+        if wanted > 0:
+            log.info("waiting up to %.0fs for %d subscriber(s) before reading the sources", timeout, wanted)
+        subscribed = publisher.wait_for_subscribers(wanted, timeout, self._stop)
+        if self._stop_requested("while waiting for subscribers"):
+            return False
+        if not subscribed:
+            log.warning("no subscriber after %.0fs; starting anyway", timeout)
+        return True
+
+    def _sources_outcome(self) -> int:
+        """The exit code once every source has ended on its own: ``EXIT_SOURCES_FAILED`` when each one
+        failed for good; 0 when at least one ended normally (the failures are logged: restarting the
+        whole daemon would read the finished files again)."""
+        failed = sorted(source_id for source_id, reader in self._readers.items() if reader.state is SourceState.FAILED)
+        if failed and len(failed) == len(self._readers):
+            log.error("every source failed (%s); exit status %d", ", ".join(failed), EXIT_SOURCES_FAILED)
+            return EXIT_SOURCES_FAILED
+        if failed:
+            log.warning("%d of %d sources failed (%s); the others ended normally, exit status 0", len(failed), len(self._readers), ", ".join(failed))
+        return 0
 
     # -- parts -------------------------------------------------------------------------------------
     def _start_observability(self) -> None:
@@ -267,7 +318,8 @@ class Daemon:
             backend.close()
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def _serve_until_done(self) -> None:
+    def _serve_until_done(self) -> bool:
+        """Serve until stopped (False) or, with ``daemon.exit_when_sources_end``, every source ended (True)."""
         announced_idle = False
         serving_since = time.monotonic()
         while not self._stop.wait(0.2):
@@ -280,12 +332,13 @@ class Daemon:
             if self._mux.all_finished():
                 if self.config.daemon.exit_when_sources_end:
                     log.info("every source has ended")
-                    return
+                    return True
                 if not announced_idle:
                     log.info("every source has ended; idle until stopped or reloaded (daemon.exit_when_sources_end = false)")
                     announced_idle = True
             else:
                 announced_idle = False
+        return False
 
     def reload(self) -> bool:
         """Read the config file again and apply it without a restart: sources are added, removed or
@@ -342,7 +395,9 @@ class Daemon:
 
     def _rebuild_model(self, config: Config) -> None:
         try:
-            provider = EngineProvider(config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}))
+            provider = EngineProvider(
+                config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}), leases=self._engine_leases
+            )
             backend = provider.start()
             pipeline, model_info = self._model_parts(config, backend)
         except Exception as exc:
@@ -352,7 +407,7 @@ class Daemon:
         self._provider = provider
         self._switch_to(backend, pipeline, model_info)
 
-    def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> int:
+    def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> None:
         log.info("stopping: draining in-flight frames")
         if self._pinger is not None:
             self._pinger.stop()
@@ -375,7 +430,6 @@ class Daemon:
         publisher.stop()
         totals = {k: (s.frames_captured, s.frames_published, s.frames_dropped) for k, s in self.source_stats.items()}
         log.info("stopped; per source (captured, published, dropped): %s", totals)
-        return 0
 
     def _heartbeat_body(self) -> dict[str, Any]:
         body = self._build_heartbeat()

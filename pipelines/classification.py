@@ -11,7 +11,19 @@ from daemon.config import ClassificationConfig, PreprocessConfig
 
 from .imageops import INTERPOLATION, Normalizer, ScratchPool, crop_geometry
 
-__all__ = ["ClassificationPipeline", "top_k"]
+__all__ = ["ClassificationPipeline", "check_output_shape", "top_k"]
+
+
+def check_output_shape(shape: Sequence[int]) -> None:
+    """Raise ValueError unless ``shape`` is one score per class per image: [N, classes], trailing 1s
+    allowed ([N, classes, 1, 1]), since :meth:`ClassificationPipeline.postprocess` flattens each row into
+    one score vector. A detector's [N, boxes, 5+classes] would flatten into meaningless "classes", so it
+    is refused (a dynamic dimension counts as a real one)."""
+    per_image = [d for d in shape[1:] if d != 1]
+    if len(per_image) != 1:
+        raise ValueError(
+            f"shape {list(shape)} is not a classifier's [N, classes] (a detector? set model.pipeline = 'detection')"
+        )
 
 
 def top_k(logits: np.ndarray, k: int, softmax: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,18 +22,28 @@ from daemon.config import DetectionConfig, PreprocessConfig
 
 from .imageops import INTERPOLATION, Letterbox, Normalizer, ScratchPool, boxes_to_source, letterbox_geometry
 
-__all__ = ["DetectionPipeline", "resolve_layout", "decode_yolo", "decode_batch", "batched_nms", "Candidates"]
+__all__ = ["DetectionPipeline", "check_output_shape", "resolve_layout", "decode_yolo", "decode_batch", "batched_nms", "Candidates"]
 
 OBJECTNESS = "yolo_objectness"
 ANCHORS_LAST = "yolo_anchors_last"
 
 
+def check_output_shape(shape: Sequence[int]) -> None:
+    """Raise ValueError unless ``shape`` can be a YOLO output: both layouts are [N, a, b]. A classifier's
+    [N, classes] is the usual mistake (``check-config`` and ``create_pipeline`` report it on
+    ``model.pipeline``), whatever ``detection.layout`` says."""
+    if len(shape) != 3:
+        raise ValueError(
+            f"shape {list(shape)} is not a detector's [N, boxes, 5+classes] or [N, 4+classes, anchors] "
+            "(a classifier? set model.pipeline = 'classification')"
+        )
+
+
 def resolve_layout(shape: Sequence[int], num_classes: int | None, requested: str = "auto") -> str:
     """Pick the decode layout of an output with shape [N, a, b] from the class count."""
+    check_output_shape(shape)
     if requested != "auto":
         return requested
-    if len(shape) != 3:
-        raise ValueError(f"detection output must have 3 dimensions [N, ., .], got {list(shape)}")
     _, a, b = shape
     if num_classes:
         if b == num_classes + 5:

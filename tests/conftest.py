@@ -79,7 +79,7 @@ def detector_config(sources_toml: str, port: int, **overrides: str) -> str:
         [publisher]
         endpoints = ["tcp://127.0.0.1:{port}"]
         heartbeat_interval_s = 0.5
-        wait_for_subscribers = 1
+        wait_for_subscribers = {overrides.get("wait_for_subscribers", "1")}
         wait_for_subscribers_timeout_s = 20
         {publisher}
         [logging]

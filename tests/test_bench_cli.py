@@ -25,6 +25,26 @@ def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side():
     ratio = float(re.search(r"ratio pipeline/engine-only\s+([\d.]+)", done.stdout).group(1))
     assert engine > 0 and pipeline > 0
     assert ratio == pytest.approx(pipeline / engine, rel=0.01)  # the fps are printed to 0.1
+    # One round shows no spread: the warning is one line in the printed output and one on stderr.
+    assert [line for line in done.stdout.splitlines() if line.startswith("warning: ")] == [
+        line.removeprefix("trtstream bench cpu: ") for line in done.stderr.splitlines() if line.startswith("trtstream bench cpu: warning: ")
+    ]
+    assert "warning: one round shows no spread" in done.stdout
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_bench_help_names_the_subcommand(target):
+    done = bench(target, "--help", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: trtstream bench {target} ")
+
+
+def test_bench_help_without_a_target_names_both_benchmarks():
+    done = bench("--help", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: trtstream bench ")
+    text = " ".join(done.stdout.split())  # argparse wraps the description
+    assert "trtstream bench cpu --help" in text and "trtstream bench gpu --help" in text
 
 
 def test_bench_cpu_names_a_missing_config_in_one_line():

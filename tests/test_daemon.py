@@ -119,6 +119,7 @@ def test_a_subscriber_that_never_reads_does_not_hold_the_pipeline_back(start_dae
         f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\n',
         free_port,
         publisher="send_hwm = 50\n[publisher.thumbnail]\nenabled = true\nmax_width = 640\njpeg_quality = 100",
+        wait_for_subscribers="2",  # the stalled one and the reader, before the first frame: the reader sees all 250
     )
     context = zmq.Context.instance()
     stalled = context.socket(zmq.SUB)

@@ -182,7 +182,7 @@ def test_a_build_killed_mid_write_never_leaves_a_loadable_corrupt_entry(tmp_path
     with pytest.raises(CacheMiss):
         cache.load_cached(builder_for(model), model)
     assert cache.obtain(builder_for(model), model).outcome == "built", "the next start builds cleanly"
-    removed = cache.prune()
+    removed = cache.prune().removed
     assert removed and all(p.name.endswith(".tmp") for p in removed)
     assert cache.obtain(builder_for(model), model).outcome == "hit"
 
@@ -193,6 +193,71 @@ def test_prune_keeps_the_most_recently_used_entry_per_model(tmp_path, model):
     os.utime(old.sidecar, (time.time() - 3600, time.time() - 3600))
     current = cache.obtain(builder_for(model), model).entry
     (cache.directory / "unrelated.txt").write_text("not ours")
-    removed = cache.prune(keep=1)
+    removed = cache.prune(keep=1).removed
     assert sorted(removed) == sorted([old.artifact, old.sidecar])
     assert current.artifact.exists() and (cache.directory / "unrelated.txt").exists()
+
+
+def cache_files(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the cache, with its size and mtime: what "left intact" means."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file()}
+
+
+def engine_prune(cache_dir: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "engine", "prune", "--cache-dir", str(cache_dir), *options],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("keep", ["0", "-1"])
+def test_prune_refuses_keep_below_one_and_leaves_the_cache_intact(tmp_path, model, keep):
+    cache = EngineCache(tmp_path / "cache")
+    obtained = cache.obtain(builder_for(model), model)
+    obtained.lease.release()
+    before = cache_files(cache.directory)
+    done = engine_prune(cache.directory, "--keep", keep)
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == [done.stderr.strip()] and f"--keep {keep}: must be at least 1" in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert cache_files(cache.directory) == before
+    with pytest.raises(ValueError):
+        cache.prune(keep=int(keep))
+
+
+def test_prune_leaves_the_engine_a_running_daemon_has_loaded(tmp_path, model, start_daemon, free_port):
+    """The daemon serves with a cached engine that prune would remove (unused for days by its sidecar's
+    mtime): prune keeps it and says so; once the daemon has exited, the same prune removes it."""
+    from daemon.client import ResultSubscriber
+    from daemon.config import load_config
+
+    from .conftest import collect, detector_config
+
+    cache_dir = tmp_path / "cache"
+    config_path = tmp_path / "daemon.toml"
+    config_path.write_text(detector_config(
+        '[[sources]]\nid = "cam"\nuri = "synthetic:320x240@25"\n', free_port,
+        engine=f'max_batch = 4\nmax_wait_ms = 5\ncache_dir = "{cache_dir}"',
+    ))
+    config = load_config(config_path)
+    built = EngineCache(cache_dir).obtain(OnnxRuntimeBuilder(config.model, config.engine), config.model.path)
+    built.lease.release()  # this test process must not be what protects the engine
+    built.backend.close()
+    entry = built.entry
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", sources=["cam"]) as subscriber:
+        daemon = start_daemon(config_path.read_text())
+        served = collect(subscriber, lambda ms: any(m.type == "result" for m in ms), timeout=60, daemon=daemon)
+        artifact = next(m for m in served if m.type == "result").header["model"]["artifact"]
+        assert entry.name.endswith(f"-{artifact}"), "the daemon serves with the cached engine"
+        three_days_ago = time.time() - 3 * 86400
+        os.utime(entry.sidecar, (three_days_ago, three_days_ago))
+        while_serving = engine_prune(cache_dir, "--older-than-days", "1")
+        assert while_serving.returncode == 0, while_serving
+        assert f"kept {entry.name}: in use by a running process" in while_serving.stdout, while_serving.stdout
+        assert entry.artifact.exists() and entry.sidecar.exists()
+        daemon.terminate()
+        assert daemon.wait(30) == 0, daemon.stderr
+    after_exit = engine_prune(cache_dir, "--older-than-days", "1")
+    assert after_exit.returncode == 0, after_exit
+    assert "in use" not in after_exit.stdout
+    assert not entry.artifact.exists() and not entry.sidecar.exists(), after_exit.stdout

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,6 +27,8 @@ from daemon.security import (
     generate_keys,
     load_secret,
 )
+
+from .conftest import REPO
 
 
 @pytest.fixture
@@ -115,14 +119,37 @@ def test_generate_keys_layout_and_modes(tmp_path):
     assert not [p for p in directory.iterdir() if p.name.startswith(".keys-")], "staging directory left behind"
 
 
-def test_existing_keys_are_kept_unless_forced(tmp_path):
-    first = generate_keys(tmp_path / "k")
-    before = first["server"].secret.read_bytes()
-    with pytest.raises(UserError, match="already exists .*--force"):
-        generate_keys(tmp_path / "k")
-    assert first["server"].secret.read_bytes() == before
-    generate_keys(tmp_path / "k", force=True)
-    assert first["server"].secret.read_bytes() != before
+def test_existing_keys_are_kept_and_force_replaces_only_the_named_clients(tmp_path):
+    first = generate_keys(tmp_path / "k", ["viewer"])
+    server = {p: p.read_bytes() for p in first["server"]}
+    viewer = {p: p.read_bytes() for p in first["viewer"]}
+    with pytest.raises(UserError, match="viewer.key already exists .*--force replaces the named clients' keys; never the server key"):
+        generate_keys(tmp_path / "k", ["viewer"])
+    assert {p: p.read_bytes() for p in first["viewer"]} == viewer
+    again = generate_keys(tmp_path / "k", ["viewer"], force=True)
+    assert {p: p.read_bytes() for p in first["server"]} == server, "--force never replaces the server key pair"
+    assert again["server"] == first["server"]
+    assert all(p.read_bytes() != viewer[p] for p in first["viewer"]), "the named client's pair is new"
+    assert (tmp_path / "k" / "authorized_clients" / "viewer.key").read_bytes() == first["viewer"].public.read_bytes()
+
+
+def test_adding_a_client_keeps_the_server_key_byte_identical(tmp_path):
+    first = generate_keys(tmp_path / "k", ["viewer"])
+    server = {p: p.read_bytes() for p in first["server"]}
+    added = generate_keys(tmp_path / "k", ["recorder"])
+    assert set(added) == {"server", "recorder"}
+    assert {p: p.read_bytes() for p in first["server"]} == server
+    assert sorted(p.name for p in (tmp_path / "k" / "authorized_clients").iterdir()) == ["recorder.key", "viewer.key"]
+    assert (tmp_path / "k" / "authorized_clients" / "recorder.key").read_bytes() == added["recorder"].public.read_bytes()
+    assert stat.S_IMODE(added["recorder"].secret.stat().st_mode) == 0o600
+
+
+def test_half_a_server_pair_is_refused_not_completed(tmp_path):
+    first = generate_keys(tmp_path / "k", ["viewer"])
+    first["server"].secret.unlink()
+    with pytest.raises(UserError, match="server.key_secret is missing but its other half exists"):
+        generate_keys(tmp_path / "k", ["recorder"])
+    assert not (tmp_path / "k" / "recorder.key").exists()
 
 
 def test_a_readable_secret_is_refused(keys):
@@ -236,3 +263,14 @@ def test_keys_generate_command(tmp_path, capsys):
     with pytest.raises(UserError, match="invalid client name"):
         bad = keys_parser().parse_args(["keys", "generate", str(tmp_path / "j"), "--client", "../x"])
         bad.handler(bad)
+    more = keys_parser().parse_args(["keys", "generate", str(tmp_path / "k"), "--client", "recorder"])
+    assert more.handler(more) == 0
+    out = capsys.readouterr().out
+    assert "(kept, unchanged;" in out and "recorder.key_secret" in out and "restart the daemon" in out
+
+
+def test_keys_generate_help_says_what_force_replaces():
+    done = subprocess.run([sys.executable, "-m", "daemon", "keys", "generate", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "replace the key pairs of the clients named with --client (DIR/NAME.key, DIR/NAME.key_secret, DIR/authorized_clients/NAME.key) when they exist; never the server key pair" in text

@@ -5,7 +5,8 @@ pipeline     the daemon itself: decode bikes.mp4 -> preprocess -> batch -> infer
              (ZeroMQ, no subscriber), same model, same batch size, same session options.
 
 The two alternate for --rounds rounds so drift (thermal, other load) hits both alike; the table gives
-the median of each and the ratio pipeline / engine-only (target >= 0.9).
+the median of each, the ratio pipeline / engine-only (target >= 0.9) and each side's spread between
+rounds, with a warning (also on stderr) when that spread makes the ratio meaningless (daemon/bench/rounds.py).
 
 Usage: trtstream bench cpu [--config configs/default.toml] [--batch 4] [--frames 500] [--rounds 3]
        (scripts/bench-cpu is the same)
@@ -26,12 +27,14 @@ from pathlib import Path
 import cv2
 
 from daemon.backends import create_backend
+from daemon.bench.rounds import RoundsVerdict, judge_rounds
 from daemon.config import load_config
 from daemon.errors import UserError
 from daemon.service import Daemon
 from pipelines import create_pipeline
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
+TARGET_RATIO = 0.9
 
 
 def decode_all(path: str) -> list:
@@ -97,7 +100,7 @@ def pipeline_fps(config, batch: int, count: int, video: str) -> tuple[float, dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trtstream bench cpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "default.toml"))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=500, help="frames per measurement")
@@ -121,13 +124,25 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes.append(snapshot["mean_batch_size"])
         print(f"round {round_index + 1}: engine-only {engine_runs[-1]:7.1f} fps   pipeline {fps:7.1f} fps", flush=True)
     engine, pipeline = statistics.median(engine_runs), statistics.median(pipeline_runs)
+    verdict = judge_rounds(engine_runs, pipeline_runs, TARGET_RATIO)
     print()
     print(f"model     {config.model.path.name}   video {Path(video).name}   batch {args.batch}   frames/run {args.frames}")
     print(f"machine   {os.cpu_count()} CPU cores, ONNX Runtime CPU, intra-op threads {config.engine.onnxruntime.intra_op_threads or 'default'}")
     print(f"{'measure':<28}{'fps (median of ' + str(args.rounds) + ')':>22}")
     print(f"{'engine-only (ready batches)':<28}{engine:>22.1f}")
     print(f"{'pipeline (decode..publish)':<28}{pipeline:>22.1f}")
-    print(f"{'ratio pipeline/engine-only':<28}{pipeline / engine:>22.3f}   (target >= 0.9)")
+    print(f"{'ratio pipeline/engine-only':<28}{verdict.ratio:>22.3f}   (target >= {TARGET_RATIO})")
     print(f"{'mean pipeline batch size':<28}{statistics.median(batch_sizes):>22.2f}")
+    report_spread(verdict)
     return 0
 
+
+def report_spread(verdict: RoundsVerdict) -> None:
+    """The rounds' spread under the table, and its warning both there and on stderr: the printed table
+    is what gets pasted into docs, stderr is what a script running the benchmark sees."""
+    if verdict.engine_spread is not None and verdict.pipeline_spread is not None:
+        spreads = f"engine-only {verdict.engine_spread:.1%}, pipeline {verdict.pipeline_spread:.1%}"
+        print(f"{'spread between rounds':<28}{spreads:>22}   ((max - min) / median)")
+    if verdict.warning:
+        print(f"warning: {verdict.warning}", flush=True)
+        print(f"trtstream bench cpu: warning: {verdict.warning}", file=sys.stderr)

@@ -382,7 +382,7 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     global MODEL, VIDEO, LABELS  # the modes read them (set from --model, --video, --labels)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trtstream bench gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--streams", type=int, default=3, help="CUDA streams (the daemon's engine.streams = auto on a GPU)")
     parser.add_argument("--seconds", type=float, default=8)

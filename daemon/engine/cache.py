@@ -5,7 +5,8 @@ Layout of the cache directory::
     <model>-<backend>-<key>.<ext>    the artifact (TensorRT plan, ONNX Runtime optimised model)
     <model>-<backend>-<key>.json     its sidecar: the full fingerprint, the artifact's size and sha256
     timing/<backend>-<device>.cache  TensorRT timing caches, reused across builds on the same device
-    locks/<model>-<backend>-<key>.lock
+    locks/<model>-<backend>-<key>.lock    held exclusively while the entry is built
+    locks/<model>-<backend>-<key>.inuse   held shared by every process that has the engine loaded
 
 Guarantees:
 
@@ -16,6 +17,10 @@ Guarantees:
   the kernel if the process dies), then look again, so a second process waiting on the lock loads
   what the first one built instead of building it twice. ``fcntl`` is used directly rather than the
   ``filelock`` package: it is the same mechanism in ten lines of the standard library.
+* **In use is never pruned.** A process that loads an entry (or builds it) holds a shared ``flock`` on
+  its ``.inuse`` file for as long as it serves with it (:class:`EngineLease`); ``prune`` takes that lock
+  exclusively without waiting and leaves the entry alone when it cannot. A separate file from the build
+  lock, so a daemon serving an engine never blocks another process that must rebuild it.
 * **Validated by loading.** A hit is only a hit if the builder loads it; a failure (corrupt file,
   TensorRT deserialisation returning None) is logged with its reason and the entry is rebuilt.
 * **Reasons.** A miss logs why: no entry, or how the closest entry's fingerprint differs
@@ -32,8 +37,10 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,11 +51,13 @@ from ..fsutil import fsync_dir, write_atomically
 from .artifact import ArtifactBuilder, ArtifactInvalid, Progress
 from .fingerprint import CACHE_FORMAT, diff_fingerprints, file_sha256, fingerprint_key, model_digest
 
-__all__ = ["EngineCache", "CacheEntry", "Obtained", "default_cache_dir", "CacheMiss"]
+__all__ = ["EngineCache", "CacheEntry", "Obtained", "Pruned", "EngineLease", "EngineLeases", "default_cache_dir", "CacheMiss"]
 
 log = logging.getLogger("trtstream.engine.cache")
 
 _ENTRY_FILE = re.compile(r"^.+-[a-z0-9_]+-[0-9a-f]{16}\.[A-Za-z0-9.]+$")
+# The entry a file of this cache belongs to: ``<name>.<ext>``, ``<name>.json`` and a build's ``.<name>.<ext>.<random>.tmp``.
+_ENTRY_OF_FILE = re.compile(r"^\.?(?P<name>.+-[a-z0-9_]+-[0-9a-f]{16})\.")
 
 
 def default_cache_dir() -> Path:
@@ -84,12 +93,57 @@ class CacheEntry:
         return int(self.meta.get("artifact_size", 0))
 
 
+class EngineLease:
+    """A shared ``flock`` on an entry's ``.inuse`` file: this process has (or is building) that engine, so
+    ``prune`` must not remove it. The kernel drops the lock when the process dies, so a crashed daemon never
+    pins an engine; a lease dropped without ``release()`` still closes its descriptor (no leaked fd)."""
+
+    def __init__(self, fd: int, name: str):
+        self.name = name
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        """Let ``prune`` remove the entry again (idempotent)."""
+        self._close()
+
+
+class EngineLeases:
+    """The leases of the engines one daemon serves with. The daemon owns it; its engine providers add to it
+    from the main thread and build threads, and the scheduler's switch callback releases from the batcher
+    thread, hence the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[InferenceBackend, EngineLease]] = []
+
+    def keep(self, backend: InferenceBackend, lease: EngineLease | None) -> None:
+        """Hold ``lease`` until ``backend`` no longer serves."""
+        if lease is not None:
+            with self._lock:
+                self._held.append((backend, lease))
+
+    def release_except(self, serving: InferenceBackend | None) -> None:
+        """After a switch (the old engine is closed) or at exit (``None``): release every other lease."""
+        with self._lock:
+            released = [lease for backend, lease in self._held if backend is not serving]
+            self._held = [(backend, lease) for backend, lease in self._held if backend is serving]
+        for lease in released:
+            lease.release()
+
+
 @dataclass(frozen=True)
 class Obtained:
     backend: InferenceBackend
     entry: CacheEntry
     outcome: str  # "hit", "built", "built-by-other-process"
     seconds: float
+    lease: EngineLease | None = None  # held while ``backend`` is in use; None outside a writable cache
+
+
+@dataclass(frozen=True)
+class Pruned:
+    removed: list[Path] = field(default_factory=list)
+    in_use: list[str] = field(default_factory=list)  # entries left alone: a running process has them loaded
 
 
 class EngineCache:
@@ -157,19 +211,58 @@ class EngineCache:
         return f"cached engine {newest.name} was built for something else: " + "; ".join(changes[:5])
 
     def load_cached(self, builder: ArtifactBuilder, model_path: Path) -> Obtained:
-        """Load a valid entry or raise CacheMiss (with the reason)."""
+        """Load a valid entry or raise CacheMiss (with the reason). The entry is leased before it is
+        validated, so a concurrent ``prune`` either leaves it alone or has removed it whole (a miss)."""
         started = time.monotonic()
         fingerprint = self.full_fingerprint(builder, model_path)
         name = self.entry_name(builder, model_path, fingerprint)
         artifact, sidecar = self.paths(name, builder.artifact_suffix)
-        meta = self._validate(artifact, sidecar, fingerprint)
+        lease = self.lease(name)
         try:
-            backend = builder.load(artifact)
-        except ArtifactInvalid as exc:
-            raise CacheMiss(f"cached engine {artifact.name} does not load: {exc}") from None
+            meta = self._validate(artifact, sidecar, fingerprint)
+            try:
+                backend = builder.load(artifact)
+            except ArtifactInvalid as exc:
+                raise CacheMiss(f"cached engine {artifact.name} does not load: {exc}") from None
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         with contextlib.suppress(OSError):
             os.utime(sidecar)  # last use, for prune
-        return Obtained(backend, CacheEntry(name, artifact, sidecar, meta), "hit", time.monotonic() - started)
+        return Obtained(backend, CacheEntry(name, artifact, sidecar, meta), "hit", time.monotonic() - started, lease)
+
+    # -- in use ----------------------------------------------------------------------------------
+    def _open_use_lock(self, name: str) -> int:
+        locks = self.directory / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return os.open(locks / f"{name}.inuse", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def lease(self, name: str) -> EngineLease | None:
+        """Mark entry ``name`` in use. Waits only while a ``prune`` is removing that very entry. None when
+        the cache cannot hold lock files (read-only): the engine is still served, just not protected."""
+        try:
+            fd = self._open_use_lock(name)
+        except OSError as exc:
+            log.debug("cannot mark %s in use (%s); serving it unprotected from prune", name, exc.strerror or exc)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return EngineLease(fd, name)
+
+    @contextlib.contextmanager
+    def _unless_in_use(self, name: str) -> Iterator[bool]:
+        """True, holding the entry's use lock exclusively (no process can start using it meanwhile), when
+        no process has ``name`` loaded; False at once when one has."""
+        fd = self._open_use_lock(name)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     # -- build -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -203,11 +296,26 @@ class EngineCache:
             lock.__enter__()
         except OSError as exc:
             return self._build_outside_cache(builder, model_path, fingerprint, name, progress, exc)
+        lease = self.lease(name)  # from before the build: prune leaves the build's temporary file alone
+        try:
+            obtained = self._build_locked(builder, model_path, fingerprint, name, progress, lock, started)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if obtained.outcome != "built":  # it holds its own lease (or needs none outside the cache)
+            if lease is not None:
+                lease.release()
+            return obtained
+        return Obtained(obtained.backend, obtained.entry, obtained.outcome, obtained.seconds, lease)
+
+    def _build_locked(self, builder, model_path: Path, fingerprint: dict[str, Any], name: str, progress: Progress, lock, started: float) -> Obtained:
+        """``obtain`` once the entry's build lock is taken (released here, before the new engine loads)."""
         try:
             try:  # somebody may have built it while we waited for the lock
                 obtained = self.load_cached(builder, model_path)
                 log.info("engine %s was built by another process meanwhile", name)
-                return Obtained(obtained.backend, obtained.entry, "built-by-other-process", time.monotonic() - started)
+                return Obtained(obtained.backend, obtained.entry, "built-by-other-process", time.monotonic() - started, obtained.lease)
             except CacheMiss:
                 pass
             try:
@@ -279,10 +387,30 @@ class EngineCache:
             found.append(CacheEntry(sidecar.stem, self.directory / meta["artifact"], sidecar, meta))
         return found
 
-    def prune(self, keep: int = 1, older_than_s: float | None = None, dry_run: bool = False) -> list[Path]:
+    def prune(self, keep: int = 1, older_than_s: float | None = None, dry_run: bool = False) -> Pruned:
         """Remove leftovers of interrupted writes, artifacts without a sidecar, and all but the ``keep``
-        most recently used entries per (model, backend) — or entries unused for ``older_than_s``."""
-        removed: list[Path] = []
+        most recently used entries per (model, backend) — or entries unused for ``older_than_s``. An entry
+        a running process has loaded (or is building) is left alone, whatever its age: it is in ``in_use``."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (got {keep}): the newest engine is the one the next start loads")
+        doomed = self._stale_entry_files(keep, older_than_s) + self._leftover_files()
+        by_entry: dict[str | None, list[Path]] = {}
+        for path in doomed:
+            match = _ENTRY_OF_FILE.match(path.name)
+            by_entry.setdefault(match["name"] if match else None, []).append(path)
+        pruned = Pruned()
+        for name, paths in by_entry.items():
+            if name is None:
+                pruned.removed.extend(self._remove(paths, dry_run))
+                continue
+            with self._unless_in_use(name) as unused:  # held while removing: no process can start using it
+                if unused:
+                    pruned.removed.extend(self._remove(paths, dry_run))
+                else:
+                    pruned.in_use.append(name)
+        return pruned
+
+    def _stale_entry_files(self, keep: int, older_than_s: float | None) -> list[Path]:
         now = time.time()
         groups: dict[str, list[CacheEntry]] = {}
         for entry in self.entries():
@@ -294,16 +422,25 @@ class EngineCache:
                 unused = now - entry.sidecar.stat().st_mtime
                 if index >= keep or (older_than_s is not None and unused > older_than_s):
                     doomed += [entry.artifact, entry.sidecar]
+        return doomed
+
+    def _leftover_files(self) -> list[Path]:
+        """Temporary files of interrupted writes and artifacts without a sidecar; never anything else."""
+        if not self.directory.is_dir():
+            return []
         known = {e.artifact.name for e in self.entries()} | {e.sidecar.name for e in self.entries()}
-        if self.directory.is_dir():
-            for path in self.directory.iterdir():  # only files this cache writes, never anything else
-                leftover = path.name.startswith(".") and path.name.endswith(".tmp")
-                orphan = _ENTRY_FILE.match(path.name) and path.name not in known
-                if path.is_file() and (leftover or orphan):
-                    doomed.append(path)
-        for path in doomed:
-            if path.exists():
-                removed.append(path)
-                if not dry_run:
-                    path.unlink()
+        found = []
+        for path in self.directory.iterdir():
+            leftover = path.name.startswith(".") and path.name.endswith(".tmp")
+            orphan = _ENTRY_FILE.match(path.name) and path.name not in known
+            if path.is_file() and (leftover or orphan):
+                found.append(path)
+        return found
+
+    @staticmethod
+    def _remove(paths: list[Path], dry_run: bool) -> list[Path]:
+        removed = [path for path in paths if path.exists()]
+        if not dry_run:
+            for path in removed:
+                path.unlink()
         return removed

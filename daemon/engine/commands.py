@@ -2,7 +2,8 @@
 
 ``build`` is for ahead-of-time builds (an image build, a provisioning step) so the daemon's first start
 is a cache hit; ``inspect`` shows an engine's IO tensors, fingerprint and size; ``list`` and ``prune``
-keep the cache tidy.
+keep the cache tidy. ``prune`` never removes an engine a running daemon has loaded (it says which it
+kept), and refuses ``--keep`` below 1, which would delete the engine the next start needs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
+from ..errors import UsageError
 from .builders import create_builder
 from .cache import CacheMiss, EngineCache, default_cache_dir
 
@@ -88,13 +90,17 @@ def cmd_list(args: argparse.Namespace, load: ConfigLoader) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, load: ConfigLoader) -> int:
+    if args.keep < 1:  # refused before the cache is touched: 0 or less would delete every engine
+        raise UsageError(f"--keep {args.keep}: must be at least 1 (the newest engine per model and backend is the one the next start loads)")
     cache, _ = _cache_for(args, load)
     older = args.older_than_days * 86400 if args.older_than_days is not None else None
-    removed = cache.prune(keep=args.keep, older_than_s=older, dry_run=args.dry_run)
+    pruned = cache.prune(keep=args.keep, older_than_s=older, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for path in removed:
+    for name in pruned.in_use:
+        print(f"kept {name}: in use by a running process")
+    for path in pruned.removed:
         print(f"{verb} {path}")
-    print(f"{verb} {len(removed)} file(s) from {cache.directory}")
+    print(f"{verb} {len(pruned.removed)} file(s) from {cache.directory}")
     return 0
 
 
@@ -121,7 +127,7 @@ def add_engine_commands(commands: argparse._SubParsersAction, load: ConfigLoader
     listing.set_defaults(handler=lambda a: cmd_list(a, load))
     prune = actions.add_parser("prune", help="remove stale engines and leftovers of interrupted builds")
     common(prune, False)
-    prune.add_argument("--keep", type=int, default=1, help="engines kept per model and backend (most recently used)")
+    prune.add_argument("--keep", type=int, default=1, help="engines kept per model and backend (most recently used; at least 1)")
     prune.add_argument("--older-than-days", type=float, help="also remove engines unused for this many days")
     prune.add_argument("--dry-run", action="store_true")
     prune.set_defaults(handler=lambda a: cmd_prune(a, load))

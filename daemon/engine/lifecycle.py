@@ -24,7 +24,7 @@ from ..backends.base import InferenceBackend
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError, UserError
 from .builders import create_builder
-from .cache import CacheMiss, EngineCache, Obtained, default_cache_dir
+from .cache import CacheMiss, EngineCache, EngineLeases, Obtained, default_cache_dir
 
 __all__ = ["EngineProvider"]
 
@@ -40,9 +40,18 @@ def plain_onnxruntime(model: ModelConfig, engine: EngineConfig) -> InferenceBack
 
 
 class EngineProvider:
-    def __init__(self, model: ModelConfig, engine: EngineConfig, on_ready: Callable[[InferenceBackend], None] | None = None):
+    def __init__(
+        self,
+        model: ModelConfig,
+        engine: EngineConfig,
+        on_ready: Callable[[InferenceBackend], None] | None = None,
+        leases: EngineLeases | None = None,
+    ):
+        """``leases``: where the cache leases of the engines it hands out are kept (the daemon passes its
+        own, shared by every provider it creates, and releases them when the engines stop serving)."""
         self.model = model
         self.engine = engine
+        self.leases = leases if leases is not None else EngineLeases()
         self.cache = EngineCache(engine.cache_dir or default_cache_dir())
         self.target = resolve_backend_name(engine.backend)
         self._on_ready = on_ready
@@ -76,6 +85,7 @@ class EngineProvider:
         try:
             obtained = self.cache.load_cached(builder, self.model.path)
             log.info("engine cache hit: %s (loaded in %.2fs)", obtained.entry.artifact, obtained.seconds)
+            self.leases.keep(obtained.backend, obtained.lease)
             self._state.update(state="serving", source="cache", artifact=obtained.entry.name, progress=1.0)
             return obtained.backend
         except CacheMiss as miss:
@@ -112,6 +122,7 @@ class EngineProvider:
         self._state.update(state="building", source="build")
         started = time.monotonic()
         obtained = self.cache.obtain(builder, self.model.path, self._progress)
+        self.leases.keep(obtained.backend, obtained.lease)
         log.info("engine ready (%s) after %.1fs: %s", obtained.outcome, time.monotonic() - started, obtained.entry.name)
         self._state.update(state="serving", source=obtained.outcome, artifact=obtained.entry.name, progress=1.0)
         return obtained
@@ -139,7 +150,10 @@ class EngineProvider:
             on_ready(obtained.backend)
 
     def mark_switched(self, backend: InferenceBackend) -> None:
+        """The scheduler serves with ``backend`` now and has closed the one before: that one's cache
+        lease goes (``prune`` may remove it again)."""
         self._state.update(state="serving", source="switched", serving=backend.info.name)
+        self.leases.release_except(backend)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop delivering builds and wait up to ``timeout`` for a build in progress (its native code

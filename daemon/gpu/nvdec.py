@@ -15,6 +15,7 @@ import threading
 
 from .. import cuda
 from ..bufferpool import BufferPool
+from ..capture import file_pts_ms
 from ..errors import SourceError
 
 __all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "nvdec_available"]
@@ -107,7 +108,7 @@ class NvdecProducer:
         cuda.memcpy2d_dtod_async(buffer.ptr, width, int(planes[0]["data"][0]), y_pitch, width, height, self._stream)
         cuda.memcpy2d_dtod_async(buffer.ptr + width * height, width, int(planes[1]["data"][0]), uv_pitch, width, height // 2, self._stream)
         self._stream.synchronize()  # the copy is complete before the frame is queued
-        pts = self._index * 1000.0 / self.fps if self.fps else None
+        pts = file_pts_ms(self._index * 1000.0 / self.fps) if self.fps else None
         self._index += 1
         return DeviceImage(self._pool, buffer, width, height), pts
 

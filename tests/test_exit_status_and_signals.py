@@ -1,0 +1,186 @@
+"""What a supervisor sees: the exit status of a daemon whose sources failed, and signals during start-up.
+
+Real daemon subprocesses, real signals, the real YOLOv3-tiny model and real ZeroMQ. Waiting is on the
+daemon's own log lines (read on a thread, with a deadline) or on its messages, never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.client import ResultSubscriber
+from daemon.service import EXIT_SOURCES_FAILED
+
+from .conftest import DaemonProcess, all_ended, asset, collect, detector_config
+
+
+class StderrLines:
+    """A daemon's stderr, read line by line on a thread so a test can wait for a line with a deadline
+    (``readline`` on the pipe alone would block past any deadline)."""
+
+    def __init__(self, daemon: DaemonProcess):
+        self._lines: list[str] = []
+        self._done = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(daemon,), daemon=True)
+        self._thread.start()
+
+    def _read(self, daemon: DaemonProcess) -> None:
+        try:
+            for line in daemon.process.stderr:
+                with self._changed:
+                    self._lines.append(line)
+                    self._changed.notify_all()
+        except (OSError, ValueError):  # the fixture's clean-up closed the pipe under us
+            pass
+        with self._changed:
+            self._done = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self._lines):
+                remaining = deadline - time.monotonic()
+                if self._done or remaining <= 0:
+                    raise AssertionError(f"no log line with {text!r} within {timeout}s; stderr:\n{''.join(self._lines)[-3000:]}")
+                self._changed.wait(remaining)
+
+    def text(self, timeout: float = 30) -> str:
+        """Everything, once the daemon has closed its stderr (it exited)."""
+        self._thread.join(timeout)
+        with self._changed:
+            return "".join(self._lines)
+
+
+def exit_within(daemon: DaemonProcess, timeout: float) -> int:
+    """The exit status; the daemon is killed (and the test fails) if it is still running after ``timeout``."""
+    try:
+        return daemon.process.wait(timeout)
+    except Exception:
+        daemon.process.kill()
+        raise AssertionError(f"the daemon did not exit within {timeout}s") from None
+
+
+def handlers_installed(pid: int, signum: int) -> bool:
+    """Whether the process catches ``signum`` (SigCgt in /proc): from the first line of ``cmd_run`` on,
+    while the default action would still kill it before."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+def wait_until_caught(daemon: DaemonProcess, signum: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not handlers_installed(daemon.process.pid, signum):
+        assert daemon.process.poll() is None, f"the daemon exited early ({daemon.process.returncode})"
+        assert time.monotonic() < deadline, "the daemon never installed its signal handlers"
+        time.sleep(0.001)  # polled: the moment is the start of cmd_run, which prints nothing
+
+
+def dead_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+MISSING = '[[sources]]\nid = "missing"\nuri = "/nonexistent/cam.mp4"\n'
+SHORT_FILE = f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\nmax_frames = 5\n'
+
+
+def dead_camera() -> str:
+    return (
+        f'[[sources]]\nid = "dead-camera"\nuri = "rtsp://127.0.0.1:{dead_port()}/live"\n'
+        "[sources.reconnect]\ninitial_delay_s = 0.05\nmax_delay_s = 0.1\nmax_attempts = 2\nopen_timeout_s = 2\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "sources, expected, failed",
+    [
+        pytest.param(lambda: MISSING, EXIT_SOURCES_FAILED, {"missing"}, id="only-a-missing-file"),
+        pytest.param(lambda: MISSING + dead_camera(), EXIT_SOURCES_FAILED, {"missing", "dead-camera"}, id="two-failing-sources"),
+        pytest.param(lambda: MISSING + SHORT_FILE, 0, {"missing"}, id="one-fails-one-ends-normally"),
+        pytest.param(lambda: SHORT_FILE, 0, set(), id="a-file-that-ends"),
+    ],
+)
+def test_exit_status_says_whether_every_source_failed(start_daemon, free_port, sources, expected, failed):
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+        daemon = start_daemon(detector_config(sources(), free_port))
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
+        assert daemon.wait(30) == expected, daemon.stderr
+    ends = {m.source_id: m.header["reason"] for m in messages if m.type == "eos"}
+    assert {source for source, reason in ends.items() if reason == "error"} == failed, ends
+    if expected == EXIT_SOURCES_FAILED:
+        assert f"every source failed ({', '.join(sorted(failed))}); exit status 3" in daemon.stderr
+    elif failed:
+        assert f"1 of 2 sources failed ({', '.join(sorted(failed))})" in daemon.stderr
+    else:
+        assert "sources failed" not in daemon.stderr and "every source failed" not in daemon.stderr
+
+
+def never_started_a_source(stderr: str) -> None:
+    assert "source cam: connecting" not in stderr, "a source was started after the stop request"
+    assert "received SIGTERM" in stderr and "stop requested" in stderr
+
+
+def test_sigterm_while_waiting_for_subscribers_exits_at_once_without_starting_a_source(start_daemon, free_port):
+    daemon = start_daemon(detector_config(f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\n', free_port))
+    lines = StderrLines(daemon)
+    lines.wait_for("waiting up to 20s for 1 subscriber(s)")
+    signalled = time.monotonic()
+    daemon.terminate()
+    assert exit_within(daemon, 15) == 0
+    assert time.monotonic() - signalled < 5, "the stop waited for the subscriber timeout (20 s)"
+    stderr = lines.text()
+    assert "stop requested while waiting for subscribers" in stderr
+    never_started_a_source(stderr)
+
+
+def test_sigterm_while_the_model_loads_exits_without_starting_a_source(start_daemon, free_port):
+    daemon = start_daemon(detector_config(f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\n', free_port))
+    lines = StderrLines(daemon)
+    lines.wait_for("starting with")  # logged just before the model load (native code in the main thread)
+    signalled = time.monotonic()
+    daemon.terminate()
+    assert exit_within(daemon, 15) == 0
+    assert time.monotonic() - signalled < 5
+    stderr = lines.text()
+    assert "stop requested while the model loaded" in stderr, "the SIGTERM arrived during the model load"
+    never_started_a_source(stderr)
+
+
+def test_sigterm_before_the_daemon_exists_exits_0_without_loading_the_model(start_daemon, free_port):
+    daemon = start_daemon(detector_config(f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\n', free_port))
+    wait_until_caught(daemon, signal.SIGTERM)
+    daemon.terminate()
+    assert exit_within(daemon, 15) == 0
+    stderr = daemon.process.stderr.read()
+    assert "received SIGTERM during start-up" in stderr, stderr
+    assert "stop requested before the model loaded" in stderr
+    assert "engine" not in stderr and "source cam" not in stderr, "nothing was loaded or started"
+
+
+def test_sighup_during_start_up_does_not_kill_the_daemon_and_becomes_a_reload(start_daemon, free_port):
+    config = detector_config(
+        f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\nloop = true\npace = true\n', free_port
+    )
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", sources=["cam"]) as subscriber:
+        daemon = start_daemon(config)
+        lines = StderrLines(daemon)
+        wait_until_caught(daemon, signal.SIGHUP)  # the earliest moment the daemon can survive it
+        daemon.process.send_signal(signal.SIGHUP)
+        collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 5, timeout=60, daemon=daemon)
+        lines.wait_for("reload done")
+        daemon.terminate()
+        assert exit_within(daemon, 30) == 0
+    stderr = lines.text()
+    assert "received SIGHUP during start-up" in stderr, "the SIGHUP arrived before the daemon's own handlers"
+    assert stderr.count("reload done") == 1
