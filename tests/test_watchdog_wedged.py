@@ -54,7 +54,8 @@ def hanging_classifier(path) -> None:
             helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
         ],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    # IR 8 (opset 17's): onnx 1.23 writes IR 14 by default, newer than Python 3.10's last ONNX Runtime (1.23) reads.
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
 def dark_then_bright_video(path, dark: int, bright: int) -> None:
