@@ -11,6 +11,7 @@ kind is not available to CI.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,7 +129,27 @@ def test_fetch_assets_keeps_a_model_from_another_cpu_and_rebuilds_a_wrong_one(tm
     assert "yolov3_tiny_320.onnx does not match its golden record; rebuilding it" in result.stdout
     assert "yolov3_tiny_416.onnx does not match" not in result.stdout
     assert (models / "yolov3_tiny_416.onnx").read_bytes() == other_cpu
+    # Every step names itself with the time since start (issue 9: honest progress on first set-up).
+    assert all(re.fullmatch(r"fetch-assets: \[ *\d+\.\d s\] .+", line) for line in result.stdout.splitlines()), result.stdout
+    assert re.search(r"ok  assets/models/yolov3_tiny_320.onnx \(\d+\.\d s;", result.stdout)
     manifest = (root / "assets" / "MANIFEST.sha256").read_text()
     assert "models/yolov3_tiny_416.onnx" in manifest and "models/efficientnet_lite0.onnx" in manifest
     again = subprocess.run([str(root / "scripts" / "fetch-assets")], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "present and verified" in again.stdout
+
+
+def test_setup_names_and_times_each_step_and_is_silent_when_done(tmp_path: Path) -> None:
+    """scripts/setup into a fresh venv (no extras: about 10 s from the local index), then again."""
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable}
+    first = subprocess.run([str(REPO / "scripts" / "setup")], capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr
+    steps = first.stderr.splitlines()
+    assert [re.sub(r"\[ *\d+\.\d s\] ", "[t] ", line).split(" (")[0] for line in steps] == [
+        "scripts/setup: [t] creating " + str(tmp_path / "venv"),
+        "scripts/setup: [t] upgrading pip",
+        "scripts/setup: [t] installing trtstream and its dependencies",
+        "scripts/setup: [t] ok: " + str(tmp_path / "venv") + " is ready",
+    ], first.stderr
+    assert (tmp_path / "venv" / "bin" / "trtstream").exists()
+    again = subprocess.run([str(REPO / "scripts" / "setup")], capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 0 and again.stderr == ""
