@@ -95,6 +95,7 @@ class Daemon:
         self._reload = threading.Event()
         self._started_at = time.monotonic()
         self._provider: EngineProvider | None = None
+        self._retired_providers: list[EngineProvider] = []  # replaced by reloads; closed (waited for) at exit
         self._engine_leases = EngineLeases()  # cache leases of the engines serving: prune leaves them alone
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
@@ -147,7 +148,7 @@ class Daemon:
                 sink_many=publisher.submit_many,
                 keep_pixels=config.publisher.thumbnail.enabled,
             )
-            scheduler.on_backend_switched = provider.mark_switched
+            scheduler.on_backend_switched = self._backend_switched  # the provider serving then, not this first one
             if config.engine.warmup:
                 seconds = scheduler.warm_up()
                 log.info("warm-up batch of %d took %.3fs", scheduler.max_batch, seconds)
@@ -180,7 +181,9 @@ class Daemon:
             for part in (self._pinger, self._control, self._metrics):
                 if part is not None:
                     part.stop()
-            self.native_work_left = not self._provider.close(self.config.daemon.drain_timeout_s)
+            timeout = self.config.daemon.drain_timeout_s
+            providers = [*self._retired_providers, self._provider]
+            self.native_work_left = not all([provider.close(timeout) for provider in providers])
             (scheduler.backend if scheduler is not None else backend).close()
             self._engine_leases.release_except(None)
 
@@ -404,8 +407,23 @@ class Daemon:
             log.error("reload: the new model cannot be served, keeping the current one: %s", exc)
             self.reload_status.update(last_error=mask_text(str(exc)))
             return
+        self._retire_provider()
         self._provider = provider
         self._switch_to(backend, pipeline, model_info)
+
+    def _retire_provider(self) -> None:
+        """The provider of the model being replaced: its background build, if one is still running, is
+        cancelled (its engine is discarded, never swapped in over the new model) and waited for at exit."""
+        old = self._provider
+        if old is not None:
+            old.close(timeout=0)
+            self._retired_providers.append(old)
+
+    def _backend_switched(self, backend) -> None:
+        """Scheduler callback (batcher thread): the switch is done, tell the provider in charge now."""
+        provider = self._provider
+        if provider is not None:
+            provider.mark_switched(backend)
 
     def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> None:
         log.info("stopping: draining in-flight frames")

@@ -144,10 +144,13 @@ def test_sigterm_while_waiting_for_subscribers_exits_at_once_without_starting_a_
     never_started_a_source(stderr)
 
 
-def test_sigterm_while_the_model_loads_exits_without_starting_a_source(start_daemon, free_port):
-    daemon = start_daemon(detector_config(f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\n', free_port))
+def test_sigterm_while_the_model_loads_exits_without_starting_a_source(start_daemon, free_port, tmp_path):
+    # 'wait' with an empty cache: the engine is built inside the load (a second or more, not a tenth), so
+    # the signal lands in it even on a loaded machine.
+    engine = f'max_batch = 4\nbackend = "onnxruntime"\non_missing_engine = "wait"\ncache_dir = "{tmp_path / "cache"}"'
+    daemon = start_daemon(detector_config(f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\n', free_port, engine=engine))
     lines = StderrLines(daemon)
-    lines.wait_for("starting with")  # logged just before the model load (native code in the main thread)
+    lines.wait_for("no usable cached onnxruntime engine")  # logged inside the load, just before the build
     signalled = time.monotonic()
     daemon.terminate()
     assert exit_within(daemon, 15) == 0

@@ -122,6 +122,14 @@ class EngineLeases:
             with self._lock:
                 self._held.append((backend, lease))
 
+    def release(self, backend: InferenceBackend) -> None:
+        """``backend`` was closed without ever serving (a discarded build): release its lease."""
+        with self._lock:
+            released = [lease for held, lease in self._held if held is backend]
+            self._held = [(held, lease) for held, lease in self._held if held is not backend]
+        for lease in released:
+            lease.release()
+
     def release_except(self, serving: InferenceBackend | None) -> None:
         """After a switch (the old engine is closed) or at exit (``None``): release every other lease."""
         with self._lock:

@@ -62,12 +62,15 @@ class EngineProvider:
         self._ready: InferenceBackend | None = None
 
     def set_on_ready(self, on_ready: Callable[[InferenceBackend], None]) -> None:
-        """Where a background-built engine goes; one finished before this call is delivered now."""
+        """Where a background-built engine goes; one finished before this call is delivered now.
+        ``on_ready`` is called with the provider's lock held, so it must not block or call back in."""
         with self._lock:
+            if self._cancel.is_set():
+                return
             self._on_ready = on_ready
             ready, self._ready = self._ready, None
-        if ready is not None:
-            on_ready(ready)
+            if ready is not None:
+                on_ready(ready)
 
     def status(self) -> dict[str, Any]:
         return dict(self._state)
@@ -138,16 +141,19 @@ class EngineProvider:
             log.exception("background engine build crashed; staying on the fallback")
             self._state.update(state="failed")
             return
-        if self._cancel.is_set():
-            obtained.backend.close()
-            return
-        self._state.update(state="switching")
+        # Decided and delivered under the lock that close() takes to cancel: a provider closed while its
+        # build ran (a reload replaced the model) never hands that engine over, not even one instant later.
         with self._lock:
-            on_ready = self._on_ready
-            if on_ready is None:
+            if self._cancel.is_set():
+                obtained.backend.close()
+                self.leases.release(obtained.backend)
+                log.info("discarded the %s engine built for a model no longer served", self.target)
+                return
+            self._state.update(state="switching")
+            if self._on_ready is None:
                 self._ready = obtained.backend
-        if on_ready is not None:
-            on_ready(obtained.backend)
+            else:
+                self._on_ready(obtained.backend)  # Scheduler.replace_backend: records and wakes, never blocks
 
     def mark_switched(self, backend: InferenceBackend) -> None:
         """The scheduler serves with ``backend`` now and has closed the one before: that one's cache
@@ -158,7 +164,14 @@ class EngineProvider:
     def close(self, timeout: float = 10.0) -> bool:
         """Stop delivering builds and wait up to ``timeout`` for a build in progress (its native code
         cannot be interrupted, and an interpreter exiting under it aborts). True when none is left running."""
-        self._cancel.set()
+        with self._lock:
+            self._cancel.set()
+            ready, self._ready = self._ready, None
+        if ready is not None:  # built, never taken: nobody else will close it
+            ready.close()
+            self.leases.release(ready)
+        if timeout <= 0:
+            return self._thread is None or not self._thread.is_alive()
         if self._thread is not None and self._thread.is_alive():
             log.info("waiting up to %.0fs for the engine build in progress", timeout)
             self._thread.join(timeout)
