@@ -46,14 +46,21 @@ def build_thread(provider: EngineProvider) -> threading.Thread:
     return provider._thread  # the provider's own build thread, to join on
 
 
-def test_a_build_finishing_after_its_provider_was_retired_is_discarded(tmp_path: Path) -> None:
-    provider = provider_for(tmp_path / "cache")
+def serving_with_a_held_build(cache_dir: Path):
+    """A provider serving on its fallback, its background build started and held: (provider, fallback,
+    what it delivered, the event that releases the build)."""
+    provider = provider_for(cache_dir)
     fallback = provider.start()
-    delivered = []
+    delivered: list = []
     provider.set_on_ready(delivered.append)
     entered, release = held_build(provider)
     provider.begin_background_build()
     assert entered.wait(30)
+    return provider, fallback, delivered, release
+
+
+def test_a_build_finishing_after_its_provider_was_retired_is_discarded(tmp_path: Path) -> None:
+    provider, fallback, delivered, release = serving_with_a_held_build(tmp_path / "cache")
     assert provider.close(timeout=0) is False, "the build is still running: not done yet"
     release.set()
     build_thread(provider).join(60)
@@ -66,13 +73,7 @@ def test_a_build_finishing_after_its_provider_was_retired_is_discarded(tmp_path:
 
 
 def test_the_same_build_without_a_retirement_is_delivered_once(tmp_path: Path) -> None:
-    provider = provider_for(tmp_path / "cache")
-    fallback = provider.start()
-    delivered = []
-    provider.set_on_ready(delivered.append)
-    entered, release = held_build(provider)
-    provider.begin_background_build()
-    assert entered.wait(30)
+    provider, fallback, delivered, release = serving_with_a_held_build(tmp_path / "cache")
     release.set()
     build_thread(provider).join(60)
     assert len(delivered) == 1 and delivered[0].info.name == "onnxruntime"
