@@ -26,7 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .errors import UsageError, UserError
 from .messages import HEARTBEAT_TOPIC, decode_header
-from .security import is_z85_key, load_public, load_secret
+from .security import is_z85_key, load_public, load_secret, set_curve_client_keys
 
 __all__ = ["Message", "ResultSubscriber", "CurveKeys", "load_curve_keys", "check_endpoint"]
 
@@ -145,9 +145,7 @@ class ResultSubscriber:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         if curve is not None:
-            self._socket.curve_serverkey = curve.server_public
-            self._socket.curve_publickey = curve.client_public
-            self._socket.curve_secretkey = curve.client_secret
+            set_curve_client_keys(self._socket, curve.server_public, curve.client_public, curve.client_secret)
             # before connect, so the first handshake's outcome cannot be missed
             self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
             self._poller.register(self._monitor, zmq.POLLIN)

@@ -52,6 +52,7 @@ __all__ = [
     "start_authenticator",
     "configure_curve",
     "curve_client",
+    "set_curve_client_keys",
     "bind_endpoints",
     "chmod_ipc",
     "add_keys_commands",
@@ -227,11 +228,17 @@ def configure_curve(
 
 def curve_client(socket: zmq.Socket, client_secret_file: Path, server_public_file: Path) -> None:
     """Make ``socket`` a CURVE client that trusts only the given server key. Call before connect."""
-    _require_curve()
     public, secret = load_secret(client_secret_file)
-    socket.curve_secretkey = secret
-    socket.curve_publickey = public
-    socket.curve_serverkey = load_public(server_public_file)
+    set_curve_client_keys(socket, load_public(server_public_file), public, secret)
+
+
+def set_curve_client_keys(socket: zmq.Socket, server_public: bytes, client_public: bytes, client_secret: bytes) -> None:
+    """Make ``socket`` a CURVE client with keys already loaded (Z85): the one place the three options are
+    set, after checking this libzmq has CURVE at all (else setsockopt fails with a bare EINVAL)."""
+    _require_curve()
+    socket.curve_serverkey = server_public
+    socket.curve_publickey = client_public
+    socket.curve_secretkey = client_secret
 
 
 def chmod_ipc(endpoint: str, mode: int) -> None:

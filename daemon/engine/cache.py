@@ -42,7 +42,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import __version__
 from ..backends.base import InferenceBackend
@@ -124,18 +124,17 @@ class EngineLeases:
 
     def release(self, backend: InferenceBackend) -> None:
         """``backend`` was closed without ever serving (a discarded build): release its lease."""
-        with self._lock:
-            released = [lease for held, lease in self._held if held is backend]
-            self._held = [(held, lease) for held, lease in self._held if held is not backend]
-        for lease in released:
-            lease.release()
+        self._release_where(lambda held: held is backend)
 
     def release_except(self, serving: InferenceBackend | None) -> None:
         """After a switch (the old engine is closed) or at exit (``None``): release every other lease."""
+        self._release_where(lambda held: held is not serving)
+
+    def _release_where(self, released: Callable[[InferenceBackend], bool]) -> None:
         with self._lock:
-            released = [lease for backend, lease in self._held if backend is not serving]
-            self._held = [(backend, lease) for backend, lease in self._held if backend is serving]
-        for lease in released:
+            going = [lease for backend, lease in self._held if released(backend)]
+            self._held = [(backend, lease) for backend, lease in self._held if not released(backend)]
+        for lease in going:
             lease.release()
 
 
