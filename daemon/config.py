@@ -340,12 +340,13 @@ class TensorRTConfig(StrictModel):
 
 class TorchConfig(StrictModel):
     half: bool = Field(True, description="Run the converted model in fp16.")
-    device: int = Field(0, ge=0, description="CUDA device index.")
-    cuda_graphs: bool = Field(
+    channels_last: bool = Field(
         True,
-        description="Capture the model (and the device decoding) as CUDA graphs, per slot and per power-of-two "
-        "batch size: one replay per batch instead of ~100 kernel launches from Python. Costs GPU memory per slot.",
+        description="Weights and activations in NHWC memory order (the preprocessed input is converted inside the "
+        "captured graph): faster convolutions on tensor-core GPUs.",
     )
+    device: int | None = Field(None, ge=0, description="Deprecated: use engine.device (still honoured when engine.device is not set).")
+    cuda_graphs: bool | None = Field(None, description="Deprecated: use engine.cuda_graphs (still honoured when that is not set).")
 
 
 class EngineConfig(StrictModel):
@@ -360,6 +361,13 @@ class EngineConfig(StrictModel):
         "backend (measured best on the H100), 1 on ONNX Runtime.",
     )
     warmup: bool = Field(True, description="Run one batch before serving, so the first frame is not slow.")
+    device: int = Field(0, ge=0, le=63, description="CUDA device index of the GPU backends (tensorrt, torch).")
+    cuda_graphs: bool = Field(
+        True,
+        description="GPU backends: capture the model as CUDA graphs, per slot and per power-of-two batch size (TensorRT: "
+        "execute_async_v3; torch: the forward pass): one replay per batch instead of many launches from Python. Costs "
+        "GPU memory per slot; an engine that cannot be captured runs with plain enqueues (logged).",
+    )
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
     torch: TorchConfig = Field(default_factory=TorchConfig)
@@ -383,6 +391,19 @@ class EngineConfig(StrictModel):
     @classmethod
     def _resolve_cache_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _resolve(value.expanduser(), info) if value is not None else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torch_aliases(cls, data: Any) -> Any:
+        """engine.torch.device and engine.torch.cuda_graphs (before the GPU runtime was shared) still work."""
+        if isinstance(data, dict) and isinstance(data.get("torch"), dict):
+            torch = dict(data["torch"])
+            data = dict(data)
+            for key in ("device", "cuda_graphs"):
+                if torch.get(key) is not None and key not in data:
+                    data[key] = torch[key]
+            data["torch"] = torch
+        return data
 
     @field_validator("streams", mode="wrap")
     @classmethod

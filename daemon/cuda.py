@@ -8,7 +8,8 @@ at start) and reused: nothing here is created per frame or per batch.
 
 cuda-python (``cuda-bindings``, the ``gpu`` extra) is optional: it is imported inside the functions, so
 importing this module never fails; :func:`cuda_available` says whether CUDA can be used on this machine.
-The device is the runtime's current device (0 unless something called ``cudaSetDevice``).
+The device is the calling thread's current device: :func:`set_device` (``cudaSetDevice``) chooses it,
+per thread, as the GPU runtime does on each thread that enqueues work.
 
 Written against cuda-bindings 12.9/13.x (``from cuda.bindings import runtime``; the old ``from cuda
 import cudart`` was removed in 13.0). Every call returns a tuple whose first item is a ``cudaError_t``.
@@ -40,6 +41,9 @@ __all__ = [
     "memcpy_dtoh_async",
     "memcpy2d_dtod_async",
     "primary_context_handle",
+    "set_device",
+    "CudaGraph",
+    "capture_graph",
     "driver_cuda_version",
     "bindings_version",
     "bindings_driver_mismatch",
@@ -419,3 +423,51 @@ def primary_context_handle(device: int = 0) -> int:
     context = cuda_call(driver.cuDevicePrimaryCtxRetain(handle), "cuDevicePrimaryCtxRetain")
     cuda_call(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
     return _native_handle(context)
+
+
+def set_device(index: int) -> None:
+    """Make GPU ``index`` the calling thread's current device (``cudaSetDevice``: per thread)."""
+    cuda_call(_runtime().cudaSetDevice(index), f"cudaSetDevice({index})")
+
+
+class CudaGraph(_Resource):
+    """An instantiated CUDA graph (``cudaGraphExec_t``): work captured once from a stream, replayed with
+    one launch. Made by :func:`capture_graph`."""
+
+    def __init__(self, graph_exec: Any):
+        self.raw = graph_exec
+        self._closed = False
+
+    def launch(self, stream: Stream) -> None:
+        cuda_call(_runtime().cudaGraphLaunch(self.raw, stream.raw), "cudaGraphLaunch")
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaGraphExecDestroy(self.raw), "cudaGraphExecDestroy")
+
+
+def capture_graph(stream: Stream, enqueue: Any) -> CudaGraph:
+    """Capture what ``enqueue()`` puts on ``stream`` into a graph (thread-local capture mode, as trtexec
+    does: other threads may keep using CUDA meanwhile). If ``enqueue`` raises, or the capture is
+    invalidated, the capture is ended, its error cleared, and a CudaError raised: the stream is usable
+    again and the caller falls back to plain enqueues."""
+    cudart = _runtime()
+    mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    cuda_call(cudart.cudaStreamBeginCapture(stream.raw, mode), "cudaStreamBeginCapture")
+    failure: BaseException | None = None
+    try:
+        enqueue()
+    except BaseException as exc:  # end the capture whatever happened, then report
+        failure = exc
+    result = cudart.cudaStreamEndCapture(stream.raw)
+    err, graph = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
+    if failure is not None or int(err) != 0:
+        if graph is not None and int(err) == 0:
+            cudart.cudaGraphDestroy(graph)
+        cudart.cudaGetLastError()  # capture errors are sticky until read
+        reason = failure if failure is not None else f"cudaStreamEndCapture failed: {_error_name(err)}"
+        raise CudaError(f"CUDA graph capture failed: {str(reason).splitlines()[0] if str(reason) else type(reason).__name__}") from None
+    try:
+        graph_exec = cuda_call(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+    finally:
+        cudart.cudaGraphDestroy(graph)
+    return CudaGraph(graph_exec)

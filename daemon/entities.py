@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Frame", "EndOfStream", "FrameResult", "ImageShape", "release_image", "drop_pixels"]
+__all__ = ["Frame", "EndOfStream", "FrameResult", "ImageShape", "PooledImage", "DeviceFrame", "release_image", "drop_pixels"]
+
+
+class PooledImage(abc.ABC):
+    """An image whose memory belongs to a pool (pinned host buffers, device buffers): ``release()`` gives
+    it back once its batch completed or the queue dropped it. :class:`daemon.pinned.PinnedImage`
+    registers as one; :class:`DeviceFrame` is one."""
+
+    @abc.abstractmethod
+    def release(self) -> None: ...
+
+
+class DeviceFrame(PooledImage):
+    """A decoded frame in device memory, NV12: the luma plane at ``y_ptr`` (``height`` rows of ``pitch``
+    bytes) and the interleaved chroma plane at ``uv_ptr``. ``shape`` is (height, width, 3), the frame's
+    size as pipelines see it. Only a backend with ``capabilities.device_frames`` takes it."""
+
+    width: int
+    height: int
+    pitch: int
+    shape: tuple[int, int, int]
+
+    @property
+    @abc.abstractmethod
+    def y_ptr(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def uv_ptr(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -46,10 +75,9 @@ class FrameResult:
 
 
 def release_image(frame: Frame) -> None:
-    """Give a device image back to its pool (a no-op for host images)."""
-    release = getattr(frame.image, "release", None)
-    if release is not None:
-        release()
+    """Give a pooled image back to its pool (a no-op for other images)."""
+    if isinstance(frame.image, PooledImage):
+        frame.image.release()
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,4 +94,4 @@ def drop_pixels(frame: Frame) -> None:
     """Release the frame's image and keep only its shape (for publishers that send no thumbnails)."""
     release_image(frame)
     if not isinstance(frame.image, ImageShape):
-        frame.image = ImageShape(tuple(frame.image.shape))
+        frame.image = ImageShape(tuple(frame.image.shape), isinstance(frame.image, DeviceFrame))

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import cuda
 from .bufferpool import BufferPool
+from .entities import PooledImage
 
 __all__ = ["PinnedImage", "PinnedImagePool"]
 
@@ -65,3 +66,6 @@ class PinnedImagePool(BufferPool[PinnedImage]):
         if image is not None:
             image._released = False
         return image
+
+
+PooledImage.register(PinnedImage)  # an ndarray subclass cannot also derive from the ABC's metaclass cheaply

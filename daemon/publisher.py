@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 import cv2
+import numpy as np
 import zmq
 
 from .config import PublisherConfig
@@ -271,7 +272,7 @@ class Publisher:
         parts = [topic, b""]
         payloads = []
         thumbnail = self.config.thumbnail
-        if thumbnail.enabled and not getattr(image, "is_device", False):
+        if thumbnail.enabled and isinstance(image, np.ndarray):  # host pixels (not NVDEC frames, not dropped ones)
             if image.shape[1] > thumbnail.max_width:
                 height = max(1, round(image.shape[0] * thumbnail.max_width / image.shape[1]))
                 image = cv2.resize(image, (thumbnail.max_width, height), interpolation=cv2.INTER_AREA)

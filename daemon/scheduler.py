@@ -1,9 +1,11 @@
 """Batching, in-flight slots and in-order completion: the hot path between the queues and the publisher.
 
-Two threads. The **batcher** takes a batch from the multiplexer, acquires a free slot (blocking here is
-the backpressure: when every slot is in flight, no more frames are taken and the per-source queues
-apply their drop policies), preprocesses each frame straight into the slot's input buffer, submits it
-and queues the slot for completion. The **completer** waits for slots in submission order, decodes
+Two threads. The **batcher** first acquires a free slot (blocking here is the backpressure: when every
+slot is in flight, no frame is taken and the per-source queues apply their drop policies), and only
+then gathers the batch from the multiplexer — as late as possible, as Triton's tensorrt backend does, so
+a frame never waits in a formed batch where drop-oldest cannot reach it. It hands each frame to the
+backend's ``stage`` (preprocessed on the CPU into the slot, or staged for the GPU: the backend was
+configured for one or the other), submits the slot and queues it for completion. The **completer** waits for slots in submission order, decodes
 results, hands them to the publisher and returns the slot. Submission order is per-source order, so
 results and end-of-stream messages leave in the order the frames arrived, even with several slots in
 flight. A failing batch is counted and reported; it never stops the pipeline.
@@ -22,6 +24,7 @@ from .backends.base import InferenceBackend, Slot
 from .entities import EndOfStream, Frame, FrameResult, drop_pixels, release_image
 from .errors import BackendError
 from .framequeue import Multiplexer
+from .serving import ServingUnit
 from .stats import PipelineStats, SourceStats
 
 __all__ = ["Scheduler"]
@@ -48,8 +51,7 @@ class Scheduler:
     def __init__(
         self,
         mux: Multiplexer,
-        backend: InferenceBackend,
-        pipeline,
+        unit: ServingUnit,
         sink: ResultSink,
         source_stats: dict[str, SourceStats],
         *,
@@ -60,8 +62,9 @@ class Scheduler:
         keep_pixels: bool = True,
     ):
         self._mux = mux
-        self._backend = backend
-        self._pipeline = pipeline
+        self._unit = unit
+        self._backend = backend = unit.backend
+        self._pipeline = unit.pipeline
         self._sink = sink
         # One hand-over per batch (the publisher's submit_many) instead of one queue operation per frame.
         self._sink_many = sink_many or (lambda results: [sink(result) for result in results])
@@ -78,7 +81,7 @@ class Scheduler:
         self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
         self._abort = threading.Event()  # hard stop: give up on queued frames
         self._closing = threading.Event()  # no source will be added any more: end once all are drained
-        self._pending_backend: tuple[InferenceBackend, object] | None = None
+        self._pending_unit: ServingUnit | None = None
         self._configured_max_batch = max_batch
         self.on_backend_switched: Callable[[InferenceBackend], None] | None = None
         self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
@@ -97,17 +100,23 @@ class Scheduler:
     def backend(self) -> InferenceBackend:
         return self._backend
 
-    def replace_backend(self, backend: InferenceBackend, pipeline=None) -> None:
-        """Switch to ``backend`` (and ``pipeline``, for a new model) between two batches, from any thread.
-        Frames keep queueing meanwhile; none is dropped by the switch itself."""
-        if pipeline is None:
-            _check_compatible(self._backend, backend)
-        self._pending_backend = (backend, pipeline)
+    @property
+    def unit(self) -> ServingUnit:
+        return self._unit
+
+    def replace_unit(self, unit: ServingUnit) -> None:
+        """Switch to ``unit`` (backend, its pipeline and model) between two batches, from any thread.
+        Frames keep queueing meanwhile; none is dropped by the switch itself. A new engine of the same
+        model must take the same inputs and give the same outputs as the serving one."""
+        if unit.model_info.get("sha256") == self._unit.model_info.get("sha256"):
+            _check_compatible(self._backend, unit.backend)
+        self._pending_unit = unit
         self._mux.wake()
 
-    def _switch_backend(self) -> None:
+    def _switch_unit(self) -> None:
         """Take back every slot (in-flight batches of the old backend finish first), then swap."""
-        (new, pipeline), self._pending_backend = self._pending_backend, None
+        unit, self._pending_unit = self._pending_unit, None
+        new = unit.backend
         old_slots = []
         while len(old_slots) < self._slot_count:
             slot = self._acquire_slot()
@@ -118,9 +127,7 @@ class Scheduler:
                 return
             old_slots.append(slot)
         old = self._backend
-        self._backend = new
-        if pipeline is not None:
-            self._pipeline = pipeline
+        self._unit, self._backend, self._pipeline = unit, new, unit.pipeline
         self._max_batch = min(self._configured_max_batch, new.info.max_batch)
         for index in range(self._slot_count):
             self._free.put(new.create_slot(index))
@@ -157,13 +164,19 @@ class Scheduler:
     def _batch_loop(self) -> None:
         try:
             while not self._abort.is_set():
-                if self._pending_backend is not None:
-                    self._switch_backend()
+                if self._pending_unit is not None:
+                    self._switch_unit()
+                slot = self._acquire_slot()  # first the slot, then the frames (late batching)
+                if slot is None:
+                    break
+                self.stats.busy_slots = self._slot_count - self._free.qsize()
                 gathered = self._mux.next_batch(self._max_batch, self._max_wait_s, self._abort)
                 self.stats.queued_frames = self._mux.queued()
                 if gathered.frames:
-                    self._submit(gathered.frames, gathered.ends)
-                elif gathered.ends:
+                    self._submit(slot, gathered.frames, gathered.ends)
+                    continue
+                self._free.put(slot)
+                if gathered.ends:
                     self._inflight.put(_InFlight(self._backend, None, [], ends=gathered.ends))
                 elif self._closing.is_set() and self._mux.all_finished():
                     break
@@ -180,31 +193,17 @@ class Scheduler:
                 continue
         return None
 
-    def _submit(self, frames: list[Frame], ends: list[EndOfStream]) -> None:
-        slot = self._acquire_slot()
-        if slot is None:
-            return
-        self.stats.busy_slots = self._slot_count - self._free.qsize()
-        input_buffer = slot.inputs[self._pipeline.input_name]
+    def _submit(self, slot: Slot, frames: list[Frame], ends: list[EndOfStream]) -> None:
+        backend, pipeline = self._backend, self._pipeline
         kept: list[Frame] = []
         metas = []
-        on_gpu = getattr(self._backend, "gpu_preprocessing", False)
         for frame in frames:
             try:
-                if getattr(frame.image, "is_device", False):  # NVDEC: already in device memory
-                    meta, geometry = self._pipeline.plan(frame.image.shape)
-                    self._backend.stage_device_frame(slot, len(kept), frame.image, geometry)
-                elif on_gpu:  # the frame goes to the device as uint8; the kernel writes the input tensor
-                    meta, geometry = self._pipeline.plan(frame.image.shape)
-                    self._backend.stage_frame(slot, len(kept), frame.image, geometry)
-                else:
-                    meta = self._pipeline.preprocess(frame.image, input_buffer[len(kept)])
-                metas.append(meta)
+                metas.append(backend.stage(slot, len(kept), frame.image, pipeline))
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
                 release_image(frame)
                 self._count_error(frame.source_id, f"preprocessing failed: {exc}")
-        backend = self._backend
         item = _InFlight(backend, slot, kept, metas, ends, time.time())
         if not kept:
             self._free.put(slot)
@@ -251,7 +250,7 @@ class Scheduler:
             artifact = info.details.get("artifact")
             self.stats.batches += 1
             self.stats.frames += len(item.frames)
-            decoded = getattr(item.backend, "device_postprocessed", False)
+            decoded = info.decodes_on_device
             try:
                 results = self._pipeline.postprocess_batch(outputs, item.metas, decoded)
             except Exception:  # find the frame(s) at fault: one bad row must not sink the batch

@@ -13,7 +13,6 @@ waiting for subscribers) is honoured at the next step that returns to Python: no
 
 from __future__ import annotations
 
-import ast
 import functools
 import logging
 import threading
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .engine.fingerprint import file_sha256
 from .engine.cache import EngineLeases
 from .engine.lifecycle import EngineProvider
-from .config import Config, EngineConfig
+from .config import Config
 from .control import ControlServer, LatestResults, default_control_endpoint
 from .metrics import Metrics, MetricsInputs
 from .notify import Notifier, extending_timeout, status_line
@@ -37,50 +35,16 @@ from .publisher import Publisher
 from .errors import UserError
 from .redact import mask_text, mask_url
 from .scheduler import Scheduler, warm_up
+from .serving import ServingUnit, build_unit
 from .capture import open_producer
 from .sources import SourceReader, SourceState
 from .stats import SourceStats
 
-__all__ = ["Daemon", "model_id", "EXIT_SOURCES_FAILED"]
+__all__ = ["Daemon", "EXIT_SOURCES_FAILED"]
 
 log = logging.getLogger("trtstream.service")
 
 EXIT_SOURCES_FAILED = 3  # every source failed for good (0 ok, 1 failure at start, 2 invalid config)
-
-
-def model_id(path: Path, explicit: str | None) -> tuple[str, str]:
-    """(model id shown in messages, full sha256 of the model file)."""
-    sha = file_sha256(path)
-    return explicit or f"{path.stem}@{sha[:12]}", sha
-
-
-def _metadata_names(details: dict[str, Any]) -> list[str] | None:
-    """Class names from Ultralytics-style ONNX metadata (``names: {0: 'person', ...}``), if present."""
-    raw = details.get("metadata", {}).get("names")
-    if not raw:
-        return None
-    try:
-        names = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return None
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
-    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
-
-
-def configure_device_work(backend, pipeline, engine: EngineConfig) -> None:
-    """Move work to the GPU where the backend can take it (before slots are created): the pipeline's
-    output decoding (a few KB back per frame, already decoded) and, per ``engine.preprocess``, the
-    preprocessing (uint8 frames to the device, one NVRTC kernel launch per batch writes the input)."""
-    if hasattr(backend, "enable_device_decoding") and hasattr(pipeline, "device_decode") and len(backend.info.outputs) == 1:
-        backend.enable_device_decoding(pipeline.device_decode, pipeline.reduced_shape)
-    capable = hasattr(backend, "enable_gpu_preprocessing") and hasattr(pipeline, "plan")
-    if engine.preprocess == "gpu" and not capable:
-        log.warning("engine.preprocess = 'gpu' but the %s backend cannot; preprocessing on the CPU", backend.info.name)
-    if capable and engine.preprocess in ("gpu", "auto"):
-        width, height = engine.max_frame_size
-        backend.enable_gpu_preprocessing(pipeline.normalizer, pipeline.pad_grey, width * height * 3)
-        log.info("preprocessing on the GPU (frames up to %dx%d)", width, height)
 
 
 class Daemon:
@@ -131,15 +95,15 @@ class Daemon:
         try:
             if self._stop_requested("while the model loaded"):
                 return 0
-            pipeline, model_info = self._model_parts(config, backend)
+            unit = self._build_unit(config, backend)
+            model_info = unit.model_info
             self._publisher = publisher = Publisher(
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
                 on_published=self._on_published, security=config.security,
             )
             self._scheduler = scheduler = Scheduler(
                 self._mux,
-                backend,
-                pipeline,
+                unit,
                 publisher.submit,
                 self.source_stats,
                 max_batch=config.engine.max_batch,
@@ -166,7 +130,7 @@ class Daemon:
                 publisher.stop()  # its final heartbeat tells subscribers this instance is gone
                 return 0
             scheduler.start()
-            provider.set_on_ready(self._switch_to)
+            provider.set_on_ready(functools.partial(self._engine_ready, provider))
             for source in config.enabled_sources:
                 self._start_source(source)
             self.started.set()
@@ -263,20 +227,10 @@ class Daemon:
             t = header["timestamps"]
             self._metrics.observe_result(result.frame.source_id, t["captured"], t["preprocessed"], t["inferred"], t["published"])
 
-    def _model_parts(self, config: Config, backend) -> tuple[Any, dict[str, Any]]:
-        """The pipeline for ``backend`` and the model fields of every result message."""
-        from pipelines import create_pipeline
-
-        model_name, model_sha = model_id(config.model.path, config.model.id)
-        pipeline = create_pipeline(config.model, backend.info, _metadata_names(backend.info.details))
-        configure_device_work(backend, pipeline, config.engine)
+    def _build_unit(self, config: Config, backend) -> ServingUnit:
+        """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""
         nvdec = [s.id for s in config.enabled_sources if s.decoder == "nvdec"]
-        if nvdec and not getattr(backend, "gpu_preprocessing", False):
-            raise UserError(
-                f"sources {nvdec}: decoder = 'nvdec' needs a GPU backend with GPU preprocessing "
-                f"(engine.backend = 'torch' or 'tensorrt', engine.preprocess = 'gpu'); serving with {backend.info.name}"
-            )
-        return pipeline, {"id": model_name, "sha256": model_sha, "pipeline": pipeline.kind}
+        return build_unit(config.model, config.engine, backend, nvdec)
 
     def _start_source(self, source) -> None:
         self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)
@@ -295,7 +249,7 @@ class Daemon:
         back to the pool). Enough for the frames queued plus one per in-flight slot and two being decoded;
         an empty pool makes the reader decode into ordinary memory, it never waits."""
         scheduler, publisher = self._scheduler, self._publisher
-        if scheduler is None or not getattr(scheduler.backend, "gpu_preprocessing", False):
+        if scheduler is None or not scheduler.backend.info.preprocesses_on_device:
             return 0
         if publisher is None or publisher.config.thumbnail.enabled:  # the running publisher's settings, not a reloaded file's
             return 0
@@ -307,18 +261,29 @@ class Daemon:
         reader.queue.close(reason)
         reader.stop()
 
-    def _switch_to(self, backend, pipeline=None, model_info: dict[str, Any] | None = None) -> None:
-        """A background build finished (on its thread): warm the new engine up off the hot path, then let
-        the scheduler swap it in between two batches."""
+    def _engine_ready(self, provider: EngineProvider, backend) -> None:
+        """A provider's background build finished (on its thread): the engine becomes a unit configured
+        like the one at start, for the config that provider was made for, then it is switched to."""
+        config = self.config.model_copy(update={"model": provider.model, "engine": provider.engine})
         try:
-            seconds = warm_up(backend, self._scheduler.max_batch)
-            log.info("new %s engine warmed up in %.3fs", backend.info.name, seconds)
-            self._scheduler.replace_backend(backend, pipeline)
-            if model_info is not None:
-                self._publisher.set_model_info(model_info)
-        except Exception as exc:  # an incompatible engine must not take the daemon down
+            unit = self._build_unit(config, backend)
+        except Exception as exc:
             log.error("cannot switch to the new engine: %s", exc)
             backend.close()
+            return
+        self._switch_to(unit)
+
+    def _switch_to(self, unit: ServingUnit) -> None:
+        """Warm the new unit's engine up off the hot path, then let the scheduler swap it in between two
+        batches (and the publisher's model fields with it)."""
+        try:
+            seconds = warm_up(unit.backend, self._scheduler.max_batch)
+            log.info("new %s engine warmed up in %.3fs", unit.backend.info.name, seconds)
+            self._scheduler.replace_unit(unit)
+            self._publisher.set_model_info(unit.model_info)
+        except Exception as exc:  # an incompatible engine must not take the daemon down
+            log.error("cannot switch to the new engine: %s", exc)
+            unit.backend.close()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _serve_until_done(self) -> bool:
@@ -402,14 +367,21 @@ class Daemon:
                 config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}), leases=self._engine_leases
             )
             backend = provider.start()
-            pipeline, model_info = self._model_parts(config, backend)
         except Exception as exc:
             log.error("reload: the new model cannot be served, keeping the current one: %s", exc)
             self.reload_status.update(last_error=mask_text(str(exc)))
             return
+        try:
+            unit = self._build_unit(config, backend)
+        except Exception as exc:
+            log.error("reload: the new model cannot be served, keeping the current one: %s", exc)
+            self.reload_status.update(last_error=mask_text(str(exc)))
+            backend.close()
+            provider.close(timeout=0)
+            return
         self._retire_provider()
         self._provider = provider
-        self._switch_to(backend, pipeline, model_info)
+        self._switch_to(unit)
 
     def _retire_provider(self) -> None:
         """The provider of the model being replaced: its background build, if one is still running, is

@@ -27,6 +27,11 @@ class LatencyWindow:
         with self._lock:
             self._values.append(seconds)
 
+    def snapshot(self) -> np.ndarray:
+        """The latencies in the window now, in seconds (a copy, oldest first)."""
+        with self._lock:
+            return np.fromiter(self._values, dtype=np.float64)
+
     def percentiles_ms(self, *qs: float) -> dict[str, float] | None:
         with self._lock:
             if not self._values:

@@ -22,15 +22,28 @@ class Pipeline(Protocol):
     input_name: str
     input_size: tuple[int, int]  # (width, height)
 
+    device_decoding: Any  # daemon.backends.base.DeviceDecoding, or None: what a GPU backend may decode on the device
+
+    @property
+    def normalizer(self) -> Any:
+        """The per-channel ``pixel * a + b`` of the model input (GPU preprocessing applies the same)."""
+
+    @property
+    def pad_grey(self) -> int:
+        """The grey level of letterbox padding."""
+
     def preprocess(self, image: np.ndarray, out: np.ndarray) -> Any:
         """Write the BGR uint8 ``image`` into ``out`` (C, H, W); return the metadata postprocess needs."""
+
+    def plan(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """For GPU preprocessing: (postprocessing metadata, kernel geometry) of a frame of ``shape``."""
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], row: int, meta: Any) -> dict[str, Any]:
         """Decode batch row ``row`` of ``outputs`` into the message's result fields."""
 
     def postprocess_batch(self, outputs: Mapping[str, np.ndarray], metas: Sequence[Any], decoded: bool = False) -> list[dict[str, Any]]:
         """Every row at once (the scheduler's path: one call per batch). ``decoded``: the backend already
-        ran the pipeline's ``device_decode`` on the GPU."""
+        decoded the output on the device (``device_decoding``)."""
 
 
 def load_labels(labels: Path | Sequence[str] | None, count: int | None, metadata_names: Sequence[str] | None = None) -> list[str]:

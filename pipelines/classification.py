@@ -76,6 +76,7 @@ class ClassificationPipeline:
         return self._normalizer
 
     pad_grey = 0
+    device_decoding = None  # nothing to reduce on the device: the host takes the top k of the scores
 
     def plan(self, shape: tuple[int, ...]):
         """For GPU preprocessing (bilinear only, whatever ``preprocess.interpolation`` says)."""

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from daemon.backends.base import DeviceDecoding
 from daemon.config import DetectionConfig, PreprocessConfig
 
 from .imageops import INTERPOLATION, Letterbox, Normalizer, ScratchPool, boxes_to_source, letterbox_geometry
@@ -180,7 +181,12 @@ class DetectionPipeline:
         self._normalizer.write(resized, region)
         return geometry
 
-    device_candidates = 128  # rows kept per image by device_decode
+    device_candidates = 128  # rows kept per image by the device decoding
+
+    @property
+    def device_decoding(self) -> DeviceDecoding:
+        """What a GPU backend's decoding kernel (:mod:`daemon.gpu.decode`) does for this model."""
+        return DeviceDecoding(self.layout, self.device_candidates)
 
     def reduced_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Per-batch output shape after :meth:`device_decode`: ``[N, device_candidates, 6]``."""
@@ -188,7 +194,8 @@ class DetectionPipeline:
         return (shape[0], min(self.device_candidates, anchors) if anchors > 0 else self.device_candidates, 6)
 
     def device_decode(self, output):
-        """On the GPU (torch, capturable in a CUDA graph): each image's ``device_candidates`` best boxes
+        """The device decoding's contract, in torch (the reference the NVRTC kernel is tested against;
+        the serving path runs :mod:`daemon.gpu.decode`): each image's ``device_candidates`` best boxes
         as rows ``x1, y1, x2, y2, score, class`` (input pixels), best first. Only these ~3 KB per image
         come back to the host, already decoded; the host applies the threshold and one batched NMS.
         Exact unless more than that many boxes of one image pass the score threshold."""

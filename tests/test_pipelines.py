@@ -208,6 +208,7 @@ def test_results_keep_only_the_frame_shape_when_no_thumbnail_needs_pixels():
     from daemon.entities import Frame, ImageShape
     from daemon.framequeue import Multiplexer
     from daemon.scheduler import Scheduler
+    from daemon.serving import ServingUnit
     from daemon.stats import SourceStats
 
     backend, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
@@ -225,7 +226,7 @@ def test_results_keep_only_the_frame_shape_when_no_thumbnail_needs_pixels():
             if len(got) == 3:
                 done.set()
 
-        scheduler = Scheduler(mux, backend, pipeline, sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=4, max_wait_s=0.001, slots=2, keep_pixels=keep_pixels)
+        scheduler = Scheduler(mux, ServingUnit(backend, pipeline, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=4, max_wait_s=0.001, slots=2, keep_pixels=keep_pixels)
         scheduler.start()
         for index in range(2):
             queue.put(Frame("cam", index, None, image.copy(), 0.0, 0.0), threading.Event())

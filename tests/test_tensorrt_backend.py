@@ -591,3 +591,63 @@ def test_an_uncached_engine_leaves_no_plan_file_behind(fakes, monkeypatch, tmp_p
     backend.submit(slot, 1)
     assert backend.wait(slot)["output"].shape == (1, 2535, 85)
     backend.close()
+
+
+# -- CUDA graphs and the device index (the GPU runtime around the TensorRT executor) ------------------------
+
+
+def test_each_slot_captures_execute_async_v3_per_batch_size_and_replays_it(fakes):
+    """trtexec's pattern per slot and batch size (1, 2, 4): shapes and addresses set, one warm enqueue,
+    a stream sync, then a captured enqueue. A batch then replays the smallest graph that holds it: no
+    TensorRT call on the hot path. (The CUDA double re-runs the captured enqueue to move the data.)"""
+    fakes.cuda.capture = True
+    backend = loaded(fakes, streams=1, max_batch=4)
+    assert backend.info.details["cuda_graphs"] is True and backend.info.capabilities.cuda_graphs
+    mark = len(fakes.calls)
+    slot = backend.create_slot(0)
+    calls = [name for name, _ in fakes.since(mark)]
+    for size in (1, 2, 4):
+        assert ("IExecutionContext.set_input_shape", ("images", (size, 3, 416, 416))) in fakes.since(mark)
+    assert calls.count("cuda.capture_graph") == 3 and calls.count("IExecutionContext.execute_async_v3") == 6
+    assert_in_order(calls, ["IExecutionContext.execute_async_v3", "cuda.Stream.synchronize", "cuda.capture_graph", "IExecutionContext.execute_async_v3"])
+    for b in range(3):
+        slot.inputs["images"][b] = b + 1
+    mark = len(fakes.calls)
+    backend.submit(slot, 3)  # replays the graph of 4
+    assert [name for name, _ in fakes.since(mark)] == ["cuda.memcpy_htod_async", "cuda.CudaGraph.launch", "cuda.memcpy_dtoh_async", "cuda.Event.record"]
+    outputs = backend.wait(slot)["output"]
+    assert outputs.shape == (3, 2535, 85) and [float(outputs[b, 0, 0]) for b in range(3)] == [1.0, 2.0, 3.0]
+    backend.close()
+    assert fakes.cuda.live_resources() == 0, "graphs are freed with the slots"
+
+
+def test_an_engine_that_cannot_be_captured_runs_with_plain_enqueues(fakes, caplog):
+    with caplog.at_level(logging.WARNING):
+        backend = loaded(fakes, streams=1)
+        slot = backend.create_slot(0)
+    assert "CUDA graph capture failed" in caplog.text and backend.info.details["cuda_graphs"] is False
+    mark = len(fakes.calls)
+    backend.submit(slot, 1)
+    assert "IExecutionContext.execute_async_v3" in [name for name, _ in fakes.since(mark)]
+    backend.close()
+
+
+def test_engine_device_selects_the_gpu_of_the_runtime_and_of_the_fingerprint(fakes):
+    builder = fakes.builder(device=1)
+    assert builder.fingerprint()["gpu"] == "NVIDIA H100 80GB HBM3"
+    fakes.build(builder)
+    mark = len(fakes.calls)
+    backend = builder.load(fakes.plan_path)
+    assert ("cuda.set_device", (1,)) in fakes.since(mark)
+    assert backend.info.device.endswith("(cuda:1)")
+    backend.close()
+
+
+def test_configure_without_device_work_keeps_the_host_paths(fakes):
+    from daemon.backends.base import DeviceWork
+
+    backend = loaded(fakes)
+    assert backend.info.capabilities.gpu_preprocessing and backend.info.capabilities.device_frames
+    assert backend.configure(DeviceWork()) == DeviceWork()
+    assert not backend.info.preprocesses_on_device and not backend.info.decodes_on_device
+    backend.close()

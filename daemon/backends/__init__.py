@@ -7,9 +7,9 @@ import logging
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError
-from .base import BackendInfo, InferenceBackend, Slot, TensorSpec
+from .base import BackendInfo, Capabilities, DeviceWork, InferenceBackend, Slot, TensorSpec
 
-__all__ = ["BackendInfo", "InferenceBackend", "Slot", "TensorSpec", "create_backend", "resolve_backend_name", "available_backends"]
+__all__ = ["BackendInfo", "Capabilities", "DeviceWork", "InferenceBackend", "Slot", "TensorSpec", "create_backend", "resolve_backend_name", "available_backends"]
 
 log = logging.getLogger("trtstream.backends")
 
@@ -75,9 +75,12 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
 
         return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams_for(name), engine.onnxruntime)
     if name == "torch":
-        from .torch import TorchBackend
+        from .torch import torch_backend
 
-        return TorchBackend(model.path, engine.max_batch, engine.streams_for(name), engine.torch.half, engine.torch.device, engine.torch.cuda_graphs)
+        return torch_backend(
+            model.path, engine.max_batch, engine.streams_for(name), half=engine.torch.half, device=engine.device,
+            cuda_graphs=engine.cuda_graphs, channels_last=engine.torch.channels_last,
+        )  # fmt: skip
     if name == "tensorrt":
         import tempfile
         from pathlib import Path

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import OnnxRuntimeConfig
 from ..errors import BackendError
-from .base import BackendInfo, Slot, TensorSpec
+from .base import BackendInfo, DeviceWork, Slot, TensorSpec, stage_on_host
 
 __all__ = ["OnnxRuntimeBackend", "ort_available", "read_io_specs"]
 
@@ -113,6 +113,13 @@ class OnnxRuntimeBackend:
             details={"intra_op_threads": options.intra_op_threads},
         )
         self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="onnxruntime")
+
+    def configure(self, work: DeviceWork) -> DeviceWork:
+        """The CPU backend keeps all the work on the host (its capabilities are all False)."""
+        return self.info.work
+
+    def stage(self, slot: Slot, row: int, image, pipeline):
+        return stage_on_host(slot, row, image, pipeline)
 
     def create_slot(self, index: int) -> Slot:
         batch = self.info.max_batch

@@ -1,15 +1,17 @@
-"""TensorRT: build a plan from the ONNX model (:class:`TensorRTBuilder`) and serve it (:class:`TensorRTBackend`).
+"""TensorRT: build a plan from the ONNX model (:class:`TensorRTBuilder`) and run it (:class:`TensorRTExecutor`).
 
 A thin adapter over the TensorRT 10.x / 11.x Python API (``/work/shared/trt/NOTES.md`` has the API notes).
 
 Why this shape:
 
-* One object owns the hot path, like ``ModelInstanceState`` in Triton's tensorrt_backend: ``engine.streams``
-  CUDA streams with **one execution context per stream** (a context must not run on two streams at once), and
-  per slot, allocated once in :meth:`TensorRTBackend.create_slot`: page-locked host arrays, device buffers and
-  an event. A batch is: async H2D copies, ``set_input_shape`` / ``set_tensor_address``, ``execute_async_v3``,
-  async D2H copies, all on the slot's stream, then the slot's event is recorded. ``wait`` blocks on that event,
-  created with blocking sync, so the waiting thread sleeps instead of spinning a core.
+* The serving hot path is the GPU runtime's (:class:`daemon.gpu.runtime.DeviceRuntime`), shared with the
+  torch backend: per slot, pinned host buffers, device buffers, the GPU preprocessing staging area, the
+  device decoding and the event. :meth:`TensorRTBuilder.load` returns that runtime around a
+  :class:`TensorRTExecutor`, which owns only what is TensorRT's: the engine and **one execution context per
+  stream** (a context must not run on two streams at once), like ``ModelInstanceState`` in Triton's
+  tensorrt_backend. Per batch the executor sets the input shapes and every tensor's address (the slot's
+  device buffers) and calls ``execute_async_v3`` on the slot's stream, or the runtime replays the CUDA graph
+  captured from exactly that (trtexec's pattern: one warm enqueue, then stream capture).
 * CUDA goes through :mod:`daemon.cuda` (NVIDIA's ``samples/python/common_runtime.py`` pattern: one small class
   per resource, every call checked in one place).
 * ``tensorrt`` and cuda-python are imported lazily, so this module imports on machines without them. Every class
@@ -30,12 +32,10 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
-import math
 import os
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,13 +46,14 @@ from ..engine.artifact import ArtifactInvalid, Progress
 from ..engine.fingerprint import file_sha256
 from ..fsutil import write_atomically
 from ..errors import BackendError
-from .base import BackendInfo, Slot, TensorSpec
+from ..gpu.runtime import DeviceRuntime, ExecutorInfo
+from .base import TensorSpec
 
 if TYPE_CHECKING:  # only for annotations; never imported at run time here
     import tensorrt as trt
 
 __all__ = [
-    "TensorRTBackend",
+    "TensorRTExecutor",
     "TensorRTBuilder",
     "TrtLogger",
     "import_tensorrt",
@@ -192,7 +193,7 @@ class TensorRTBuilder:
 
     def fingerprint(self) -> dict[str, Any]:
         trt = self._trt
-        gpu = self._cuda.device_properties(0)
+        gpu = self._cuda.device_properties(self._engine.device)
         versions = self._cuda.cuda_versions()
         options = self._options.model_dump(mode="json")  # every TensorRTConfig option, new ones included
         options.update(
@@ -400,7 +401,7 @@ class TensorRTBuilder:
 
     # -- load ----------------------------------------------------------------------------------------------
 
-    def load(self, artifact_path: Path) -> TensorRTBackend:
+    def load(self, artifact_path: Path) -> DeviceRuntime:
         trt = self._trt
         options = self._options
         logger = TrtLogger.create(trt)
@@ -420,15 +421,15 @@ class TensorRTBuilder:
                 f"{artifact_path}: TensorRT {trt.__version__} cannot load this engine: {logger.describe_errors()}"
             )
         io = self._verify_io(engine, artifact_path)
-        gpu = self._cuda.device_properties(0)
-        return TensorRTBackend(
+        gpu = self._cuda.device_properties(self._engine.device)
+        executor = TensorRTExecutor(
             engine,
             io,
             max_batch=self._max_batch,
             streams=self._engine.streams_for("tensorrt"),
             trt=trt,
             cuda=self._cuda,
-            device=gpu["name"],
+            device=f"{gpu['name']} (cuda:{self._engine.device})" if self._engine.device else gpu["name"],
             keep_alive=(runtime, logger),
             logger=logger,
             details={
@@ -436,6 +437,13 @@ class TensorRTBuilder:
                 "precision": options.precision,
                 "plan": str(artifact_path),
             },
+        )
+        return DeviceRuntime(
+            executor,
+            streams=self._engine.streams_for("tensorrt"),
+            device=self._engine.device,
+            cuda_graphs=self._engine.cuda_graphs,
+            cuda=self._cuda,
         )
 
     def _verify_io(self, engine: trt.ICudaEngine, path: Path) -> list[_IO]:
@@ -487,20 +495,11 @@ class _IO:
     batch_range: tuple[int, int] | None  # the profile's batch min and max, for a dynamic-batch input
 
 
-@dataclass(eq=False)
-class _SlotState:
-    """A slot's share of the hot path: its stream and context (shared with other slots of the same stream),
-    and its own pinned host arrays, device buffers and completion event."""
-
-    stream_index: int
-    inputs: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)  # name -> (pinned view, DeviceBuffer)
-    outputs: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)
-    addresses: tuple[tuple[str, int], ...] = ()  # every IO tensor's device address, for set_tensor_address
-    event: Any = None
-
-
-class TensorRTBackend:
-    """Serves a deserialized TensorRT engine (:class:`daemon.backends.base.InferenceBackend`)."""
+class TensorRTExecutor:
+    """Runs a deserialized TensorRT engine for :class:`daemon.gpu.runtime.DeviceRuntime`: one execution
+    context per stream (a context must not run on two streams at once; the slots of one stream take turns
+    on its context, like Triton's tensorrt_backend), on the device buffers and the stream the runtime
+    gives each slot."""
 
     def __init__(
         self,
@@ -521,14 +520,9 @@ class TensorRTBackend:
         self._engine = engine
         self._keep_alive = keep_alive  # the Runtime must outlive its engine
         self._logger = logger
-        self._closed = False
         self._inputs = [t for t in io if t.is_input]
         self._outputs = [t for t in io if not t.is_input]
-        self._resources: list[Any] = []  # pinned buffers, device buffers, events: freed in reverse order
-        self._slots: list[_SlotState] = []
-        self._streams: list[Any] = []
         self._contexts: list[Any] = []
-        self._locks: list[threading.Lock] = []
 
         batch_limit = max_batch
         for tensor in self._inputs:
@@ -539,34 +533,32 @@ class TensorRTBackend:
         self._max_batch = batch_limit
         # The profile's smallest batch (engine.tensorrt.min_batch): a smaller batch from the scheduler runs
         # padded to it (the extra rows hold whatever the slot held; their results are not copied back).
-        self._min_run_batch = max((t.batch_range[0] for t in self._inputs if t.batch_range), default=1)
+        min_run = max((t.batch_range[0] for t in self._inputs if t.batch_range), default=1)
         try:
             for _ in range(streams):
-                self._streams.append(cuda.Stream())
                 context = engine.create_execution_context()
                 if context is None:
                     raise BackendError(f"TensorRT could not create an execution context: {logger.describe_errors()}")
                 self._contexts.append(context)
-                self._locks.append(threading.Lock())
             output_shapes = self._output_shapes(self._contexts[0])
         except BaseException:
             self.close()
             raise
-
-        self.info = BackendInfo(
+        self.info = ExecutorInfo(
             name="tensorrt",
             version=str(trt.__version__),
             device=device,
             inputs=tuple(TensorSpec(t.name, t.dtype, t.shape) for t in self._inputs),
             outputs=tuple(TensorSpec(t.name, t.dtype, output_shapes[t.name]) for t in self._outputs),
             max_batch=batch_limit,
-            details={"streams": streams, **(details or {})},
+            min_batch=min(min_run, batch_limit),
+            details=details or {},
         )
 
     def _output_shapes(self, context: trt.IExecutionContext) -> dict[str, tuple[int, ...]]:
         """Output shapes at the largest batch (TensorRT infers them once the input shapes are set)."""
         for tensor in self._inputs:
-            shape = self._run_shape(tensor, self._max_batch)
+            shape = _run_shape(tensor, self._max_batch)
             if tensor.batch_range is not None and not context.set_input_shape(tensor.name, shape):
                 raise BackendError(f"TensorRT rejected batch {self._max_batch} for input {tensor.name!r}")
         shapes = {}
@@ -579,112 +571,60 @@ class TensorRTBackend:
             shapes[tensor.name] = (-1, *shape[1:]) if tensor.shape[0] < 0 else shape
         return shapes
 
-    def _run_shape(self, tensor: _IO, batch: int) -> tuple[int, ...]:
-        return (batch, *tensor.shape[1:]) if tensor.batch_range is not None else tensor.shape
-
-    def _allocate(self, spec: TensorSpec) -> tuple[np.ndarray, Any]:
-        shape = spec.with_batch(self._max_batch)
-        nbytes = math.prod(shape) * np.dtype(spec.dtype).itemsize
-        pinned = self._cuda.PinnedBuffer(nbytes)
-        self._resources.append(pinned)
-        device = self._cuda.DeviceBuffer(nbytes)
-        self._resources.append(device)
-        host = pinned.array(spec.dtype, shape)
-        host.fill(0)
-        return host, device
-
-    def create_slot(self, index: int) -> Slot:
-        if self._closed:
+    def bind(self, stream_index: int, stream: Any, addresses: dict[str, int]) -> _TensorRTSlot:
+        if self._engine is None:
             raise BackendError("the TensorRT backend is closed")
-        state = _SlotState(stream_index=index % len(self._streams))
-        state.inputs = {spec.name: self._allocate(spec) for spec in self.info.inputs}
-        state.outputs = {spec.name: self._allocate(spec) for spec in self.info.outputs}
-        state.addresses = tuple((name, device.ptr) for name, (_, device) in (*state.inputs.items(), *state.outputs.items()))
-        state.event = self._cuda.Event()
-        self._resources.append(state.event)
-        self._slots.append(state)
-        return Slot(
-            index=index,
-            inputs={name: host for name, (host, _) in state.inputs.items()},
-            outputs={name: host for name, (host, _) in state.outputs.items()},
-            state=state,
-        )
-
-    def submit(self, slot: Slot, batch_size: int) -> None:
-        if self._closed:
-            raise BackendError("the TensorRT backend is closed")
-        if not 1 <= batch_size <= self._max_batch:
-            raise BackendError(f"batch of {batch_size} frames; this engine takes 1..{self._max_batch}")
-        cuda = self._cuda
-        state: _SlotState = slot.state
-        stream = self._streams[state.stream_index]
-        context: trt.IExecutionContext = self._contexts[state.stream_index]
-        run_batch = max(batch_size, self._min_run_batch)
-        with self._locks[state.stream_index]:  # slots sharing a stream share its context: one enqueue at a time
-            for host, device in state.inputs.values():
-                cuda.memcpy_htod_async(device.ptr, host[:batch_size], stream)
-            for tensor in self._inputs:
-                if tensor.batch_range is not None and not context.set_input_shape(
-                    tensor.name, self._run_shape(tensor, run_batch)
-                ):
-                    raise BackendError(f"TensorRT rejected batch {run_batch} for input {tensor.name!r}")
-            for name, address in state.addresses:
-                if not context.set_tensor_address(name, address):
-                    raise BackendError(f"TensorRT rejected the device address of {name!r}")
-            if not context.execute_async_v3(stream.handle):
-                raise BackendError(f"TensorRT could not enqueue the batch: {self._logger.describe_errors()}")
-            for host, device in state.outputs.values():
-                cuda.memcpy_dtoh_async(host[:batch_size], device.ptr, stream)
-            state.event.record(stream)
-        slot.batch_size = batch_size
-
-    def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
-        state: _SlotState = slot.state
-        if timeout is None:
-            state.event.synchronize()  # blocking sync: the thread sleeps until the GPU signals
-        else:
-            self._wait_until(state.event, timeout)
-        n = slot.batch_size
-        return {name: host[:n] for name, (host, _) in state.outputs.items()}
-
-    @staticmethod
-    def _wait_until(event: Any, timeout: float) -> None:
-        """CUDA events have no timed wait: poll (with growing sleeps) only when a timeout is asked for, which
-        the scheduler does for the warm-up batch; the hot path waits without one."""
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while not event.query():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BackendError(f"TensorRT inference did not finish within {timeout}s")
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.01)
+        context: trt.IExecutionContext = self._contexts[stream_index]
+        return _TensorRTSlot(self._inputs, context, stream, tuple(addresses.items()), self._cuda, self._logger)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        errors = []
-        for stream in self._streams:  # nothing may still be using the buffers we are about to free
-            try:
-                stream.synchronize()
-            except Exception as exc:
-                errors.append(exc)
-        for resource in reversed(self._resources):
-            try:
-                resource.close()
-            except Exception as exc:
-                errors.append(exc)
-        self._resources.clear()
-        self._slots.clear()
         self._contexts.clear()  # contexts go before their engine, the engine before the runtime
         self._engine = None
-        for stream in reversed(self._streams):
-            try:
-                stream.close()
-            except Exception as exc:
-                errors.append(exc)
-        self._streams.clear()
         self._keep_alive = ()
-        if errors:
-            log.warning("closing the TensorRT backend: %s", "; ".join(str(e) for e in errors))
+
+
+def _run_shape(tensor: _IO, batch: int) -> tuple[int, ...]:
+    return (batch, *tensor.shape[1:]) if tensor.batch_range is not None else tensor.shape
+
+
+class _TensorRTSlot:
+    """One slot on its stream's context: shapes and this slot's addresses are set before every enqueue
+    (the slots of a stream share the context). A captured batch freezes them, so a replay sets nothing."""
+
+    def __init__(self, inputs: list[_IO], context: trt.IExecutionContext, stream: Any, addresses: tuple[tuple[str, int], ...], cuda: Any, logger: TrtLogger):
+        self._inputs = inputs
+        self._context = context
+        self._stream = stream
+        self._addresses = addresses
+        self._cuda = cuda
+        self._logger = logger
+
+    def enqueue(self, batch: int) -> None:
+        context: trt.IExecutionContext = self._context
+        for tensor in self._inputs:
+            if tensor.batch_range is not None and not context.set_input_shape(tensor.name, _run_shape(tensor, batch)):
+                raise BackendError(f"TensorRT rejected batch {batch} for input {tensor.name!r}")
+        for name, address in self._addresses:
+            if not context.set_tensor_address(name, address):
+                raise BackendError(f"TensorRT rejected the device address of {name!r}")
+        if not context.execute_async_v3(self._stream.handle):
+            raise BackendError(f"TensorRT could not enqueue the batch: {self._logger.describe_errors()}")
+
+    def capture(self, batch: int) -> _CapturedGraph:
+        """trtexec's pattern: one plain enqueue with the final shapes and addresses (it flushes TensorRT's
+        one-time setup), wait for it, then capture a second one."""
+        self.enqueue(batch)
+        self._stream.synchronize()
+        return _CapturedGraph(self._cuda.capture_graph(self._stream, lambda: self.enqueue(batch)), self._stream)
+
+
+class _CapturedGraph:
+    def __init__(self, graph: Any, stream: Any):
+        self._graph = graph
+        self._stream = stream
+
+    def replay(self) -> None:
+        self._graph.launch(self._stream)
+
+    def close(self) -> None:
+        self._graph.close()

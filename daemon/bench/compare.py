@@ -10,16 +10,14 @@ import numpy as np
 __all__ = ["side_by_side", "iou"]
 
 
-def side_by_side(reference, ref_slot, backend, slot, pipeline, frames: Sequence[np.ndarray], gpu_preprocessing: bool) -> tuple[list[Any], dict, dict]:
-    """Preprocess ``frames`` (one batch) into a slot of each backend (the backend under test on the GPU
-    when ``gpu_preprocessing``), run both; returns (postprocessing metadata, reference outputs, outputs)."""
+def side_by_side(reference, ref_slot, backend, slot, pipeline, frames: Sequence[np.ndarray]) -> tuple[list[Any], dict, dict]:
+    """Stage ``frames`` (one batch) into a slot of each backend, each the way it was configured (the
+    backend under test may preprocess on the GPU), run both; returns (the reference's postprocessing
+    metadata, reference outputs, outputs)."""
     metas = []
     for row, image in enumerate(frames):
-        metas.append(pipeline.preprocess(image, ref_slot.inputs[pipeline.input_name][row]))
-        if gpu_preprocessing:
-            backend.stage_frame(slot, row, image, pipeline.plan(image.shape)[1])
-        else:
-            pipeline.preprocess(image, slot.inputs[pipeline.input_name][row])
+        metas.append(reference.stage(ref_slot, row, image, pipeline))
+        backend.stage(slot, row, image, pipeline)
     reference.submit(ref_slot, len(frames))
     backend.submit(slot, len(frames))
     return metas, reference.wait(ref_slot), backend.wait(slot)

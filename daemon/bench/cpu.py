@@ -31,7 +31,7 @@ from daemon.bench.rounds import RoundsVerdict, judge_rounds
 from daemon.config import load_config
 from daemon.errors import UserError
 from daemon.service import Daemon
-from pipelines import create_pipeline
+from daemon.serving import build_unit
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
 TARGET_RATIO = 0.9
@@ -49,12 +49,12 @@ def decode_all(path: str) -> list:
 
 def engine_only(config, frames: list, batch: int, count: int) -> float:
     backend = create_backend(config.model, config.engine)
-    pipeline = create_pipeline(config.model, backend.info)
+    unit = build_unit(config.model, config.engine, backend)  # configured as the daemon configures it
     batches = []
     for start in range(0, batch * 8, batch):  # 8 distinct ready-made batches, reused
         slot = backend.create_slot(len(batches))
         for row in range(batch):
-            pipeline.preprocess(frames[(start + row) % len(frames)], slot.inputs[pipeline.input_name][row])
+            backend.stage(slot, row, frames[(start + row) % len(frames)], unit.pipeline)
         batches.append(slot)
     for slot in batches[:1]:
         backend.submit(slot, batch)

@@ -16,6 +16,7 @@ import threading
 from .. import cuda
 from ..bufferpool import BufferPool
 from ..capture import file_pts_ms
+from ..entities import DeviceFrame
 from ..errors import SourceError
 
 __all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "nvdec_available"]
@@ -29,10 +30,8 @@ def nvdec_available() -> bool:
     return True
 
 
-class DeviceImage:
+class DeviceImage(DeviceFrame):
     """One NV12 frame in device memory: Y plane (height x width) then interleaved UV (height/2 x width)."""
-
-    is_device = True
 
     def __init__(self, pool: "DeviceImagePool", buffer: cuda.DeviceBuffer, width: int, height: int):
         self._pool = pool

@@ -170,6 +170,34 @@ class _Event(_Owned):
         self._fake.calls.append(("cuda.Event.close", (self.id,), {}))
 
 
+class _Graph(_Owned):
+    """A "captured" graph: the double cannot record device work, so a launch runs the captured enqueue
+    again (its data moves as a replay's would) and erases what that re-run recorded, leaving one
+    ``cuda.CudaGraph.launch`` in ``calls``: what a real replay looks like from the host."""
+
+    def __init__(self, graph_exec: Any):
+        self.raw = graph_exec
+        self._enqueue = graph_exec
+        self._closed = False
+        self._fake.graph_count = getattr(self._fake, "graph_count", 0) + 1
+        self.id = self._fake.graph_count
+        self._fake.graphs.append(self)
+
+    def launch(self, stream: Any) -> None:
+        if self._closed:
+            raise CudaError("cudaErrorInvalidResourceHandle (400): the graph is destroyed", 400)
+        stream._check()
+        calls = self._fake.calls
+        mark = len(calls)
+        self._enqueue()
+        del calls[mark:]
+        calls.append(("cuda.CudaGraph.launch", (self.id, stream.handle), {}))
+
+    def _free(self) -> None:
+        self._fake.graphs.remove(self)
+        self._fake.calls.append(("cuda.CudaGraph.close", (self.id,), {}))
+
+
 class FakeCuda:
     """A stand-in for the ``daemon.cuda`` module, with its own fake device and call record."""
 
@@ -183,6 +211,7 @@ class FakeCuda:
         compute_capability: str = "9.0",
         runtime: str = "13.0",
         driver: str = "13.1",
+        capture: bool = False,
     ):
         self.calls: list[tuple[str, tuple, dict]] = calls if calls is not None else []
         self.device = FakeDevice()
@@ -194,10 +223,14 @@ class FakeCuda:
         self.events: list[_Event] = []
         self.stream_count = 0
         self.event_count = 0
+        self.capture = capture  # capture_graph works only when asked for (else: "not supported", as some engines)
+        self.graphs: list[_Graph] = []
+        self.current_device = 0
         self.PinnedBuffer = type("PinnedBuffer", (_PinnedBuffer,), {"_fake": self})
         self.DeviceBuffer = type("DeviceBuffer", (_DeviceBuffer,), {"_fake": self})
         self.Stream = type("Stream", (_Stream,), {"_fake": self})
         self.Event = type("Event", (_Event,), {"_fake": self})
+        self.CudaGraph = type("CudaGraph", (_Graph,), {"_fake": self})
 
     @staticmethod
     def cuda_call(result: Any, what: str = "") -> Any:
@@ -240,7 +273,7 @@ class FakeCuda:
 
     def live_resources(self) -> int:
         """Pinned buffers, device allocations, streams and events not yet freed."""
-        return len(self.pinned) + len(self.device.allocations) + len(self.streams) + len(self.events)
+        return len(self.pinned) + len(self.device.allocations) + len(self.streams) + len(self.events) + len(self.graphs)
 
     def _pinned_bytes(self, array: np.ndarray) -> np.ndarray:
         if not array.flags.c_contiguous:
@@ -270,6 +303,21 @@ class FakeCuda:
         for row in range(rows):
             self.device.view(dst_ptr + row * dst_pitch, width_bytes)[:] = self.device.view(src_ptr + row * src_pitch, width_bytes)
         self.calls.append(("cuda.memcpy2d_dtod_async", (dst_ptr, src_ptr, width_bytes, rows, stream.handle), {}))
+
+    def set_device(self, index: int) -> None:
+        self.current_device = index
+        self.calls.append(("cuda.set_device", (index,), {}))
+
+    def capture_graph(self, stream: Any, enqueue: Any) -> Any:
+        """Runs ``enqueue`` once (as capture would record it) and returns a graph that re-runs it."""
+        stream._check()
+        if not self.capture:
+            raise CudaError("CUDA graph capture failed: not supported by this CPU double (FakeCuda(capture=True) is)")
+        self.calls.append(("cuda.capture_graph", (stream.handle,), {}))
+        enqueue()
+        graph = self.CudaGraph(enqueue)
+        self.calls.append(("cuda.CudaGraph", (graph.id,), {}))
+        return graph
 
     def primary_context_handle(self, device: int = 0) -> int:
         self.calls.append(("cuda.primary_context_handle", (device,), {}))

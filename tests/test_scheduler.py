@@ -1,0 +1,137 @@
+"""The scheduler's batching against a real ONNX Runtime backend: late batching (a slot first, then the
+frames), and one staging call whatever the backend was configured for."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+from daemon.config import DropPolicy
+from daemon.entities import Frame
+from daemon.framequeue import Multiplexer
+from daemon.scheduler import Scheduler
+from daemon.serving import ServingUnit
+from daemon.stats import SourceStats
+
+from .conftest import asset
+from .test_pipelines import real_pipeline
+
+
+class HeldBackend:
+    """A real backend whose batches complete only when the test says so (a test instrument around
+    ONNX Runtime, not a stand-in for it): ``wait`` blocks until :meth:`release`."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.info = backend.info
+        self.submitted: list[int] = []
+        self.submitted_event = threading.Event()
+        self._released = threading.Semaphore(0)
+
+    def configure(self, work):
+        return self._backend.configure(work)
+
+    def create_slot(self, index):
+        return self._backend.create_slot(index)
+
+    def stage(self, slot, row, image, pipeline):
+        return self._backend.stage(slot, row, image, pipeline)
+
+    def submit(self, slot, batch_size):
+        self._backend.submit(slot, batch_size)
+        self.submitted.append(batch_size)
+        self.submitted_event.set()
+
+    def wait(self, slot, timeout=None):
+        assert self._released.acquire(timeout=60), "the test never released the batch"
+        return self._backend.wait(slot, timeout)
+
+    def release(self) -> None:
+        self._released.release()
+
+    def close(self):
+        self._backend.close()
+
+
+def _bikes_frame() -> np.ndarray:
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    ok, image = capture.read()
+    assert ok
+    return image
+
+
+def test_frames_wait_in_their_queue_not_in_a_formed_batch_while_every_slot_is_busy():
+    """With the only slot in flight, frames arriving at a drop-oldest camera queue stay there, so the
+    queue drops its oldest and the next batch is the newest frames. (Gathering before acquiring a slot
+    would have taken frame 1 into a batch that then waited for the slot, out of drop-oldest's reach.)"""
+    real, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    backend = HeldBackend(real)
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 2, DropPolicy.DROP_OLDEST)
+    published: list[int] = []
+    three = threading.Event()
+
+    def sink(item):
+        if hasattr(item, "frame"):
+            published.append(item.frame.index)
+            if len(published) == 3:
+                three.set()
+
+    scheduler = Scheduler(mux, ServingUnit(backend, pipeline, {}), sink, {"cam": SourceStats("cam", "x", "live")}, max_batch=2, max_wait_s=0.0, slots=1)
+    scheduler.start()
+    image = _bikes_frame()
+    queue.put(Frame("cam", 0, None, image.copy(), 0.0, 0.0))
+    assert backend.submitted_event.wait(30), "frame 0 was never submitted"
+    for index in range(1, 5):  # the only slot is in flight: these must stay queued (capacity 2)
+        queue.put(Frame("cam", index, None, image.copy(), 0.0, 0.0))
+    assert queue.dropped == 2 and mux.queued() == 2, (queue.dropped, mux.queued())
+    backend.release()
+    backend.release()
+    assert three.wait(60), published
+    assert published == [0, 3, 4]
+    assert backend.submitted == [1, 2]
+    queue.close("end_of_file")
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    backend.close()
+
+
+def test_a_frame_the_backend_cannot_stage_is_counted_and_the_rest_of_the_batch_served():
+    """One staging call per frame: a frame the backend refuses (a device frame on the CPU backend) is
+    reported on its source; the other frames of the batch are served."""
+    from daemon.entities import DeviceFrame
+
+    class FakeDeviceFrame(DeviceFrame):  # a TEST DOUBLE of an NVDEC frame: no device here
+        width, height, pitch, shape = 64, 64, 64, (64, 64, 3)
+        y_ptr = uv_ptr = 0
+        released = False
+
+        def release(self) -> None:
+            self.released = True
+
+    backend, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    stats = {"cam": SourceStats("cam", "x", "file")}
+    got, done = [], threading.Event()
+
+    def sink(item):
+        got.append(item)
+        if not hasattr(item, "frame"):
+            done.set()
+
+    scheduler = Scheduler(mux, ServingUnit(backend, pipeline, {}), sink, stats, max_batch=4, max_wait_s=0.05, slots=2)
+    scheduler.start()
+    device_frame = FakeDeviceFrame()
+    queue.put(Frame("cam", 0, None, _bikes_frame(), 0.0, 0.0))
+    queue.put(Frame("cam", 1, None, device_frame, 0.0, 0.0))
+    queue.close("end_of_file")
+    assert done.wait(60)
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    assert [item.frame.index for item in got if hasattr(item, "frame")] == [0]
+    assert stats["cam"].inference_errors == 1 and "device memory" in stats["cam"].last_error
+    assert device_frame.released, "a refused pooled frame goes back to its pool"
+    backend.close()
