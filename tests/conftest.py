@@ -89,9 +89,11 @@ def detector_config(sources_toml: str, port: int, **overrides: str) -> str:
 
 
 class DaemonProcess:
-    """``python -m daemon run CONFIG`` as a real subprocess, stderr captured for the assertions."""
+    """``python -m daemon run CONFIG`` as a real subprocess, stderr captured for the assertions. ``env``:
+    variables set on top of this process's environment (``tests.doubles.gpu_tensorrt.shim_environment()``
+    gives the daemon the GPU TensorRT double as ``tensorrt``)."""
 
-    def __init__(self, config_path: Path, cache_home: Path):
+    def __init__(self, config_path: Path, cache_home: Path, env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", str(config_path)],
             cwd=REPO,
@@ -103,6 +105,7 @@ class DaemonProcess:
                 "PYTHONUNBUFFERED": "1",
                 "XDG_CACHE_HOME": str(cache_home),
                 "RUNTIME_DIRECTORY": str(cache_home.parent / "run"),  # its own control socket
+                **(env or {}),
             },
         )
         self.stderr = ""
@@ -129,10 +132,10 @@ class DaemonProcess:
 def start_daemon(tmp_path):
     started: list[DaemonProcess] = []
 
-    def start(config_text: str, name: str = "daemon.toml") -> DaemonProcess:
+    def start(config_text: str, name: str = "daemon.toml", env: dict[str, str] | None = None) -> DaemonProcess:
         path = tmp_path / name
         path.write_text(config_text)
-        daemon = DaemonProcess(path, tmp_path / "cache-home")
+        daemon = DaemonProcess(path, tmp_path / "cache-home", env)
         started.append(daemon)
         return daemon
 

@@ -143,7 +143,8 @@ class InferenceBackend(Protocol):
         """Start inference on the first ``batch_size`` rows of ``slot.inputs``; returns without waiting."""
 
     def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Wait for the submitted batch; returns outputs with ``batch_size`` rows. Raises BackendError."""
+        """Wait for the submitted batch; returns outputs with ``batch_size`` rows: views of the slot's own
+        buffers, valid until the slot is submitted again or the backend closed. Raises BackendError."""
 
     def close(self) -> None: ...
 

@@ -79,6 +79,18 @@ def _keep_shape_constants_on_host(module) -> int:
     return moved
 
 
+def _to_channels_last(module, torch) -> None:
+    """The 4-D weights (convolutions) in NHWC order; other parameters and buffers stay as they are
+    (``Module.to(memory_format=...)`` refuses a model holding any tensor of another rank)."""
+    for owner in module.modules():
+        for name, param in owner._parameters.items():
+            if param is not None and param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+        for name, buffer in owner._buffers.items():
+            if buffer is not None and buffer.dim() == 4:
+                owner._buffers[name] = buffer.contiguous(memory_format=torch.channels_last)
+
+
 _TYPESTR = {np.dtype(np.float32): "<f4", np.dtype(np.float16): "<f2"}
 
 
@@ -112,7 +124,7 @@ class TorchExecutor:
             module = module.half()
         self._channels_last = channels_last and all(len(s.shape) == 4 for s in inputs)
         if self._channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            _to_channels_last(module, torch)
         _keep_shape_constants_on_host(module)
         self.module = module
         self._compute_dtype = torch.float16 if half else torch.float32
@@ -175,17 +187,18 @@ class _TorchSlot:
             self._run(batch)
 
     def capture(self, batch: int) -> _TorchGraph:
+        """This batch size once eagerly on a side stream (lazy initialisation and cuDNN's choices happen
+        outside the capture), then captured into a graph drawing on the slot's memory pool."""
         torch = self._torch
         side = torch.cuda.Stream(device=self._stream.device)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
-            if self._pool is None:  # warm-up outside capture (lazy initialisation, algorithm choice)
-                self._pool = torch.cuda.graph_pool_handle()
-                side.wait_stream(self._stream)
-                with torch.cuda.stream(side):
-                    self._run(self._executor.info.max_batch)
-                self._stream.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
             side.wait_stream(self._stream)
+            with torch.cuda.stream(side):
+                self._run(batch)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                 self._run(batch)
         torch.cuda.synchronize()

@@ -1,7 +1,11 @@
-"""GPU benchmark (torch backend, YOLOv3-tiny): modes side by side in one run (``trtstream bench gpu``).
+"""GPU benchmark (YOLOv3-tiny or --model): modes side by side in one run (``trtstream bench gpu``), per backend:
+``torch``, and ``tensorrt`` = the real TensorRT adapter and GPU runtime on the GPU test double of the
+``tensorrt`` module (tests/doubles/gpu_tensorrt.py: its engine runs the model in torch, fp16, at
+``execute_async_v3``; TensorRT itself is not installed). Each backend's pipeline is measured against its
+own engine-only figure.
 
-engine-only   the model on input tensors already on the device (the ceiling), batch B, 2 streams, each a
-              replayed CUDA graph (the eager-launch figure is printed too, for reference)
+engine-only   the model on inputs already on the device (the ceiling), batch B, S streams: the backend's
+              own slots replaying their captured graphs (the plain-enqueue figure is printed too)
 naive         the classic loop: pageable numpy, CPU letterbox, one stream, copy + execute + copy per frame
 pipeline      the daemon's scheduler + publisher: CPU preprocessing into pinned slots, S streams x 2 slots
 pipeline-gpu  the same with GPU preprocessing (frames decoded into pooled pinned buffers, one copy each to
@@ -16,7 +20,8 @@ joule from nvidia-smi's power draw (NVML); host RSS and GPU memory used at the e
 accuracy against the FP32 ONNX Runtime reference on the same frames (label agreement of the matched
 detections, mean box IoU). Prints one table. The first modes decode their frames beforehand.
 
-Usage: trtstream bench gpu [--batch 32] [--streams 3] [--seconds 8] [--frames 1080p|native] [--nvdec CLIP]
+Usage: trtstream bench gpu [--batch 32] [--streams 3] [--seconds 8] [--frames 1080p|native] [--nvdec CLIP] [--model ONNX]
+       (--model assets/models/yolov8m_bench_640.onnx: YOLOv8m-class, random weights, throughput only)
        (scripts/bench-gpu is the same; scripts/gpu-check runs the GPU tests first)
 """
 
@@ -88,48 +93,93 @@ def decode(frames_kind: str, count: int = 250) -> list[np.ndarray]:
     return frames
 
 
+def model_io() -> tuple[str, tuple[int, int], str, list[int]]:
+    """MODEL's input name, input size (width, height), output name and output shape (batch 1), read from
+    its ONNX: YOLOv3-tiny 416 ``images`` -> ``output`` [1, 2535, 85], a YOLOv8-style 640 model
+    ``images`` -> ``output0`` [1, 84, 8400]."""
+    from daemon.backends.torch import _specs
+
+    inputs, outputs = _specs(MODEL)
+    height, width = inputs[0].shape[2:]
+    return inputs[0].name, (width, height), outputs[0].name, [1, *outputs[0].shape[1:]]
+
+
 def make_pipeline():
     from daemon.config import DetectionConfig, PreprocessConfig
     from pipelines.detection import DetectionPipeline
 
     labels = LABELS.read_text().split("\n")[:80]
-    return DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+    input_name, input_size, output_name, output_shape = model_io()
+    return DetectionPipeline(input_name, input_size, output_name, output_shape, labels, PreprocessConfig(), DetectionConfig(pad_value=127))
 
 
-def engine_only(batch: int, streams: int, seconds: float, graphs: bool = True) -> float:
-    """The model alone on inputs already on the device, one CUDA graph per stream (``graphs``, what the
-    pipeline's backend replays) or eager launches: the ceiling the pipeline is measured against."""
-    import torch
+BACKENDS = ("torch", "tensorrt")  # tensorrt: the adapter on tests/doubles/gpu_tensorrt.py (a TEST DOUBLE: torch computes)
 
-    from daemon.backends.torch import TorchBackend
 
-    backend = TorchBackend(MODEL, batch, streams, half=True, cuda_graphs=False)
-    inputs = [torch.rand((batch, 3, 416, 416), device="cuda").half() for _ in range(streams)]
-    cuda_streams = [torch.cuda.Stream() for _ in range(streams)]
-    with torch.inference_mode():
-        for _ in range(3):
-            backend._module(inputs[0])
-        torch.cuda.synchronize()
-        runs = []
-        for stream, x in zip(cuda_streams, inputs):
-            if graphs:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream):
-                    backend._module(x)
-                runs.append((stream, graph.replay))
-            else:
-                runs.append((stream, lambda x=x: backend._module(x)))
-        torch.cuda.synchronize()
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for stream, run in runs:
-                with torch.cuda.stream(stream):
-                    run()
-            done += batch * streams
-            if done % (batch * streams * 8) == 0:
-                torch.cuda.synchronize()
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
+def tensorrt_double_available() -> bool:
+    """The GPU test double of TensorRT ships with the checkout's tests, not with the package."""
+    return (REPO / "tests" / "doubles" / "gpu_tensorrt.py").is_file()
+
+
+def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True):
+    """A backend as the daemon makes it: ``torch``, or ``tensorrt`` — the real TensorRT adapter and GPU
+    runtime on the GPU test double of the ``tensorrt`` module (TensorRT 10.16 surface, fp16: its engine
+    runs the model in torch at ``execute_async_v3``; stated in every row's name)."""
+    from daemon.config import EngineConfig, ModelConfig, TensorRTConfig
+
+    if kind == "torch":
+        from daemon.backends.torch import torch_backend
+
+        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs)
+    if kind != "tensorrt":
+        raise ValueError(f"unknown backend {kind!r}")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from daemon.backends.tensorrt import TensorRTBuilder
+    from tests.doubles.gpu_tensorrt import GpuTensorRT
+
+    engine = EngineConfig(backend="tensorrt", max_batch=batch, streams=streams, cuda_graphs=cuda_graphs, tensorrt=TensorRTConfig(precision="fp16"))
+    builder = TensorRTBuilder(ModelConfig(path=MODEL, pipeline="detection"), engine, trt=GpuTensorRT("10.16").module)
+    with tempfile.TemporaryDirectory(prefix="trtstream-bench-trt-") as scratch:
+        plan = Path(scratch) / "model.engine"
+        builder.build(MODEL, plan, None, lambda fraction, message: None)
+        return builder.load(plan)
+
+
+def make_unit(backend, gpu_pre: bool, frame_size: tuple[int, int]):
+    """The serving unit the daemon would make for ``backend`` (daemon.serving.build_unit)."""
+    from daemon.config import DetectionConfig, EngineConfig, ModelConfig
+    from daemon.serving import build_unit
+
+    model = ModelConfig(path=MODEL, pipeline="detection", labels=LABELS.read_text().split("\n")[:80], detection=DetectionConfig(pad_value=127))
+    return build_unit(model, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size), backend)
+
+
+def engine_only(kind: str, batch: int, streams: int, seconds: float, graphs: bool = True) -> float:
+    """The model alone on inputs already on the device: the backend's own slots, one per stream, each
+    replaying its captured graph (``graphs``, what the pipeline replays) or enqueuing eagerly
+    (DeviceRuntime.run_engine: no copies, no preprocessing, no decoding). The pipeline's ceiling, with
+    the same engine settings."""
+    backend = make_backend(kind, batch, streams, cuda_graphs=graphs)
+    slots = [backend.create_slot(index) for index in range(streams)]
+    rng = np.random.default_rng(0)
+    for slot in slots:  # realistic input values on the device, once
+        for array in slot.inputs.values():
+            array[...] = rng.random(array.shape, dtype=np.float32).astype(array.dtype)
+        backend.submit(slot, batch)
+        backend.wait(slot)
+    done, rounds, started = 0, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for slot in slots:
+            backend.run_engine(slot, batch)
+        done += batch * streams
+        rounds += 1
+        if rounds % 8 == 0:
+            for slot in slots:
+                backend.wait(slot)
+    for slot in slots:
+        backend.wait(slot)
+    elapsed = time.perf_counter() - started
     backend.close()
     return done / elapsed
 
@@ -137,46 +187,43 @@ def engine_only(batch: int, streams: int, seconds: float, graphs: bool = True) -
 def naive(frames: list[np.ndarray], seconds: float) -> float:
     import torch
 
-    from daemon.backends.torch import TorchBackend
+    from daemon.backends.torch import TorchExecutor
 
-    backend = TorchBackend(MODEL, 1, 1, half=True)
+    executor = TorchExecutor(MODEL, 1, half=True, channels_last=False)
     pipeline = make_pipeline()
-    buffer = np.zeros((1, 3, 416, 416), np.float32)
+    buffer = np.zeros((1, 3, pipeline.input_size[1], pipeline.input_size[0]), np.float32)
     done, started = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - started < seconds:
             image = frames[done % len(frames)]
             meta = pipeline.preprocess(image, buffer[0])
             x = torch.from_numpy(buffer).cuda().half()  # pageable copy, default stream
-            out = backend._module(x).float().cpu().numpy()  # synchronous copy back
-            pipeline.postprocess({"output": out}, 0, meta)
+            out = executor.forward(x)[0].float().cpu().numpy()  # synchronous copy back
+            pipeline.postprocess({pipeline.output_name: out}, 0, meta)
             done += 1
-    backend.close()
+    executor.close()
     return done / (time.perf_counter() - started)
 
 
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
-                  nvdec_clip: Path | None = None) -> dict:
+                  nvdec_clip: Path | None = None, kind: str = "torch") -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
     ``pinned`` (with GPU preprocessing, as the daemon's readers do): each source "decodes" its frame into a
     buffer of its pinned pool (the copy a decoder's output write costs, on the source's thread); without
     it frames are ordinary arrays and the batcher copies them into pinned staging."""
-    from daemon.backends.torch import TorchBackend
-    from daemon.config import DropPolicy, EngineConfig, PublisherConfig
-    from daemon.service import configure_device_work
+    from daemon.config import DropPolicy, PublisherConfig
     from daemon.entities import Frame
     from daemon.framequeue import Multiplexer
     from daemon.publisher import Publisher
     from daemon.scheduler import Scheduler
     from daemon.stats import SourceStats
 
-    pipeline = make_pipeline()
-    backend = TorchBackend(MODEL, batch, streams, half=True)
+    backend = make_backend(kind, batch, streams)
     frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
-    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size))
+    unit = make_unit(backend, gpu_pre, frame_size)
     mux = Multiplexer()
     policy = DropPolicy.DROP_OLDEST if paced_fps else DropPolicy.BLOCK
     queues = [mux.add_queue(f"cam{i}", 4 if paced_fps else batch * 2, policy) for i in range(sources)]
@@ -184,7 +231,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     run_dir = tempfile.mkdtemp(prefix="trtstream-gpu-bench-")
     publisher = Publisher(PublisherConfig(endpoints=[f"ipc://{run_dir}/bench.ipc"], send_hwm=1000, queue_size=100000), "0" * 32, {"id": "bench", "sha256": "0" * 64, "pipeline": "detection"}, stats, lambda: {})
     publisher.start()
-    scheduler = Scheduler(mux, backend, pipeline, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * 2, sink_many=publisher.submit_many)
+    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * 2, sink_many=publisher.submit_many)
     scheduler.warm_up()
     stop = threading.Event()
     from daemon.pinned import PinnedImagePool
@@ -274,7 +321,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     backend.close()
     for pool in pools or ():
         pool.close()
-    latencies = np.concatenate([np.fromiter(s.latency._values, float) for s in stats.values()])
+    latencies = np.concatenate([s.latency.snapshot() for s in stats.values()])
     fps = done / elapsed
     return {
         "fps": fps,
@@ -284,26 +331,25 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     }
 
 
-def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
+def accuracy(frames: list[np.ndarray], gpu_pre: bool, kind: str = "torch") -> tuple[float, float]:
     """Against FP32 ONNX Runtime on the same frames: share of reference detections (score >= 0.3) found
-    with the same label at IoU >= 0.5, and their mean IoU."""
+    with the same label at IoU >= 0.5, and their mean IoU. The backend is configured as the daemon
+    configures it (device decoding included)."""
     from daemon.backends.onnxruntime import OnnxRuntimeBackend
-    from daemon.backends.torch import TorchBackend
     from daemon.bench.compare import side_by_side
-    from daemon.config import EngineConfig, OnnxRuntimeConfig
-    from daemon.service import configure_device_work
+    from daemon.config import OnnxRuntimeConfig
 
-    pipeline = make_pipeline()
     reference = OnnxRuntimeBackend(MODEL, 8, 1, OnnxRuntimeConfig())
-    backend = TorchBackend(MODEL, 8, 1, half=True)
-    configure_device_work(backend, pipeline, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=(frames[0].shape[1], frames[0].shape[0])))
+    backend = make_backend(kind, 8, 1)
+    unit = make_unit(backend, gpu_pre, (frames[0].shape[1], frames[0].shape[0]))
+    pipeline = unit.pipeline
     ref_slot, slot = reference.create_slot(0), backend.create_slot(0)
     agree, ious, total = 0, [], 0
     for start in range(0, min(len(frames), 64), 8):
-        metas, want_all, have_all = side_by_side(reference, ref_slot, backend, slot, pipeline, frames[start : start + 8], gpu_pre)
+        metas, want_all, have_all = side_by_side(reference, ref_slot, backend, slot, pipeline, frames[start : start + 8])
         for row, meta in enumerate(metas):
             want = pipeline.postprocess(want_all, row, meta)["detections"]
-            have = pipeline.postprocess(have_all, row, meta, backend.device_postprocessed)["detections"]
+            have = pipeline.postprocess(have_all, row, meta, backend.info.decodes_on_device)["detections"]
             for d in want:
                 total += 1
                 best = max((iou(d["box"], h["box"]) for h in have if h["label"] == d["label"]), default=0.0)
@@ -311,6 +357,7 @@ def accuracy(frames: list[np.ndarray], gpu_pre: bool) -> tuple[float, float]:
                     agree += 1
                     ious.append(best)
     backend.close()
+    reference.close()
     return agree / max(total, 1), float(np.mean(ious)) if ious else 0.0
 
 
@@ -334,14 +381,14 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
     import torch
 
     from daemon import cuda
-    from daemon.backends.torch import TorchBackend
+    from daemon.backends.torch import TorchExecutor
     from daemon.gpu.preprocess import GpuPreprocessor, letterbox_params
     from pipelines.imageops import letterbox_geometry
 
     context = cuda.primary_context_handle(0)
     stream = cuda.Stream()
     pipeline = make_pipeline()
-    backend = TorchBackend(MODEL, batch, 1, half=True)
+    executor = TorchExecutor(MODEL, batch, half=True)
     preprocessor = GpuPreprocessor(pipeline.normalizer, pipeline.pad_grey, np.float16)
     # One frame per call, round robin over the decoders: measured faster on the H100 than taking
     # several frames from one decoder per call (1078 vs 636 img/s with 4 decoders).
@@ -352,9 +399,10 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
     shapes = [p.__cuda_array_interface__ for p in planes]
     print(f"nvdec frame: {len(planes)} planes: " + "; ".join(f"shape {c.get('shape')} strides {c.get('strides')} {c.get('typestr')}" for c in shapes), flush=True)
     height, width = int(shapes[0]["shape"][0]), int(shapes[0]["shape"][1])
-    geometry_box = letterbox_geometry(width, height, 416, 416)
-    geometry = letterbox_params(width, height, geometry_box, 416, 416)
-    inputs = torch.empty((batch, 3, 416, 416), dtype=torch.float16, device="cuda")
+    input_w, input_h = pipeline.input_size
+    geometry_box = letterbox_geometry(width, height, input_w, input_h)
+    geometry = letterbox_params(width, height, geometry_box, input_w, input_h)
+    inputs = torch.empty((batch, 3, input_h, input_w), dtype=torch.float16, device="cuda")
     row_bytes = inputs[0].numel() * inputs.element_size()
     external = torch.cuda.ExternalStream(stream.handle)
     done, detections, started = 0, 0, time.perf_counter()
@@ -372,8 +420,8 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
             preprocessor.nv12(stream, y_ptr, uv_ptr, width, height, pitch, True, inputs.data_ptr() + row * row_bytes, geometry)
             row += 1
         with torch.cuda.stream(external), torch.inference_mode():
-            decoded = pipeline.device_decode(backend._module(inputs)).float().cpu().numpy()
-        results = pipeline.postprocess_batch({"output": decoded}, [geometry_box] * batch, decoded=True)
+            decoded = pipeline.device_decode(executor.forward(inputs)[0]).float().cpu().numpy()
+        results = pipeline.postprocess_batch({pipeline.output_name: decoded}, [geometry_box] * batch, decoded=True)
         detections += sum(len(r["detections"]) for r in results)
         done += batch
     elapsed = time.perf_counter() - started
@@ -391,10 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="also run a paced soak of this many seconds and report memory slopes")
     parser.add_argument("--nvdec", type=Path, help="also run the NVDEC modes on this 1080p H.264 clip (scripts/make-test-clips)")
     parser.add_argument("--only-nvdec", action="store_true", help="run only the NVDEC mode")
-    parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy",
+    parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy,nvdec-probe",
                         help="comma-separated subset of the default (engine is always run: it is the ratios' base)")
+    parser.add_argument("--backends", default="torch,tensorrt",
+                        help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
-    parser.add_argument("--model", type=Path, default=MODEL, help="YOLOv3-tiny 416 ONNX (scripts/fetch-assets)")
+    parser.add_argument("--model", type=Path, default=MODEL, help="a YOLO detector's ONNX, input and output read from it: YOLOv3-tiny 416 "
+                        "(default, scripts/fetch-assets) or the YOLOv8m-class assets/models/yolov8m_bench_640.onnx (scripts/fetch-assets --bench-models)")
     parser.add_argument("--video", type=Path, default=VIDEO)
     parser.add_argument("--labels", type=Path, default=LABELS)
     args = parser.parse_args(argv)
@@ -420,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(0)
     print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; card {card}; torch {torch.__version__}; frames {frames[0].shape[1]}x{frames[0].shape[0]} ({len(frames)} decoded); "
           f"batch {args.batch}; streams {args.streams}; {args.seconds}s per mode; {os.cpu_count()} CPU cores", flush=True)
-    if args.nvdec:
+    if args.nvdec and ("nvdec-probe" in modes or args.only_nvdec):
         for decoders in (1, 4):
             try:
                 result = nvdec_mode(args.nvdec, args.batch, decoders, args.seconds)
@@ -434,28 +485,43 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if args.only_nvdec:
             return 0
+    if args.nvdec:
         modes.add("pipeline-nvdec")
-    rows = []
-    if "engine-eager" in modes:
-        engine_eager = engine_only(args.batch, args.streams, args.seconds, graphs=False)
-        print(f"engine-only, eager launches {engine_eager:9.1f} img/s (for reference)", flush=True)
-    engine = engine_only(args.batch, args.streams, args.seconds)
-    rows.append(("engine-only", engine, None))
-    print(f"engine-only (CUDA graphs) {engine:9.1f} img/s", flush=True)
-    naive_fps = naive(frames, args.seconds) if "naive" in modes else float("nan")
-    rows.append(("naive", naive_fps, None))
-    print(f"naive       {naive_fps:9.1f} img/s", flush=True)
-    for name, gpu_pre, pinned in (("pipeline", False, False), ("pipeline-gpu, pageable", True, False), ("pipeline-gpu", True, True)):
-        if name.replace(", ", "-") not in modes:
-            continue
-        result = pipeline_mode(frames, args.batch, args.streams, args.seconds, gpu_pre, pinned=pinned)
-        rows.append((name, result["fps"], result))
-        print(f"{name:<12}{result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  p99 {result['p99']:.1f} ms  "
-              f"batch {result['batch']:.1f}  pinned-pool misses {result['pinned_misses']}", flush=True)
-    if "pipeline-nvdec" in modes and args.nvdec:
-        result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, nvdec_clip=args.nvdec)
-        rows.append(("pipeline-nvdec (1080p)", result["fps"], result))
-        print(f"pipeline-nvdec {result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  batch {result['batch']:.1f}", flush=True)
+    rows = []  # (name, img/s, pipeline result or None, the engine-only img/s of that backend)
+    kinds = [k for k in args.backends.split(",") if k]
+    if "tensorrt" in kinds and not tensorrt_double_available():
+        print("tensorrt (on the GPU test double) needs a checkout with tests/doubles: skipped", flush=True)
+        kinds.remove("tensorrt")
+    label = {"torch": "torch", "tensorrt": "trt-on-double"}
+    engine = None
+    for kind in kinds:
+        tag = label[kind]
+        if "engine-eager" in modes:
+            eager = engine_only(kind, args.batch, args.streams, args.seconds, graphs=False)
+            print(f"{tag}: engine-only, plain enqueues {eager:9.1f} img/s (for reference)", flush=True)
+        base = engine_only(kind, args.batch, args.streams, args.seconds)
+        engine = base if engine is None else engine  # the first backend's: the table's x-engine column base
+        rows.append((f"engine-only [{tag}]", base, None, base))
+        print(f"{tag}: engine-only (CUDA graphs) {base:9.1f} img/s", flush=True)
+        if kind == "torch":
+            naive_fps = naive(frames, args.seconds) if "naive" in modes else float("nan")
+            rows.append(("naive [torch]", naive_fps, None, base))
+            print(f"naive       {naive_fps:9.1f} img/s", flush=True)
+        for name, gpu_pre, pinned in (("pipeline", False, False), ("pipeline-gpu, pageable", True, False), ("pipeline-gpu", True, True)):
+            if name.replace(", ", "-") not in modes or (kind != "torch" and name != "pipeline-gpu"):
+                continue
+            result = pipeline_mode(frames, args.batch, args.streams, args.seconds, gpu_pre, pinned=pinned, kind=kind)
+            rows.append((f"{name} [{tag}]", result["fps"], result, base))
+            print(f"{tag}: {name:<12}{result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x its engine-only)  p50 {result['p50']:.1f} ms  "
+                  f"p95 {result['p95']:.1f} ms  p99 {result['p99']:.1f} ms  batch {result['batch']:.1f}  pinned-pool misses {result['pinned_misses']}", flush=True)
+        if "pipeline-nvdec" in modes and args.nvdec:
+            result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, nvdec_clip=args.nvdec, kind=kind)
+            rows.append((f"pipeline-nvdec [{tag}]", result["fps"], result, base))
+            print(f"{tag}: pipeline-nvdec {result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  batch {result['batch']:.1f}", flush=True)
+    if engine is None:
+        print("trtstream bench gpu: --backends named no backend to run", file=sys.stderr)
+        return 2
+    naive_fps = next((fps for name, fps, _, _ in rows if name.startswith("naive")), float("nan"))
     for cameras in args.realtime:
         result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, sources=cameras, paced_fps=30.0)
         print(f"realtime {cameras} cameras x 30 fps ({frames[0].shape[1]}x{frames[0].shape[0]}): {result['fps']:.1f} img/s published, "
@@ -469,19 +535,20 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS {result['memory'][0][1]:.0f} -> {result['memory'][-1][1]:.0f} MiB (slope {rss:+.2f} MiB/min), "
               f"GPU used {result['memory'][0][2]:.0f} -> {result['memory'][-1][2]:.0f} MiB (slope {gpu:+.2f} MiB/min)", flush=True)
     print()
-    print(f"{'mode':<24}{'img/s':>10}{'x engine':>10}{'x naive':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'img/J':>8}{'RSS MiB':>9}{'GPU MiB':>9}")
-    for name, fps, result in rows:
+    print(f"{'mode [backend]':<40}{'img/s':>10}{'x own engine':>13}{'x naive':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'img/J':>8}{'RSS MiB':>9}{'GPU MiB':>9}")
+    for name, fps, result, base in rows:
         lat = result or {}
         joules = f"{fps / result['watts']:.1f}" if result and result.get("watts") else "-"
-        print(f"{name:<24}{fps:>10.1f}{fps / engine:>10.3f}{fps / naive_fps:>9.2f}"
+        print(f"{name:<40}{fps:>10.1f}{fps / base:>13.3f}{fps / naive_fps:>9.2f}"
               f"{lat.get('p50', float('nan')):>8.1f}{lat.get('p95', float('nan')):>8.1f}{lat.get('p99', float('nan')):>8.1f}{joules:>8}"
               f"{lat.get('rss_mib', float('nan')):>9.0f}{lat.get('gpu_mib', float('nan')):>9.0f}")
     if "accuracy" not in modes:
         return 0
-    agreement_cpu, iou_cpu = accuracy(frames, False)
-    agreement_gpu, iou_gpu = accuracy(frames, True)
-    print(f"accuracy vs FP32 ONNX Runtime (64 frames): CPU preprocessing {agreement_cpu:.1%} detections matched, mean IoU {iou_cpu:.3f}; "
-          f"GPU preprocessing {agreement_gpu:.1%}, mean IoU {iou_gpu:.3f}")
+    for kind in kinds:
+        agreement_cpu, iou_cpu = accuracy(frames, False, kind)
+        agreement_gpu, iou_gpu = accuracy(frames, True, kind)
+        print(f"accuracy [{label[kind]}] vs FP32 ONNX Runtime (64 frames): CPU preprocessing {agreement_cpu:.1%} detections matched, "
+              f"mean IoU {iou_cpu:.3f}; GPU preprocessing {agreement_gpu:.1%}, mean IoU {iou_gpu:.3f}")
     print(f"GPU memory: max allocated by torch {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     return 0
 

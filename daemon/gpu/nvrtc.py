@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..cuda import CudaError, Stream, cuda_call, device_properties
 
-__all__ = ["compile_module", "Module", "Kernel"]
+__all__ = ["compile_ptx", "compile_module", "Module", "Kernel"]
 
 _bound = threading.local()
 
@@ -90,12 +90,12 @@ class Module:
         return self.kernels[name]
 
 
-def compile_module(source: str, names: Sequence[str], options: Sequence[str] = ()) -> Module:
-    """Compile ``source`` for this GPU (PTX for its compute capability, JIT-loaded by the driver)."""
+def compile_ptx(source: str, arch: str, options: Sequence[str] = ()) -> bytes:
+    """``source`` as PTX for ``arch`` (e.g. "compute_75"). Needs NVRTC only, no GPU and no driver, so the
+    kernels' sources are also checked on machines without one (tests/test_kernel_sources_compile.py)."""
     nvrtc = _nvrtc()
-    major, minor = device_properties(0)["compute_capability"].split(".")
     program = _nvrtc_call(nvrtc.nvrtcCreateProgram(source.encode(), b"trtstream.cu", 0, [], []), "nvrtcCreateProgram")
-    flags = [f"--gpu-architecture=compute_{major}{minor}".encode(), b"--std=c++17", *(o.encode() for o in options)]
+    flags = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", *(o.encode() for o in options)]
     try:
         _nvrtc_call(nvrtc.nvrtcCompileProgram(program, len(flags), flags), "nvrtcCompileProgram", program)
         size = _nvrtc_call(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
@@ -103,7 +103,13 @@ def compile_module(source: str, names: Sequence[str], options: Sequence[str] = (
         _nvrtc_call(nvrtc.nvrtcGetPTX(program, ptx), "nvrtcGetPTX")
     finally:
         nvrtc.nvrtcDestroyProgram(program)
-    return Module(ptx, names)
+    return ptx
+
+
+def compile_module(source: str, names: Sequence[str], options: Sequence[str] = ()) -> Module:
+    """Compile ``source`` for this GPU (PTX for its compute capability, JIT-loaded by the driver)."""
+    major, minor = device_properties(0)["compute_capability"].split(".")
+    return Module(compile_ptx(source, f"compute_{major}{minor}", options), names)
 
 
 # Convenience ctypes aliases for kernel arguments.

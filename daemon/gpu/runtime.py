@@ -341,6 +341,23 @@ class DeviceRuntime:
             state.event.record(stream)
         slot.batch_size = batch_size
 
+    def run_engine(self, slot: Slot, batch_size: int) -> None:
+        """The model alone on whatever the slot's device input holds: no copies, no preprocessing, no
+        decoding, the same graphs or enqueues as :meth:`submit` (the benchmarks' engine-only ceiling);
+        :meth:`wait` waits for it."""
+        self._bind_device()
+        state: _SlotState = slot.state
+        stream = self._streams[state.stream_index]
+        run = max(batch_size, self._min_run)
+        with self._locks[state.stream_index]:
+            graph = self._graph_for(state, run)
+            if graph is not None:
+                graph.replay()
+            else:
+                state.execution.enqueue(run)
+            state.event.record(stream)
+        slot.batch_size = batch_size
+
     def _enqueue_inputs(self, state: _SlotState, stream: Any, batch_size: int) -> None:
         cuda = self._cuda
         image = self.info.inputs[self._image_input].name if self._image_input is not None else None

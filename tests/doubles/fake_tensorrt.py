@@ -20,6 +20,11 @@ TensorRT works. What it does give:
   ``engine_host_code_allowed``. Execution contexts check shapes and addresses, and ``execute_async_v3``
   "computes" on the fake device of ``tests/doubles/fake_cuda.py``: row ``b`` of every output is filled with the
   mean of row ``b`` of the first input.
+* **Two hooks for a double that really runs the model** (``tests/doubles/gpu_tensorrt.py``):
+  ``model_from_onnx=True`` makes the parser read the real IO names, dtypes and shapes (and the layers' types)
+  from the ONNX file it is given (:func:`model_from_onnx`), and the plan then names that file; an ``executor``
+  (:class:`Executor`) is handed every ``execute_async_v3`` after the context's checks, instead of the fake
+  device's arithmetic, and may prepare each engine at ``deserialize_cuda_engine``.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from .trt_api import ApiSurface, load_surface
 
-__all__ = ["FakeTensorRT", "FakeModel", "FakeTensor", "PLAN_MAGIC"]
+__all__ = ["FakeTensorRT", "FakeModel", "FakeTensor", "Executor", "PLAN_MAGIC", "model_from_onnx"]
 
 PLAN_MAGIC = b"FAKEPLAN:"
 
@@ -77,6 +84,95 @@ class FakeModel:
     inputs: list[FakeTensor] = field(default_factory=lambda: [FakeTensor("images", (-1, 3, 416, 416))])
     outputs: list[FakeTensor] = field(default_factory=lambda: [FakeTensor("output", (-1, 2535, 85))])
     layers: list[tuple[str, str]] = field(default_factory=lambda: [("CONVOLUTION", "FLOAT"), ("ACTIVATION", "FLOAT")])
+
+
+class Executor(Protocol):
+    """What ``FakeTensorRT(executor=...)`` delegates execution to (the GPU double's is ``gpu_tensorrt._TorchExecutor``).
+
+    ``execute`` is called by ``IExecutionContext.execute_async_v3(stream_handle)`` once the context's shapes and
+    addresses are all set, with the context (for per-context state), the engine's plan (the dict the fake builder
+    wrote: ``inputs``/``outputs`` with names, shapes, DataType names; ``flags``; ``onnx``), the input shapes given
+    to ``set_input_shape``, every tensor's address from ``set_tensor_address`` and the stream handle. It enqueues
+    the work and returns; an exception makes ``execute_async_v3`` log an ERROR through the engine's logger and
+    return False, as TensorRT does. ``load(plan)``, if the executor has it, is called by
+    ``deserialize_cuda_engine`` (an exception there: an ERROR and None, like an engine that does not load).
+    """
+
+    def execute(self, context: Any, plan: dict, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int], stream_handle: int) -> None: ...
+
+
+# ONNX TensorProto.DataType -> TensorRT DataType member (types TensorRT has no DataType for are parse errors).
+_ONNX_DATATYPES = {
+    1: "FLOAT", 10: "HALF", 16: "BF16", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 17: "FP8", 22: "INT4", 23: "FP4"
+}  # fmt: skip
+# ONNX op -> TensorRT LayerType; approximate (the adapter looks only for Q/DQ layers and the layers' types).
+_ONNX_LAYERS = {
+    "Conv": "CONVOLUTION", "ConvTranspose": "DECONVOLUTION", "MaxPool": "POOLING", "AveragePool": "POOLING",
+    "GlobalAveragePool": "POOLING", "GlobalMaxPool": "POOLING", "Relu": "ACTIVATION", "LeakyRelu": "ACTIVATION",
+    "Sigmoid": "ACTIVATION", "Tanh": "ACTIVATION", "Clip": "ACTIVATION", "HardSigmoid": "ACTIVATION",
+    "Elu": "ACTIVATION", "Softplus": "ACTIVATION", "PRelu": "PARAMETRIC_RELU", "Concat": "CONCATENATION",
+    "Reshape": "SHUFFLE", "Transpose": "SHUFFLE", "Flatten": "SHUFFLE", "Squeeze": "SQUEEZE",
+    "Unsqueeze": "UNSQUEEZE", "Resize": "RESIZE", "Upsample": "RESIZE", "Slice": "SLICE", "Gather": "GATHER",
+    "Cast": "CAST", "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "MatMul": "MATRIX_MULTIPLY",
+    "Gemm": "MATRIX_MULTIPLY", "Softmax": "SOFTMAX", "Constant": "CONSTANT", "Shape": "SHAPE", "Pad": "PADDING",
+    "TopK": "TOPK", "NonMaxSuppression": "NMS", "Where": "SELECT", "Identity": "IDENTITY",
+    "BatchNormalization": "NORMALIZATION", "LayerNormalization": "NORMALIZATION",
+    "InstanceNormalization": "NORMALIZATION", "ReduceMean": "REDUCE", "ReduceSum": "REDUCE", "ReduceMax": "REDUCE",
+    "ReduceMin": "REDUCE", "Exp": "UNARY", "Log": "UNARY", "Sqrt": "UNARY", "Abs": "UNARY", "Neg": "UNARY",
+    "Reciprocal": "UNARY", "Floor": "UNARY", "Ceil": "UNARY", "Erf": "UNARY", "Not": "UNARY",
+}  # fmt: skip
+_ONNX_INTEGER_OPS = {"Shape": 7, "NonZero": 7, "ArgMax": 7, "ArgMin": 7, "NonMaxSuppression": 7, "Size": 7}
+
+
+def model_from_onnx(source: str | Path | bytes) -> FakeModel:
+    """The :class:`FakeModel` of a real ONNX model (a path, or the model's bytes): its graph inputs (initializers
+    left out), outputs, their DataTypes and shapes (``dim_value`` > 0, else -1), and one layer per node with the
+    DataType of its first output (from the graph's type information, else carried forward from its inputs).
+    ValueError for a type TensorRT has no DataType for; what ``onnx.load`` raises for a file that is no model."""
+    import onnx
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        proto = onnx.load_model_from_string(bytes(source))
+    else:
+        proto = onnx.load(str(source), load_external_data=False)
+    graph = proto.graph
+    initializers = {i.name: i.data_type for i in graph.initializer}
+
+    def tensor(value: Any) -> FakeTensor:
+        declared = value.type.tensor_type
+        if declared.elem_type not in _ONNX_DATATYPES:
+            type_name = onnx.TensorProto.DataType.Name(declared.elem_type) if declared.elem_type else "no type"
+            raise ValueError(f"tensor {value.name!r} has ONNX type {type_name}, which TensorRT does not support")
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in declared.shape.dim)
+        return FakeTensor(value.name, shape, _ONNX_DATATYPES[declared.elem_type])
+
+    inputs = [tensor(v) for v in graph.input if v.name not in initializers]
+    outputs = [tensor(v) for v in graph.output]
+    types: dict[str, int] = dict(initializers)
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    layers = []
+    for node in graph.node:  # ONNX nodes are in topological order
+        attributes = {a.name: a for a in node.attribute}
+        if node.op_type == "Cast" and "to" in attributes:
+            elem = attributes["to"].i
+        elif node.op_type == "Constant" and "value" in attributes:
+            elem = attributes["value"].t.data_type
+        elif node.op_type == "QuantizeLinear":
+            elem = types.get(node.input[2], 3) if len(node.input) > 2 and node.input[2] else 3  # the zero point's type, else INT8
+        elif node.op_type == "DequantizeLinear":
+            elem = types.get(node.input[1], 1)  # the scale's type
+        elif node.output and node.output[0] in types:
+            elem = types[node.output[0]]
+        elif node.op_type in _ONNX_INTEGER_OPS:
+            elem = _ONNX_INTEGER_OPS[node.op_type]
+        else:
+            elem = next((types[name] for name in node.input if name in types), 1)
+        for name in node.output:
+            types.setdefault(name, elem)
+        layers.append((_ONNX_LAYERS.get(node.op_type, "ELEMENTWISE"), _ONNX_DATATYPES.get(elem, "FLOAT")))
+    return FakeModel(inputs=inputs, outputs=outputs, layers=layers)
 
 
 # -- checked types ----------------------------------------------------------------------------------------
@@ -242,6 +338,7 @@ class _Network(_TrtObject):
     _inputs: list
     _outputs: list
     _layers: list
+    _source: str | None  # the ONNX file parsed into it (model_from_onnx), named in the plan
 
     @property
     def num_inputs(self) -> int:
@@ -316,20 +413,30 @@ class _OnnxParser(_TrtObject):
         self._errors: list = []
 
     def parse(self, model: Any, path: str | None = None) -> bool:
-        bytes(model)  # must be a buffer, like the real binding's argument
-        return self._parse()
+        data = bytes(model)  # must be a buffer, like the real binding's argument
+        return self._parse(data, path)
 
     def parse_from_file(self, model: str) -> bool:
-        return self._parse()
+        return self._parse(None, model)
 
-    def _parse(self) -> bool:
+    def _parse(self, data: bytes | None, path: str | None) -> bool:
         fake = self._fake
-        self._errors = [fake.new("ParserError", _index=i, _desc=desc) for i, desc in enumerate(fake.parser_errors)]
+        errors = list(fake.parser_errors)
+        model = fake.model
+        if fake.model_from_onnx and not errors:
+            try:
+                model = model_from_onnx(path if path is not None else data)
+            except Exception as exc:  # not a model, unreadable, a type TensorRT lacks
+                errors = [f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"]
+        self._errors = [fake.new("ParserError", _index=i, _desc=desc) for i, desc in enumerate(errors)]
         for error in self._errors:
             fake.log(self._logger, "ERROR", f"ModelImporter: {error}")
         if self._errors:
             return False
-        self._network._populate(fake.model)
+        if fake.model_from_onnx:
+            fake.model = model
+            object.__setattr__(self._network, "_source", str(Path(path).resolve()) if path is not None else None)
+        self._network._populate(model)
         return True
 
     @property
@@ -426,7 +533,7 @@ class _Builder(_TrtObject):
         self._logger = logger
 
     def create_network(self, flags: int = 0) -> Any:
-        return self._fake.new("INetworkDefinition", _flags=int(flags), _inputs=[], _outputs=[], _layers=[])
+        return self._fake.new("INetworkDefinition", _flags=int(flags), _inputs=[], _outputs=[], _layers=[], _source=None)
 
     def create_builder_config(self) -> Any:
         fake = self._fake
@@ -474,6 +581,8 @@ class _Builder(_TrtObject):
             ],
             "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network._outputs],
         }
+        if network._source is not None:  # parsed with model_from_onnx: what an executor runs
+            plan["onnx"] = network._source
         if config._timing_cache is not None:
             config._timing_cache._data += f"entry:{fake.model.inputs[0].name};".encode()
         fake.plans.append(plan)
@@ -516,6 +625,13 @@ class _Runtime(_TrtObject):
             fake.log(self._logger, "ERROR", error)
             fake.log(self._logger, "ERROR", "IRuntime::deserializeCudaEngine: Serialization (Engine deserialization failed.)")
             return None
+        load = getattr(fake.executor, "load", None)
+        if load is not None:
+            try:
+                load(plan)
+            except Exception as exc:
+                fake.log(self._logger, "ERROR", f"IRuntime::deserializeCudaEngine: {type(exc).__name__}: {exc}")
+                return None
         return fake.new("ICudaEngine", _plan=plan, _contexts=[], _logger=self._logger)
 
     def _check(self, data: bytes) -> tuple[str | None, dict | None]:
@@ -642,6 +758,13 @@ class _Context(_TrtObject):
         if missing:
             fake.log(self._engine._logger, "ERROR", f"IExecutionContext::enqueueV3: shapes or addresses not set for {missing}")
             return False
+        if fake.executor is not None:
+            try:
+                fake.executor.execute(self, self._engine._plan, dict(self._shapes), dict(self._addresses), int(stream_handle))
+            except Exception as exc:  # TensorRT reports a failed enqueue through the logger and returns False
+                fake.log(self._engine._logger, "ERROR", f"IExecutionContext::enqueueV3: {type(exc).__name__}: {exc}")
+                return False
+            return True
         if fake.device is not None:
             self._compute()
         return True
@@ -712,16 +835,29 @@ class FakeTensorRT:
     """The controller of one fake ``tensorrt`` module: knobs for tests and what the module recorded.
 
     ``module`` is what the code under test gets as ``trt``. Knobs: ``model`` (what parsing finds),
+    ``model_from_onnx`` (parsing reads it from the ONNX file instead, and the plan names the file),
+    ``executor`` (runs ``execute_async_v3`` instead of the fake device, see :class:`Executor`),
     ``parser_errors`` (parse fails with these), ``build_error`` (build logs it and returns None),
     ``dla_cores``. Records: ``calls``, ``plans`` (what each build put in its plan), ``contexts``, ``log_lines``.
     """
 
-    def __init__(self, version: str = "11.1", *, calls: list | None = None, device: Any = None, model: FakeModel | None = None):
+    def __init__(
+        self,
+        version: str = "11.1",
+        *,
+        calls: list | None = None,
+        device: Any = None,
+        model: FakeModel | None = None,
+        executor: Executor | None = None,
+        model_from_onnx: bool = False,
+    ):
         self.surface: ApiSurface = load_surface(version)
         self.version = version
         self.calls: list[tuple[str, tuple, dict]] = calls if calls is not None else []
         self.device = device
         self.model = model or FakeModel()
+        self.executor = executor
+        self.model_from_onnx = model_from_onnx
         self.parser_errors: list[str] = []
         self.build_error: str | None = None
         self.dla_cores = 0
@@ -729,9 +865,17 @@ class FakeTensorRT:
         self.contexts: list[Any] = []
         self.log_lines: list[tuple[str, str]] = []
         self.types: dict[str, Any] = {}
-        self._depth = 0
+        self._local = threading.local()  # the recording depth, per thread (a daemon drives contexts from several)
         self._make_types()
         self.module = _FakeModule(self, self._module_names())
+
+    @property
+    def _depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     # helpers for the fake objects
     def enum(self, enum: str, member: str) -> _EnumValue:
