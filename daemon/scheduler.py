@@ -82,6 +82,7 @@ class Scheduler:
         self._abort = threading.Event()  # hard stop: give up on queued frames
         self._closing = threading.Event()  # no source will be added any more: end once all are drained
         self._pending_unit: ServingUnit | None = None
+        self._pending_lock = threading.Lock()  # replace_unit (any thread) and the batcher's swap
         self._configured_max_batch = max_batch
         self.on_backend_switched: Callable[[InferenceBackend], None] | None = None
         self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
@@ -110,12 +111,19 @@ class Scheduler:
         model must take the same inputs and give the same outputs as the serving one."""
         if unit.model_info.get("sha256") == self._unit.model_info.get("sha256"):
             _check_compatible(self._backend, unit.backend)
-        self._pending_unit = unit
+        with self._pending_lock:
+            superseded, self._pending_unit = self._pending_unit, unit
+        if superseded is not None:  # never served: nobody else would close it
+            log.info("a newer %s engine replaces the %s one still waiting to be switched to", unit.backend.info.name, superseded.backend.info.name)
+            superseded.backend.close()
         self._mux.wake()
 
     def _switch_unit(self) -> None:
         """Take back every slot (in-flight batches of the old backend finish first), then swap."""
-        unit, self._pending_unit = self._pending_unit, None
+        with self._pending_lock:
+            unit, self._pending_unit = self._pending_unit, None
+        if unit is None:
+            return
         new = unit.backend
         old_slots = []
         while len(old_slots) < self._slot_count:

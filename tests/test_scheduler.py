@@ -135,3 +135,37 @@ def test_a_frame_the_backend_cannot_stage_is_counted_and_the_rest_of_the_batch_s
     assert stats["cam"].inference_errors == 1 and "device memory" in stats["cam"].last_error
     assert device_frame.released, "a refused pooled frame goes back to its pool"
     backend.close()
+
+
+def test_a_unit_superseded_before_the_switch_is_closed_and_the_newest_serves():
+    """Two engines delivered while the batcher is busy: the first never serves, so it is closed (its
+    memory would otherwise leak); the scheduler switches to the second."""
+    from daemon.backends.onnxruntime import OnnxRuntimeBackend
+    from daemon.config import OnnxRuntimeConfig
+
+    real, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    held = HeldBackend(real)
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    published, switched = [], threading.Event()
+    scheduler = Scheduler(mux, ServingUnit(held, pipeline, {"sha256": "a"}), lambda item: published.append(item), {"cam": SourceStats("cam", "x", "file")},
+                          max_batch=1, max_wait_s=0.0, slots=1)
+    scheduler.on_backend_switched = lambda backend: switched.set()
+    scheduler.start()
+    queue.put(Frame("cam", 0, None, _bikes_frame(), 0.0, 0.0))
+    assert held.submitted_event.wait(30)  # the batcher holds the only slot until the batch is released
+    model = asset("models/yolov3_tiny_416.onnx")
+    first, second = (OnnxRuntimeBackend(model, 1, 1, OnnxRuntimeConfig()) for _ in range(2))
+    closed = []
+    first_close = first.close
+    first.close = lambda: (closed.append("first"), first_close())[1]
+    scheduler.replace_unit(ServingUnit(first, pipeline, {"sha256": "b"}))
+    scheduler.replace_unit(ServingUnit(second, pipeline, {"sha256": "c"}))
+    assert closed == ["first"]
+    held.release()
+    assert switched.wait(30)
+    assert scheduler.backend is second
+    queue.close("end_of_file")
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    second.close()
