@@ -35,6 +35,63 @@ def missing(message: str) -> None:
     pytest.skip(message)
 
 
+def bikes_frames(indices=(0, 60, 120, 200)) -> list:
+    """Frames ``indices`` of bikes.mp4 (BGR), decoded by OpenCV."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    frames, index = [], 0
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            return frames
+        if index in indices:
+            frames.append(image)
+        index += 1
+
+
+def gpu_reason() -> str | None:
+    """Why the GPU tests cannot run here, or None (they are marked ``gpu``; scripts/gpu-check runs them)."""
+    try:
+        from daemon.cuda import cuda_available
+    except Exception as exc:  # pragma: no cover
+        return f"daemon.cuda unavailable: {exc}"
+    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
+
+
+def gpu_marks() -> list:
+    """``pytestmark`` of a GPU test module: marker ``gpu``, skipped with the reason without a GPU."""
+    reason = gpu_reason()
+    return [pytest.mark.gpu, pytest.mark.skipif(reason is not None, reason=str(reason))]
+
+
+def serve_nvdec_clip(start_daemon, port: int, engine: str, env: dict | None = None):
+    """The daemon on the 1080p30 test clip decoded by NVDEC (``engine``: the [engine] lines), checked for
+    what every GPU backend must give: every frame in order at 1920x1080, people and bicycles, boxes inside
+    the frame. Returns (daemon, result messages). The clip comes from scripts/make-test-clips."""
+    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    from daemon.client import ResultSubscriber
+
+    clip = REPO / ".cache" / "bikes_1080p30.mp4"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
+    config = detector_config(f'[[sources]]\nid = "nvdec"\nuri = "{clip}"\ndecoder = "nvdec"\n', port, engine=engine)
+    with ResultSubscriber(f"tcp://127.0.0.1:{port}") as subscriber:
+        daemon = start_daemon(config, env=env)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
+        assert daemon.wait(60) == 0, daemon.stderr
+    results = [m for m in messages if m.type == "result"]
+    assert [m.header["frame"]["index"] for m in results] == list(range(300)), "every decoded frame, in order"
+    assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(1920, 1080)}
+    labels = {d["label"] for m in results for d in m.header["detections"]}
+    assert {"person", "bicycle"} <= labels, labels
+    for message in results:
+        for detection in message.header["detections"]:
+            x1, y1, x2, y2 = detection["box"]
+            assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
+    return daemon, results
+
+
 def asset(relative: str) -> Path:
     path = ASSETS / relative
     if not path.is_file():

@@ -13,30 +13,11 @@ import pytest
 from daemon.bench.compare import iou
 from daemon.config import DetectionConfig, OnnxRuntimeConfig, PreprocessConfig
 
-from .conftest import asset
+from .conftest import asset, bikes_frames, gpu_marks
 
 
-def _gpu_reason() -> str | None:
-    try:
-        from daemon.cuda import cuda_available
-    except Exception as exc:  # pragma: no cover
-        return f"daemon.cuda unavailable: {exc}"
-    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
 
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))]
-
-
-def bikes_frames(indices=(0, 60, 120, 200)) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
-    frames, index = [], 0
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            return frames
-        if index in indices:
-            frames.append(image)
-        index += 1
+pytestmark = gpu_marks()
 
 
 def test_cuda_layer_round_trip_through_pinned_and_device_memory():
@@ -325,30 +306,8 @@ def test_the_daemon_serves_bikes_with_the_torch_backend_and_gpu_preprocessing(st
 
 def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_daemon, free_port):
     """1080p H.264 decoded by NVDEC into device memory, NV12 kernel into the input tensor: no host copy of
-    pixels. The clip comes from scripts/make-test-clips (needs ffmpeg with libx264 where it is made)."""
-    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
-    from daemon.client import ResultSubscriber
+    pixels."""
+    from .conftest import serve_nvdec_clip
 
-    from .conftest import REPO, all_ended, collect, detector_config
-
-    clip = REPO / ".cache" / "bikes_1080p30.mp4"
-    if not clip.is_file():
-        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
-    config = detector_config(
-        f'[[sources]]\nid = "nvdec"\nuri = "{clip}"\ndecoder = "nvdec"\n',
-        free_port,
-        engine='backend = "torch"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"',
-    )
-    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
-        daemon = start_daemon(config)
-        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
-        assert daemon.wait(60) == 0, daemon.stderr
-    results = [m for m in messages if m.type == "result"]
-    assert [m.header["frame"]["index"] for m in results] == list(range(300)), "every decoded frame, in order"
-    assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(1920, 1080)}
-    labels = {d["label"] for m in results for d in m.header["detections"]}
-    assert {"person", "bicycle"} <= labels, labels
-    for message in results:
-        for detection in message.header["detections"]:
-            x1, y1, x2, y2 = detection["box"]
-            assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
+    _, results = serve_nvdec_clip(start_daemon, free_port, 'backend = "torch"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"')
+    assert {m.header["model"]["backend"] for m in results} == {"torch"}

@@ -14,19 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import gpu_marks
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "assets" / "bench_yolov8m.py"
 
 
-def _gpu_reason() -> str | None:
-    try:
-        from daemon.cuda import cuda_available
-    except Exception as exc:  # pragma: no cover
-        return f"daemon.cuda unavailable: {exc}"
-    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
 
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))]
+pytestmark = gpu_marks()
 
 
 def _torch_backend(model: Path, max_batch: int, streams: int):

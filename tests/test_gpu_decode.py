@@ -10,18 +10,11 @@ import pytest
 
 from daemon.config import DetectionConfig, OnnxRuntimeConfig, PreprocessConfig
 
-from .conftest import asset
+from .conftest import asset, gpu_marks
 
 
-def _gpu_reason() -> str | None:
-    try:
-        from daemon.cuda import cuda_available
-    except Exception as exc:  # pragma: no cover
-        return f"daemon.cuda unavailable: {exc}"
-    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
 
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))]
+pytestmark = gpu_marks()
 
 OBJECTNESS, ANCHORS_LAST = "yolo_objectness", "yolo_anchors_last"
 

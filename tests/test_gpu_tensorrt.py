@@ -13,23 +13,15 @@ import importlib.util
 import logging
 import socket
 
-import cv2
 import numpy as np
 import pytest
 
 from daemon.bench.compare import iou
 from daemon.config import DetectionConfig, EngineConfig, ModelConfig, OnnxRuntimeConfig, PreprocessConfig, TensorRTConfig
 
-from .conftest import asset
+from .conftest import asset, bikes_frames, gpu_marks
 from .doubles.gpu_tensorrt import WARNING_LINE, shim_environment
 
-
-def _gpu_reason() -> str | None:
-    try:
-        from daemon.cuda import cuda_available
-    except Exception as exc:  # pragma: no cover
-        return f"daemon.cuda unavailable: {exc}"
-    return None if cuda_available() else "no NVIDIA GPU (or no cuda-python) on this machine"
 
 
 def _torch_reason() -> str | None:
@@ -40,26 +32,13 @@ def _torch_reason() -> str | None:
 
 
 pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason())),
+    *gpu_marks(),
     pytest.mark.skipif(_torch_reason() is not None, reason=str(_torch_reason())),
 ]
 
 MODEL = "models/yolov3_tiny_416.onnx"
 SCORE_THRESHOLD = 0.3  # DetectionConfig's default, which detector_config keeps
 NMS_IOU = 0.45
-
-
-def bikes_frames(indices=(0, 60, 120, 200)) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
-    frames, index = [], 0
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            return frames
-        if index in indices:
-            frames.append(image)
-        index += 1
 
 
 def _pipeline():
@@ -195,34 +174,12 @@ def test_the_daemon_serves_bikes_with_tensorrt_on_the_gpu_double_as_the_torch_ba
 def test_the_daemon_serves_an_nvdec_source_with_tensorrt_on_the_gpu_double(start_daemon, free_port):
     """NVDEC frames in device memory, the NV12 kernel into the engine's input buffer, the double's
     execute_async_v3 reading it there."""
-    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
-    from daemon.client import ResultSubscriber
+    from .conftest import serve_nvdec_clip
 
-    from .conftest import REPO, all_ended, collect, detector_config
-
-    clip = REPO / ".cache" / "bikes_1080p30.mp4"
-    if not clip.is_file():
-        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
-    config = detector_config(
-        f'[[sources]]\nid = "nvdec"\nuri = "{clip}"\ndecoder = "nvdec"\n',
-        free_port,
-        engine='backend = "tensorrt"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"\non_missing_engine = "wait"',
-    )
-    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
-        daemon = start_daemon(config, env=shim_environment())
-        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
-        assert daemon.wait(60) == 0, daemon.stderr
+    engine = 'backend = "tensorrt"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"\non_missing_engine = "wait"'
+    daemon, results = serve_nvdec_clip(start_daemon, free_port, engine, env=shim_environment())
     assert WARNING_LINE in daemon.stderr
-    results = [m for m in messages if m.type == "result"]
-    assert [m.header["frame"]["index"] for m in results] == list(range(300)), "every decoded frame, in order"
     assert {m.header["model"]["backend"] for m in results} == {"tensorrt"}
-    assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(1920, 1080)}
-    labels = {d["label"] for m in results for d in m.header["detections"]}
-    assert {"person", "bicycle"} <= labels, labels
-    for message in results:
-        for detection in message.header["detections"]:
-            x1, y1, x2, y2 = detection["box"]
-            assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
 
 
 # -- the adapter on the double, in process ---------------------------------------------------------------
