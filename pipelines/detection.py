@@ -136,11 +136,14 @@ def decode_batch(output: np.ndarray, layout: str, score_threshold: float) -> Can
 
 
 def decode_device_candidates(output: np.ndarray, score_threshold: float) -> Candidates:
-    """Rows ``x1, y1, x2, y2, score, class`` written by :meth:`DetectionPipeline.device_decode`."""
-    image, index = np.nonzero(output[..., 4] > score_threshold)
-    rows = output[image, index]
-    return Candidates(image, rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64))
-
+    """Rows ``x1, y1, x2, y2, score, class`` written by :meth:`DetectionPipeline.device_decode`. The batch
+    is searched as one flat list of rows (one ``flatnonzero`` and one take, image = row // candidates):
+    this runs once per batch on the completer thread, and 2-D fancy indexing cost several times more."""
+    candidates = output.shape[1]
+    flat = output.reshape(-1, output.shape[-1])
+    hits = np.flatnonzero(flat[:, 4] > score_threshold)
+    rows = flat[hits]
+    return Candidates(hits // max(candidates, 1), rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64))
 
 class DetectionPipeline:
     kind = "detection"
@@ -250,28 +253,30 @@ class DetectionPipeline:
             found = decode_device_candidates(output, options.score_threshold)
         else:
             found = decode_batch(output, self.layout, options.score_threshold)
+        if len(found.image) == 0:
+            return [{"detections": []} for _ in metas]
         groups = found.image if options.class_agnostic_nms else found.image * (int(found.classes.max(initial=0)) + 1) + found.classes
         keep = batched_nms(found.boxes, found.scores, groups, options.score_threshold, options.iou_threshold)
         keep = keep[np.argsort(found.image[keep], kind="stable")]  # by image, best first within each
         image = found.image[keep]
-        starts = np.searchsorted(image, np.arange(len(metas) + 1))
-        rank = np.arange(len(keep)) - starts[image]
-        keep, image = keep[rank < options.max_detections], image[rank < options.max_detections]
-        starts = np.searchsorted(image, np.arange(len(metas) + 1))
+        bounds = np.arange(len(metas) + 1)
+        starts = np.searchsorted(image, bounds)
+        if len(keep) > options.max_detections:  # otherwise no image can have more than max_detections
+            rank = np.arange(len(keep)) - starts[image]
+            keep, image = keep[rank < options.max_detections], image[rank < options.max_detections]
+            starts = np.searchsorted(image, bounds)
         # Back to source pixels, all boxes at once, each with its own frame's letterbox.
         inverse = np.array([meta.inverse for meta in metas], np.float64).reshape(-1, 5)[image]
         boxes = np.round(boxes_to_source(found.boxes[keep], inverse), 1).tolist()
         scores = np.round(found.scores[keep].astype(np.float64), 4).tolist()
-        classes = found.classes[keep].tolist()
+        return self._results(found.classes[keep].tolist(), scores, boxes, starts.tolist())
+
+    def _results(self, classes: list[int], scores: list[float], boxes: list[list[float]], starts: list[int]) -> list[dict[str, Any]]:
+        """The result fields of each row: every detection dictionary built in one pass over the batch's
+        detections (rows ``starts[r]:starts[r + 1]``), then sliced per row; no per-row numpy indexing."""
         labels, count = self.labels, len(self.labels)
-        results = []
-        for row in range(len(metas)):
-            results.append(
-                {
-                    "detections": [
-                        {"label": labels[c] if c < count else f"class_{c}", "class_id": c, "score": scores[i], "box": boxes[i]}
-                        for i, c in zip(range(starts[row], starts[row + 1]), classes[starts[row] : starts[row + 1]])
-                    ]
-                }
-            )
-        return results
+        detections = [
+            {"label": labels[c] if c < count else f"class_{c}", "class_id": c, "score": score, "box": box}
+            for c, score, box in zip(classes, scores, boxes)
+        ]
+        return [{"detections": detections[starts[row] : starts[row + 1]]} for row in range(len(starts) - 1)]

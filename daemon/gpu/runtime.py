@@ -39,7 +39,7 @@ from ..entities import DeviceFrame
 from ..errors import BackendError
 from ..pinned import PinnedImage
 
-__all__ = ["ExecutorInfo", "Executor", "SlotExecution", "CapturedBatch", "DeviceRuntime", "graph_batch_sizes"]
+__all__ = ["ExecutorInfo", "Executor", "SlotExecution", "CapturedBatch", "DeviceRuntime", "graph_batch_sizes", "stage_frame"]
 
 log = logging.getLogger("trtstream.gpu.runtime")
 
@@ -291,27 +291,7 @@ class DeviceRuntime:
         state: _SlotState = slot.state
         if state.staging_host is None:
             raise BackendError("a warm-up slot stages no frames")
-        if row == 0:
-            state.rows, state.used, state.host_end = 0, self._table_bytes, self._table_bytes
-            state.pinned_copies.clear()
-        if row != state.rows:
-            raise BackendError(f"rows must be staged in order (got {row}, expected {state.rows})")
-        meta, geometry = pipeline.plan(image.shape)
-        if isinstance(image, DeviceFrame):  # NVDEC: the kernel reads the frame where it was decoded
-            state.table[row] = self._job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
-        else:
-            offset = state.used
-            if offset + image.nbytes > state.staging_host.nbytes or image.nbytes > self._frame_bytes:
-                raise BackendError(f"frame of {image.shape[1]}x{image.shape[0]} does not fit the GPU staging area; raise engine.max_frame_size")
-            if isinstance(image, PinnedImage) and image.flags.c_contiguous:  # decoded into pinned memory: no CPU copy
-                state.pinned_copies.append((offset, image))
-            else:
-                np.copyto(state.staging_host[offset : offset + image.nbytes].reshape(image.shape), image)  # releases the GIL
-                state.host_end = offset + image.nbytes
-            state.table[row] = self._job.bgr(state.staging_device.ptr + offset, image.shape[1], image.shape[0], image.shape[1] * 3, geometry)
-            state.used = offset + _align(image.nbytes)
-        state.rows = row + 1
-        return meta
+        return stage_frame(state, row, image, pipeline, self._job, self._table_bytes, self._frame_bytes)
 
     # -- inference --------------------------------------------------------------------------------------
     def submit(self, slot: Slot, batch_size: int) -> None:
@@ -415,6 +395,58 @@ class DeviceRuntime:
         self._streams.clear()
         if errors:
             log.warning("closing the %s backend: %s", self.info.name, "; ".join(str(e) for e in errors))
+
+
+def stage_frame(state: _SlotState, row: int, image: Any, pipeline: Any, job: type, table_bytes: int, frame_bytes: int) -> Any:
+    """The host side of staging one frame for GPU preprocessing (no CUDA call): its row of the job table,
+    and either a pinned frame noted for its own copy or a copy into the staging area. Shared by
+    :meth:`DeviceRuntime.stage` and the host-path benchmark (``daemon.bench.host``), which measures this
+    work without a GPU. ``state``: the slot's staging fields (``staging_host``, ``staging_device.ptr``,
+    ``table``, ``rows``, ``used``, ``host_end``, ``pinned_copies``); returns the pipeline's metadata.
+    This runs per frame on the batcher thread, which shares the GIL with the rest of the host path:
+    host frames take the ndarray branch first (no ABC check) and their job row is copied from a
+    per-geometry template (:func:`_bgr_template`) instead of being built field by field."""
+    if row == 0:
+        state.rows, state.used, state.host_end = 0, table_bytes, table_bytes
+        state.pinned_copies.clear()
+    if row != state.rows:
+        raise BackendError(f"rows must be staged in order (got {row}, expected {state.rows})")
+    shape = image.shape
+    meta, geometry = pipeline.plan(shape)
+    if not isinstance(image, np.ndarray) and isinstance(image, DeviceFrame):  # NVDEC: read where it was decoded
+        state.table[row] = job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
+    else:
+        offset, nbytes = state.used, image.nbytes
+        if offset + nbytes > state.staging_host.nbytes or nbytes > frame_bytes:
+            raise BackendError(f"frame of {shape[1]}x{shape[0]} does not fit the GPU staging area; raise engine.max_frame_size")
+        if isinstance(image, PinnedImage) and image.flags.c_contiguous:  # decoded into pinned memory: no CPU copy
+            state.pinned_copies.append((offset, image))
+        else:
+            np.copyto(state.staging_host[offset : offset + nbytes].reshape(shape), image)  # releases the GIL
+            state.host_end = offset + nbytes
+        table = state.table
+        table[row] = _bgr_template(job, shape[1], shape[0], geometry)
+        table[row].src = state.staging_device.ptr + offset
+        state.used = offset + _align(nbytes)
+    state.rows = row + 1
+    return meta
+
+
+_templates: dict[tuple[int, int, int, type], tuple[Any, Any]] = {}  # (id(geometry), w, h, Job) -> (geometry, row)
+
+
+def _bgr_template(job: type, width: int, height: int, geometry: Any) -> Any:
+    """The job row of a ``width`` x ``height`` BGR frame with ``geometry``, its source address left 0
+    (a camera keeps its size, and ``pipeline.plan`` its geometry object, so this is a dictionary hit).
+    Keyed by the geometry's identity: the entry holds the geometry, so no other live object can have its
+    id, and an entry whose geometry is another object is rebuilt."""
+    key = (id(geometry), width, height, job)
+    entry = _templates.get(key)
+    if entry is None or entry[0] is not geometry:
+        if len(_templates) >= 256:
+            _templates.clear()
+        entry = _templates[key] = (geometry, job.bgr(0, width, height, width * 3, geometry))
+    return entry[1]
 
 
 def _attempt(action: Any, errors: list[Exception]) -> None:
