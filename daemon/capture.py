@@ -64,7 +64,14 @@ class OpenCVProducer:
     """A ``cv2.VideoCapture`` for files, network streams, USB cameras and GStreamer pipelines.
 
     ``pinned_frames`` > 0 (GPU preprocessing): frames are decoded straight into a pool of that many pinned
-    buffers (:mod:`daemon.pinned`), created at the first frame's size and again if the size changes."""
+    buffers (:mod:`daemon.pinned`), created at the first frame's size and again if the size changes: a
+    frame of another size is never forced into a buffer of the old one (OpenCV allocates it in ordinary
+    memory, and the pool is re-made at the new size). ``width``/``height`` follow the last frame.
+
+    Known limit: OpenCV's FFmpeg backend (opencv-python 5.0) converts every decoded picture to the
+    stream's *initial* size, so a file or stream whose resolution changes mid-stream (joined clips, a
+    reconfigured camera) arrives here already rescaled, and nothing in its API reports the real size.
+    Image sequences (CAP_IMAGES) and NVDEC deliver each frame at its own size."""
 
     def __init__(self, capture: cv2.VideoCapture, kind: SourceKind, pinned_frames: int = 0):
         self._capture = capture
@@ -89,6 +96,7 @@ class OpenCVProducer:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
         if self._pinned_frames and (self._pool is None or self._pool.shape != image.shape) and image.ndim == 3:
             self._new_pool(image.shape)
+        self.height, self.width = image.shape[:2]
         pts = file_pts_ms(self._capture.get(cv2.CAP_PROP_POS_MSEC)) if self._kind is SourceKind.FILE else None
         return image, pts
 

@@ -70,10 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     faulthandler.enable()  # a watchdog SIGABRT dumps every thread's stack to the journal
+    from .limits import raise_nofile_limit
     from .service import Daemon
 
     config, origin = _load(args.config)
     configure_logging(config.logging, args.log_level)
+    _log_start_up(raise_nofile_limit(), config)
     daemon = Daemon(config, Path(origin))
     early_signals.hand_over(daemon, origin)
     log.info("starting with %s", origin)
@@ -85,6 +87,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def _log_start_up(nofile: tuple[int, int, int], config: Config) -> None:
+    """The open-file limit (debug) and, once, each plaintext publisher endpoint that the config opted
+    into exposing beyond loopback (``publisher.allow_plaintext_remote``)."""
+    before, soft, hard = nofile
+    if soft != before:
+        log.debug("open files: soft limit raised from %d to %d (hard %d)", before, soft, hard)
+    else:
+        log.debug("open files: soft limit %d (hard %d)", soft, hard)
+    exposed = config.publisher.plaintext_remote_endpoints(config.security.curve.enabled)
+    if exposed:
+        log.warning(
+            "publisher: %s unencrypted and unauthenticated beyond loopback (publisher.allow_plaintext_remote = true); "
+            "anyone who can reach it reads every result: enable [security.curve] to encrypt",
+            ", ".join(exposed),
+        )
 
 
 def _format_message(message, show_heartbeats: bool) -> str | None:

@@ -12,6 +12,7 @@ Relative paths are resolved against the config file's directory, so a config wor
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import ConfigError
-from .netaddr import check_host, check_port, split_tcp_endpoint
+from .netaddr import check_host, check_port, is_loopback_endpoint, split_tcp_endpoint
 from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
-from .redact import mask_url
+from .redact import mask_text, mask_url
 from .tomlcompat import tomllib
 
 __all__ = [
@@ -168,7 +170,7 @@ class SourceConfig(StrictModel):
     @model_validator(mode="after")
     def _resolve_relative_file(self, info: ValidationInfo) -> "SourceConfig":
         if self.resolved_kind is SourceKind.FILE:
-            self.uri = str(_resolve(Path(self.uri).expanduser(), info))
+            self.uri = _resolve_file_uri(self.uri, info)
         elif self.resolved_kind is SourceKind.SYNTHETIC:
             parse_synthetic_uri(self.uri)
         if (self.loop or self.pace) and self.resolved_kind is not SourceKind.FILE:
@@ -441,6 +443,15 @@ class PublisherConfig(StrictModel):
         0, ge=0, le=1000, description="Start reading sources only once this many subscriptions arrived (batch jobs, tests)."
     )
     wait_for_subscribers_timeout_s: float = Field(30.0, gt=0, le=3600, description="Start anyway after this long.")
+    allow_plaintext_remote: bool = Field(
+        False, description="Allow tcp endpoints beyond loopback without [security.curve] (results readable by anyone on the network)."
+    )
+
+    def plaintext_remote_endpoints(self, curve_enabled: bool) -> list[str]:
+        """The tcp endpoints that publish unencrypted beyond loopback (none with CURVE on)."""
+        if curve_enabled:
+            return []
+        return [endpoint for endpoint in self.endpoints if not is_loopback_endpoint(endpoint)]
 
     @field_validator("endpoints")
     @classmethod
@@ -478,6 +489,31 @@ class Config(StrictModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
+    def _no_silent_plaintext_remote(self) -> "Config":
+        """Results in clear on every interface must be a decision, not a typo (``tcp://*:5560``): a tcp
+        endpoint beyond loopback needs CURVE or ``publisher.allow_plaintext_remote = true``. Metrics and
+        control refuse the same without ``allow_remote``. Reported on the endpoint's own key."""
+        if self.publisher.allow_plaintext_remote:
+            return self
+        exposed = set(self.publisher.plaintext_remote_endpoints(self.security.curve.enabled))
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "plaintext_remote",
+                    "refusing to publish unencrypted results beyond loopback: use 127.0.0.1 or ::1 (or ipc://), "
+                    "enable [security.curve], or allow it explicitly (publisher.allow_plaintext_remote = true)",
+                ),
+                loc=("publisher", "endpoints", index),
+                input=endpoint,
+            )
+            for index, endpoint in enumerate(self.publisher.endpoints)
+            if endpoint in exposed
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    @model_validator(mode="after")
     def _watchdog_sees_heartbeats(self) -> "Config":
         if self.watchdog.stall_s <= 2 * self.publisher.heartbeat_interval_s:
             raise ValueError("watchdog.stall_s must be more than twice publisher.heartbeat_interval_s")
@@ -501,6 +537,21 @@ class Config(StrictModel):
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
+
+
+def _resolve_file_uri(uri: str, info: ValidationInfo) -> str:
+    """A file source's path, relative ones against the config file's directory. A path that contains
+    ``://`` (a URL given with ``kind = "file"``, or a path that ends in one) is joined as text, not
+    through ``Path``, which would collapse ``rtsp://admin:pw@cam`` to ``rtsp:/admin:pw@cam``: the ``//``
+    is what lets ``mask_url`` find the password wherever the path is shown, and the OS reads ``a//b``
+    as ``a/b``, so it names the same file."""
+    if "://" not in uri:
+        return str(_resolve(Path(uri).expanduser(), info))
+    path = os.path.expanduser(uri)
+    base = (info.context or {}).get("base_dir")
+    if os.path.isabs(path) or base is None:
+        return path
+    return os.path.join(str(Path(base).resolve()), path)
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -530,7 +581,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = message.removeprefix("Value error, ")
     value = error.get("input")
     if isinstance(value, (str, int, float, bool)) and kind not in ("value_error",):
-        message += f" (got {value!r})"
+        message += f" (got {mask_text(repr(value))})"
     return message
 
 

@@ -11,6 +11,18 @@ The server thread creates and owns its socket (pyzmq sockets are not thread-safe
 timeout, so ``stop()`` returns promptly. Requests and replies are small JSON objects; every request gets
 exactly one reply (REP's strict send/receive alternation), errors included, so one bad client cannot
 wedge the socket. Replies: ``{"ok": true, "cmd": ..., "result": ...}`` or ``{"ok": false, "error": ...}``.
+
+Hostile input: a request over ``MAX_REQUEST_BYTES`` is dropped by libzmq (``ZMQ_MAXMSGSIZE``: the peer
+is disconnected); one that cannot be parsed (not JSON, nested too deeply, a number Python refuses to
+convert) gets an error reply; anything else going wrong while answering gets an error reply too, and a
+socket that breaks is re-created. The thread ends only when ``stop()`` is called.
+
+The socket's directory must be private: a real directory (not a symlink), owned by this user or root,
+not writable by group or others. The daemon refuses any other (one line naming it) rather than bind
+where someone else could replace its socket; a directory it creates under a world-writable parent such
+as /tmp is made 0700, elsewhere 0750. ``query`` applies the same rule before it connects, except that a
+directory owned by another user is accepted where only that user or root could have created it (the
+group members' case: /run/trtstream, owner trtstream, mode 0750).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import json
 import logging
 import os
 import socket as pysocket
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -162,7 +175,7 @@ class ControlServer:
     def _bind(self) -> zmq.Socket:
         path = ipc_path(self.endpoint)
         if path is not None:
-            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _prepare_socket_dir(path.parent)
             _refuse_if_in_use(path)
         sock = self._context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
@@ -182,8 +195,8 @@ class ControlServer:
     def _run(self) -> None:
         try:
             sock = self._bind()
-        except UserError as exc:
-            self._start_error = exc
+        except Exception as exc:  # noqa: BLE001 - UserError from bind; a ZMQError from socket() (EMFILE) too
+            self._start_error = exc if isinstance(exc, UserError) else UserError(f"control: cannot open {self.endpoint}: {exc}")
             self._started.set()
             return
         log.info("control socket on %s (mode %04o)", self.endpoint, self._mode)
@@ -192,18 +205,33 @@ class ControlServer:
             while not self._stop.is_set():
                 try:
                     self._serve(sock)
-                except zmq.ZMQError as exc:
+                except Exception as exc:  # noqa: BLE001 - the control thread must outlive any one failure
                     # REP must alternate recv/send; after a failed send it can only be replaced
-                    log.warning("control socket error (%s); re-creating it", exc)
+                    log.warning("control socket error (%s: %s); re-creating it", type(exc).__name__, exc)
                     sock.close(linger=0)
-                    sock = self._bind()
-        except Exception:
-            log.exception("control socket thread crashed")
+                    sock = None
+                    sock = self._rebind()
+                    if sock is None:
+                        return  # stopped meanwhile; the socket file is no longer ours to remove
         finally:
-            sock.close(linger=0)
-            path = ipc_path(self.endpoint)
-            if path is not None:
-                path.unlink(missing_ok=True)
+            if sock is not None:
+                sock.close(linger=0)
+                path = ipc_path(self.endpoint)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+
+    def _rebind(self) -> zmq.Socket | None:
+        """Bind again after the socket broke, retrying every second until it works or ``stop()``."""
+        while True:
+            try:
+                sock = self._bind()
+            except Exception as exc:  # noqa: BLE001 - UserError from bind, ZMQError (e.g. EMFILE) from socket()
+                log.error("control: %s; retrying", str(exc).removeprefix("control: "))
+            else:
+                log.info("control socket on %s again", self.endpoint)
+                return sock
+            if self._stop.wait(1.0):
+                return None
 
     def _serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -211,8 +239,16 @@ class ControlServer:
         while not self._stop.is_set():
             if not poller.poll(self._poll_ms):
                 continue
-            reply = self.handle(sock.recv_multipart())
-            sock.send(json.dumps(reply, default=str).encode("utf-8"))
+            parts = sock.recv_multipart()
+            sock.send(self.reply_bytes(parts))
+
+    def reply_bytes(self, parts: list[bytes]) -> bytes:
+        """The encoded reply to one request; never raises, so REP's next send always happens."""
+        try:
+            return json.dumps(self.handle(parts), default=str).encode("utf-8")
+        except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be encoded
+            log.warning("control: cannot answer a request: %s: %s", type(exc).__name__, exc)
+            return json.dumps(_error(f"internal error: {type(exc).__name__}")).encode("utf-8")
 
     def handle(self, parts: list[bytes]) -> dict[str, Any]:
         """One request (the message parts as received) to its reply; never raises."""
@@ -222,6 +258,10 @@ class ControlServer:
             request = json.loads(parts[0])
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return _error(f"request is not JSON: {exc}")
+        except RecursionError:
+            return _error("request is nested too deeply")
+        except ValueError:  # valid JSON Python will not convert, e.g. an integer of more than 4300 digits
+            return _error("request holds a value that cannot be converted (a number too long?)")
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error('request must be an object with a "cmd" string, e.g. {"cmd": "status"}')
         cmd = request["cmd"]
@@ -269,6 +309,50 @@ def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
     raise UserError(f"control.endpoint: {endpoint!r} must be ipc:///path or tcp://127.0.0.1:PORT")
 
 
+def _writable_by_others(mode: int) -> bool:
+    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _prepare_socket_dir(directory: Path) -> None:
+    """Create the socket's directory if needed (0700 under a world-writable parent such as /tmp, else
+    0750 so the daemon's group can reach the socket) and check it is private (see the module doc);
+    UserError naming it otherwise. A directory someone else made first fails the check, whoever won
+    the race to create it."""
+    parent = directory.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        shared_parent = _writable_by_others(parent.stat().st_mode)
+        directory.mkdir(mode=0o700 if shared_parent else 0o750, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a symlink: the check below names it
+    except OSError as exc:
+        raise UserError(f"control: cannot create {directory}: {exc.strerror}") from None
+    try:
+        problem = _socket_dir_problem(directory, strict_owner=True)
+    except OSError as exc:
+        raise UserError(f"control: cannot use {directory}: {exc.strerror}") from None
+    if problem is not None:
+        raise UserError(f"control: refusing {directory}: {problem}")
+
+
+def _socket_dir_problem(directory: Path, *, strict_owner: bool) -> str | None:
+    """Why ``directory`` cannot be trusted to hold a control socket, or None. ``strict_owner`` (the
+    daemon): only this user or root may own it. Otherwise (a client) another owner is accepted unless
+    the parent is writable by others, i.e. unless anyone could have created the directory."""
+    st = os.lstat(directory)  # OSError for the caller to word
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link (someone could point it elsewhere); remove it"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    mode = stat.S_IMODE(st.st_mode)
+    if _writable_by_others(mode):
+        return f"it is writable by group or others (mode {mode:04o}), so they could replace the socket; chmod 750 it"
+    if st.st_uid not in (os.geteuid(), 0):
+        if strict_owner or _writable_by_others(os.stat(directory.parent).st_mode):
+            return f"it belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}); someone else may have planted it: remove it"
+    return None
+
+
 def _refuse_if_in_use(path: Path) -> None:
     """libzmq replaces an existing ipc socket file on bind; if another daemon still listens there it
     would silently lose its control socket. A stale file (nobody listening) is fine to replace."""
@@ -291,10 +375,7 @@ def query(endpoint: str, request: Mapping[str, Any], timeout: float = 2.0, *, co
     reported at once with a one-line :class:`ControlUnavailable` instead of waiting for the timeout."""
     path = ipc_path(endpoint)
     if path is not None:
-        if not path.exists():
-            raise ControlUnavailable(f"trtstream is not running: no control socket at {path}")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise ControlUnavailable(f"cannot use {path}: permission denied (run as root or join the daemon's group)")
+        _check_socket_path(path)
     context = context or zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -317,6 +398,26 @@ def query(endpoint: str, request: Mapping[str, Any], timeout: float = 2.0, *, co
     if not isinstance(reply, dict):
         raise ControlUnavailable(f"{endpoint} answered {type(reply).__name__}, not an object")
     return reply
+
+
+def _check_socket_path(path: Path) -> None:
+    """Before connecting to an ipc control socket: it exists, this user may use it, and its directory is
+    one the daemon would have bound in (see the module doc). Every failure is one ControlUnavailable line."""
+    denied = "permission denied (run as root or join the daemon's group)"
+    try:
+        problem = _socket_dir_problem(path.parent, strict_owner=False)
+        if problem is None:
+            os.stat(path)
+    except FileNotFoundError:
+        raise ControlUnavailable(f"trtstream is not running: no control socket at {path}") from None
+    except PermissionError:
+        raise ControlUnavailable(f"cannot use {path}: {denied}") from None
+    except OSError as exc:
+        raise ControlUnavailable(f"cannot use {path}: {exc.strerror or exc}") from None
+    if problem is not None:
+        raise ControlUnavailable(f"not using {path}: {path.parent}: {problem}")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ControlUnavailable(f"cannot use {path}: {denied}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -21,11 +21,12 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "thread": record.threadName,
-            "message": record.getMessage(),
+            "message": mask_text(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return mask_text(json.dumps(entry, ensure_ascii=False))
+            entry["exception"] = mask_text(self.formatException(record.exc_info))
+        # Each value is masked before it is encoded: masking the encoded line could cut into its quoting.
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def configure_logging(config: LoggingConfig | None = None, level: str | None = None) -> None:

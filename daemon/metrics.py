@@ -10,18 +10,27 @@ Everything lives in a dedicated ``CollectorRegistry``: the global registry would
 the process imports, and two daemons in one test process would collide. The HTTP endpoint binds to
 loopback unless remote access is allowed explicitly. A collector error is logged and counted; it never
 turns a scrape into an HTTP 500 and never reaches the pipeline.
+
+The HTTP server is prometheus_client's WSGI app on our own thread-per-connection server, because
+``start_http_server`` waits for a request forever: half-sent requests held a thread and a descriptor
+each until the process ran out of descriptors (issue 11). Here a connection must deliver its request
+line and headers within ``request_timeout_s`` (and no single read or write may stall that long), and at
+most ``max_connections`` are served at once; one more is closed at once.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,6 +49,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.
 # daemon.sources.SourceState's values; every one is exported (0 or 1) so "== 1" alerts work per state.
 SOURCE_STATES = ("starting", "connecting", "running", "backoff", "ended", "failed", "stopped")
 STAGES = ("capture_to_preprocess", "preprocess_to_infer", "infer_to_publish", "capture_to_publish")
+REQUEST_TIMEOUT_S = 5.0  # a scrape's request is a few hundred bytes: Prometheus sends it at once
+MAX_CONNECTIONS = 32  # Prometheus scrapes one at a time; a few humans with curl on top
 
 
 class GpuMemory(NamedTuple):
@@ -191,8 +202,72 @@ class StatsCollector(Collector):
         return result
 
 
+class _Handler(WSGIRequestHandler):
+    """One connection: the request must arrive within ``deadline_s``; each read and write may stall at
+    most ``timeout`` seconds (StreamRequestHandler applies it to the socket); nothing is logged."""
+
+    deadline_s = REQUEST_TIMEOUT_S
+    timeout = REQUEST_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(self.deadline_s, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        try:  # wakes the handler's blocked read with EOF; it then ends and closes the connection
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # request line and headers are in: the deadline has done its job
+        self._deadline.cancel()
+        return parsed
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:  # the peer or the deadline closed it first
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """Thread per connection, at most ``slots`` at once: one more is closed without a thread."""
+
+    daemon_threads = True
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics: connection from %s ended with an error", client_address, exc_info=True)
+
+
 class Metrics:
     """The daemon's registry, its HTTP endpoint and the latency histograms the publisher feeds."""
+
+    request_timeout_s = REQUEST_TIMEOUT_S
+    max_connections = MAX_CONNECTIONS
 
     def __init__(self, inputs: MetricsInputs, *, process_metrics: bool = True, clock: Callable[[], float] = time.monotonic):
         self.registry = CollectorRegistry(auto_describe=False)
@@ -233,12 +308,20 @@ class Metrics:
         """Serve ``/metrics`` on its own thread; returns the bound port (``port=0`` picks a free one)."""
         check_listen_host(address, "metrics.address", allow_remote=allow_remote)
         try:
-            self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
+            self._server = self._make_server(address, port)
         except OSError as exc:
             raise UserError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
         self.port = self._server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", address if ":" not in address else f"[{address}]", self.port)
         return self.port
+
+    def _make_server(self, address: str, port: int) -> _Server:
+        family, _, _, _, sockaddr = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        handler = type("Handler", (_Handler,), {"deadline_s": self.request_timeout_s, "timeout": self.request_timeout_s})
+        server_class = type("Server", (_Server,), {"address_family": family, "slots": threading.BoundedSemaphore(self.max_connections)})
+        return make_server(sockaddr[0], port, make_wsgi_app(self.registry), server_class, handler_class=handler)
 
     def stop(self) -> None:
         if self._server is not None:

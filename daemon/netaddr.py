@@ -17,7 +17,7 @@ import re
 
 from .errors import UserError
 
-__all__ = ["is_loopback_host", "check_listen_host", "check_host", "check_port", "split_tcp_endpoint"]
+__all__ = ["is_loopback_host", "is_loopback_endpoint", "check_listen_host", "check_host", "check_port", "split_tcp_endpoint"]
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
@@ -31,6 +31,17 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for a ``tcp://`` endpoint that binds loopback only (``tcp://127.0.0.1:5560``, ``tcp://[::1]:5560``,
+    ``tcp://localhost:5560``). ``*``, ``0.0.0.0``, ``::``, a LAN address, an interface name (``eth0``;
+    ``lo`` included: it is only a name) and any other host name are not: a name is not resolved, and
+    what it resolves to may change. ``ipc://`` and ``inproc://`` never leave the machine: True."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host, _port = split_tcp_endpoint(endpoint)
+    return host != "*" and is_loopback_host(host)
 
 
 def check_listen_host(host: str, what: str, *, allow_remote: bool) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .backends.base import BackendInfo
 from .config import Config, SourceKind
 from .errors import BackendError, ModelConfigError
+from .redact import mask_url
 
 __all__ = ["preflight", "check_sources", "check_model"]
 
@@ -44,7 +45,8 @@ def _file_problem(uri: str) -> str | None:
     path = Path(uri)
     if path.is_file():
         return None
-    return f"not a file but a directory: {path}" if path.is_dir() else f"file not found: {path}"
+    shown = mask_url(uri)  # the string as written, masked: Path() would fold a mistyped "rstp://user:pw@" out of the mask's reach
+    return f"not a file but a directory: {shown}" if path.is_dir() else f"file not found: {shown}"
 
 
 def check_model(config: Config, origin: str) -> list[str]:

@@ -22,6 +22,11 @@ DIR/NAME.key_secret`` or ``ResultSubscriber(curve_server_key=..., curve_client_k
 CURVE options are applied per listener at bind time, so one socket can serve ``ipc://`` plainly
 (file permissions protect it) and ``tcp://`` with CURVE: bind ipc first, then call
 :func:`configure_curve`, then bind tcp (see :func:`bind_endpoints`).
+
+The allow list is read when the authenticator starts and again by :func:`reload_authorized_clients`
+(the daemon calls it on SIGHUP): a key file removed from the directory is refused from the next
+handshake on, one added is admitted. ZeroMQ authenticates a connection once, at its handshake, so a
+client connected before the reload keeps its connection until it reconnects.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -50,6 +57,8 @@ __all__ = [
     "load_public",
     "is_z85_key",
     "start_authenticator",
+    "load_allow_list",
+    "reload_authorized_clients",
     "configure_curve",
     "curve_client",
     "set_curve_client_keys",
@@ -189,20 +198,58 @@ def start_authenticator(
 ) -> ThreadAuthenticator:
     """Start the ZAP handler for ``context`` (one per context) with its client allow list.
 
-    Call ``configure_curve`` on it again to reload the directory (e.g. on SIGHUP); ``stop()`` at exit."""
+    :func:`reload_authorized_clients` re-reads the directory (the daemon does on SIGHUP); ``stop()`` at exit."""
     _require_curve()
     if allow_any == (authorized_clients_dir is not None):
         raise UserError("CURVE: give either a directory of authorised client keys or allow_any, not both or neither")
-    if authorized_clients_dir is not None and not Path(authorized_clients_dir).is_dir():
-        raise UserError(f"CURVE: authorised clients directory {authorized_clients_dir} does not exist")
+    directory = None if allow_any else Path(authorized_clients_dir)
+    if directory is not None:
+        load_allow_list(directory)  # an unusable key file is one line now, not a silently empty allow list
     auth = ThreadAuthenticator(context, log=logging.getLogger("trtstream.auth"))
     try:
         auth.start()
     except zmq.ZMQError as exc:
         raise UserError(f"CURVE: cannot start the authenticator: {exc.strerror} (one per context)") from None
-    location = zmq.auth.CURVE_ALLOW_ANY if allow_any else str(authorized_clients_dir)
-    auth.configure_curve(domain="*", location=location)
+    auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY if directory is None else str(directory))
+    if directory is not None:
+        with _registry_lock:
+            _allow_lists[auth] = directory
     return auth
+
+
+# authenticators started with a directory, for reload_authorized_clients (weak: a stopped and dropped
+# authenticator leaves by itself)
+_allow_lists: "weakref.WeakKeyDictionary[ThreadAuthenticator, Path]" = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def load_allow_list(directory: Path) -> set[bytes]:
+    """The public keys of ``directory/*.key`` (the files pyzmq's authenticator reads); UserError naming
+    the directory or the first file that cannot be used."""
+    directory = Path(directory)
+    try:
+        if not directory.is_dir():
+            raise UserError(f"CURVE: authorised clients directory {directory} does not exist")
+        files = sorted(directory.glob("*.key"))
+    except OSError as exc:
+        raise UserError(f"CURVE: cannot read authorised clients directory {directory}: {exc.strerror or exc}") from None
+    return {load_public(path) for path in files}
+
+
+def reload_authorized_clients() -> list[tuple[Path, int, int, int]]:
+    """Re-read the allow list of every running authenticator of this process that was started with a
+    directory, and apply it to new handshakes. Every directory is read before any is applied: a
+    UserError (an unreadable directory or key file) leaves every allow list as it was. Returns
+    (directory, keys, added, removed) per authenticator."""
+    with _registry_lock:
+        running = [(auth, directory) for auth, directory in _allow_lists.items() if auth.is_alive()]
+    loaded = [(auth, directory, load_allow_list(directory)) for auth, directory in running]
+    report = []
+    for auth, directory, keys in loaded:
+        before = set(auth.certs.get("*", {}))
+        auth.configure_curve(domain="*", location=str(directory))
+        report.append((directory, len(keys), len(keys - before), len(before - keys)))
+    return report
 
 
 def configure_curve(
@@ -296,8 +343,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         if name != SERVER:
             print(f"client {name!r}: {pair.secret} (that subscriber's --client-key only), authorised in {directory / AUTHORIZED_DIR}")
     if kept is not None:
-        # the daemon's authenticator reads the allow list once, when it binds its tcp endpoints
-        print("restart the daemon to admit the new clients")
+        # a running daemon re-reads the allow list on SIGHUP (reload_authorized_clients)
+        print("reload the daemon (systemctl reload trtstream, or SIGHUP) to admit the new clients")
     return 0
 
 

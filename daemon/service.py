@@ -329,6 +329,7 @@ class Daemon:
             return False
         try:
             new = load_checked(self.config_path)
+            new = self._reload_security(self.config, new)
         except UserError as exc:
             message = str(exc).replace("\n", "; ")
             log.error("reload rejected, still running the previous config: %s", message)
@@ -360,6 +361,22 @@ class Daemon:
         self.reload_status.update(count=self.reload_status["count"] + 1, last_error=None, reloaded_at=time.time())
         log.info("reload done")
         return True
+
+    def _reload_security(self, old: Config, new: Config) -> Config:
+        """[security] on reload: the authorised CURVE client keys are re-read and apply from the next
+        handshake on (connections already open stay until they reconnect); any other [security] change
+        waits for a restart, like [publisher]. UserError (nothing applied) when the keys cannot be read."""
+        from .security import reload_authorized_clients
+
+        if new.security != old.security:
+            log.warning("reload: [security] changes take effect at the next restart (the authorised client keys are re-read now)")
+            new = new.model_copy(update={"security": old.security})
+        for directory, count, added, removed in reload_authorized_clients():
+            log.info(
+                "reload: %d authorised client key(s) in %s (%d added, %d removed; connected clients keep their "
+                "connection until they reconnect)", count, directory, added, removed,
+            )
+        return new
 
     def _rebuild_model(self, config: Config) -> None:
         try:

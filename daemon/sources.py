@@ -64,6 +64,7 @@ class SourceReader:
         self._thread = threading.Thread(target=self._run, name=f"capture:{config.id}", daemon=True)
         self._backoff = Backoff(config.reconnect.initial_delay_s, config.reconnect.max_delay_s)
         self._next_index = 0
+        self._frame_size: tuple[int, int] | None = None  # (width, height) of the last frame read
         self._log = log.getChild(config.id)
 
     @property
@@ -141,6 +142,16 @@ class SourceReader:
         self._set_state(SourceState.BACKOFF, f"{why}; retrying in {delay:.1f}s")
         return not self._stop.wait(delay)
 
+    def _note_size(self, image) -> None:
+        """Log once at info when the frame size changes (a camera reconfigured, a file of joined clips).
+        Each frame carries its own size to the pipelines, which letterbox it by that size, and to the
+        message's ``frame.width``/``height``; nothing downstream assumes the first frame's."""
+        size = (int(image.shape[1]), int(image.shape[0]))
+        if size != self._frame_size:
+            if self._frame_size is not None:
+                self._log.info("source %s: frame size changed from %dx%d to %dx%d", self.config.id, *self._frame_size, *size)
+            self._frame_size = size
+
     def _read_frames(self, producer: FrameProducer) -> tuple[str, str | None] | None:
         """Read until the end, an error or stop. None means 'reconnect'; otherwise the end reason."""
         is_file = self.config.resolved_kind is SourceKind.FILE
@@ -166,6 +177,7 @@ class SourceReader:
                 got_any = True
                 self._set_state(SourceState.RUNNING)
                 self._backoff.reset()
+            self._note_size(image)
             if pace_interval is not None:
                 now = time.monotonic()
                 if paced_start is None:

@@ -159,7 +159,7 @@ def test_endpoints_need_a_real_address_and_port(tmp_path, capsys, extra, key, ex
 
 
 def test_valid_endpoints_still_pass(tmp_path, capsys):
-    extra = '[publisher]\nendpoints = ["tcp://*:5560", "tcp://[::1]:5561", "tcp://127.0.0.1:65535", "ipc:///tmp/x.ipc"]'
+    extra = '[publisher]\nendpoints = ["tcp://*:5560", "tcp://[::1]:5561", "tcp://127.0.0.1:65535", "ipc:///tmp/x.ipc"]\nallow_plaintext_remote = true'
     path = write_config(tmp_path, source("synthetic:64x64"), extra=extra)
     code, lines, out = check_config(path, capsys)
     assert (code, lines) == (0, []) and ": ok" in out

@@ -26,6 +26,7 @@ from daemon.security import (
     curve_client,
     generate_keys,
     load_secret,
+    reload_authorized_clients,
 )
 
 from .conftest import REPO
@@ -266,7 +267,7 @@ def test_keys_generate_command(tmp_path, capsys):
     more = keys_parser().parse_args(["keys", "generate", str(tmp_path / "k"), "--client", "recorder"])
     assert more.handler(more) == 0
     out = capsys.readouterr().out
-    assert "(kept, unchanged;" in out and "recorder.key_secret" in out and "restart the daemon" in out
+    assert "(kept, unchanged;" in out and "recorder.key_secret" in out and "reload the daemon (systemctl reload trtstream, or SIGHUP)" in out
 
 
 def test_keys_generate_help_says_what_force_replaces():
@@ -274,3 +275,36 @@ def test_keys_generate_help_says_what_force_replaces():
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert "replace the key pairs of the clients named with --client (DIR/NAME.key, DIR/NAME.key_secret, DIR/authorized_clients/NAME.key) when they exist; never the server key pair" in text
+
+
+def test_reloading_the_allow_list_refuses_a_removed_key_from_the_next_handshake(zmq_env, tmp_path):
+    """Issue 11, finding 5, at the socket level: remove a key file and reload, and a new connection with
+    that key is refused; a connection made before keeps going (ZeroMQ authenticates at the handshake).
+    An unusable key file rejects the reload and leaves the previous allow list in force."""
+    keys = generate_keys(tmp_path / "keys", ["viewer", "recorder"])
+    allowed = tmp_path / "keys" / "authorized_clients"
+    pub = zmq_env.socket(zmq.PUB)
+    zmq_env.auths.append(configure_curve(pub, keys["server"].secret, allowed))
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    server_public = keys["server"].public
+    before = zmq_env.subscriber(endpoint, keys["recorder"].secret, server_public)
+    publish_until_received(pub, before)
+
+    (allowed / "recorder.key").unlink()
+    assert reload_authorized_clients() == [(allowed, 1, 0, 1)]
+    monitors: list[zmq.Socket] = []
+    after = zmq_env.subscriber(endpoint, keys["recorder"].secret, server_public, monitor=monitors)
+    viewer = zmq_env.subscriber(endpoint, keys["viewer"].secret, server_public)
+    assert _saw(monitors[0], zmq.EVENT_HANDSHAKE_FAILED_AUTH, 10.0), "the revoked key was admitted on a new connection"
+    publish_until_received(pub, viewer)
+    pub.send(b"result")
+    assert receive(viewer) == b"result" and receive(before) == b"result"
+    assert after.poll(300) == 0, "the revoked key received a message on a new connection"
+
+    (allowed / "broken.key").write_text("not a certificate\n")
+    (allowed / "recorder.key").write_bytes(keys["recorder"].public.read_bytes())
+    with pytest.raises(UserError, match=r"cannot load CURVE key .*broken\.key"):
+        reload_authorized_clients()
+    again: list[zmq.Socket] = []
+    zmq_env.subscriber(endpoint, keys["recorder"].secret, server_public, monitor=again)
+    assert _saw(again[0], zmq.EVENT_HANDSHAKE_FAILED_AUTH, 10.0), "a rejected reload must leave the previous list"

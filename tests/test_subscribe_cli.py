@@ -327,7 +327,7 @@ def test_keys_generate_client_keeps_the_server_key_and_the_new_client_connects(f
     added = trtstream("keys", "generate", str(directory), "--client", "late")
     assert added.returncode == 0, added.stderr
     assert {p: p.read_bytes() for p in server_files} == server_files, "the server key pair is byte-identical"
-    assert "kept, unchanged" in added.stdout and "restart the daemon" in added.stdout
+    assert "kept, unchanged" in added.stdout and "reload the daemon" in added.stdout
     assert (directory / AUTHORIZED_DIR / "late.key").read_bytes() == (directory / "late.key").read_bytes()
 
     publisher = publish(security=curve_security(directory))

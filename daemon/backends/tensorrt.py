@@ -208,6 +208,9 @@ class TensorRTBuilder:
             "tensorrt_major": self._major,
             "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"],
+            # What a plan and a timing cache are specific to (the cache keys timing caches on it). The model of
+            # GPU, not its UUID: a plan built on one H100 (in an image build, say) serves every H100.
+            "device": {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"]},
             "cuda_runtime": versions["runtime"],
             "cuda_driver": versions["driver"],
             "input_size": list(self._model.input_size) if self._model.input_size else None,

@@ -31,11 +31,14 @@ class ArtifactBuilder(Protocol):
     def fingerprint(self) -> dict[str, Any]:
         """Everything the artifact depends on except the model bytes (the cache adds the model's sha256):
         backend and its exact version, the device (GPU name, compute capability, CUDA runtime and driver
-        versions), and every build option. JSON-serialisable; any change means a rebuild."""
+        versions), and every build option. JSON-serialisable; any change means a rebuild. Its ``device``
+        key names the device the artifact is for (the cache keys timing caches on it: a builder with
+        ``uses_timing_cache`` and no ``device`` gets no timing cache)."""
 
     def build(self, model_path: Path, output_path: Path, timing_cache_path: Path | None, progress: Progress) -> None:
         """Write the artifact to ``output_path`` (a temporary name the cache renames). Raise BackendError
-        naming every problem (all ONNX parser errors, say) if it cannot be built."""
+        naming every problem (all ONNX parser errors, say) if it cannot be built; OSError with its errno
+        (ENOSPC for a full disk) when writing fails, so the cache can take its unwritable-cache path."""
 
     def load(self, artifact_path: Path) -> InferenceBackend:
         """Load the artifact into a ready backend; raise ArtifactInvalid if it cannot be used."""

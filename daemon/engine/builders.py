@@ -7,6 +7,7 @@ same cache as TensorRT plans, so the cache logic runs, and is tested, on every m
 
 from __future__ import annotations
 
+import errno
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ..backends import resolve_backend_name
 from ..backends.base import InferenceBackend
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError
+from ..fsutil import no_space_left
 from .artifact import ArtifactBuilder, ArtifactInvalid, Progress
 
 __all__ = ["OnnxRuntimeBuilder", "create_builder", "cpu_features"]
@@ -33,6 +35,13 @@ def cpu_features() -> list[str]:
             flags.update(line.split(":", 1)[1].split())
             break
     return sorted(flag for flag in wanted if flag in flags)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 1
 
 
 class OnnxRuntimeBuilder:
@@ -67,6 +76,11 @@ class OnnxRuntimeBuilder:
         try:
             ort.InferenceSession(str(model_path), session_options, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            # ONNX Runtime loses the errno of a failed write: a full disk reads "INVALID_PROTOBUF : Protobuf
+            # serialization failed". Ask the filesystem (its partial output still there) whether an artifact
+            # of about the model's size fits; if not, that is why, and the cache takes its no-space path.
+            if no_space_left(output_path.parent, _size(model_path)):
+                raise OSError(errno.ENOSPC, f"no space left on {output_path.parent}", str(output_path.parent)) from None
             raise BackendError(f"{model_path}: ONNX Runtime cannot optimise the model: {str(exc).splitlines()[0]}") from None
         progress(1.0, "optimised")
 

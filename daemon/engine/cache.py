@@ -24,7 +24,17 @@ Guarantees:
 * **Validated by loading.** A hit is only a hit if the builder loads it; a failure (corrupt file,
   TensorRT deserialisation returning None) is logged with its reason and the entry is rebuilt.
 * **Reasons.** A miss logs why: no entry, or how the closest entry's fingerprint differs
-  (``gpu.name: 'A100' -> 'H100'``).
+  (``gpu.name: 'A100' -> 'H100'``). An entry this process cannot read is a miss too (with a warning), never
+  a crash.
+* **Readable by who can reach the cache.** Artifact and sidecar get the same access, inherited from the
+  cache directory (:func:`daemon.fsutil.share_like_directory`): an engine root built is readable by the
+  service user.
+* **Only its own files.** A sidecar whose ``artifact`` is not a plain file name of its own entry
+  (``../x``, ``/etc/x``, another entry's artifact) is ignored with a warning; nothing is ever removed
+  outside the cache directory. Lock files are opened without following symlinks.
+* **Unwritable cache.** Read-only, full (ENOSPC, also when a library only says its write failed), not
+  permitted: the daemon builds into a scratch directory that is removed once the engine is loaded
+  (``built-uncached``); ``engine build`` (``obtain(uncached=False)``) fails with :class:`CacheUnwritable`.
 """
 
 from __future__ import annotations
@@ -46,12 +56,12 @@ from typing import Any, Callable, Iterator
 
 from .. import __version__
 from ..backends.base import InferenceBackend
-from ..errors import BackendError
-from ..fsutil import fsync_dir, write_atomically
+from ..errors import BackendError, UserError
+from ..fsutil import NO_SPACE, describe_write_error, fsync_dir, share_like_directory, user_name, write_atomically
 from .artifact import ArtifactBuilder, ArtifactInvalid, Progress
 from .fingerprint import CACHE_FORMAT, diff_fingerprints, file_sha256, fingerprint_key, model_digest
 
-__all__ = ["EngineCache", "CacheEntry", "Obtained", "Pruned", "EngineLease", "EngineLeases", "default_cache_dir", "CacheMiss"]
+__all__ = ["EngineCache", "CacheEntry", "Obtained", "Pruned", "EngineLease", "EngineLeases", "default_cache_dir", "CacheMiss", "CacheUnwritable"]
 
 log = logging.getLogger("trtstream.engine.cache")
 
@@ -75,6 +85,11 @@ class CacheMiss(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class CacheUnwritable(UserError):
+    """The engine cache cannot be written (read-only, full, not permitted, a symlinked lock file) and the
+    caller wants the engine in the cache, not just built (``trtstream engine build``): one line, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,7 @@ class Obtained:
 class Pruned:
     removed: list[Path] = field(default_factory=list)
     in_use: list[str] = field(default_factory=list)  # entries left alone: a running process has them loaded
+    unchecked: dict[str, str] = field(default_factory=dict)  # entries left alone: whether in use cannot be told (why)
 
 
 class EngineCache:
@@ -175,9 +191,15 @@ class EngineCache:
         return self.directory / f"{name}{suffix}", self.directory / f"{name}.json"
 
     def timing_cache_path(self, builder: ArtifactBuilder) -> Path | None:
+        """One timing cache per backend and device (the builder fingerprint's ``device``). A builder that
+        uses one but names no device gets none: a timing cache shared by every GPU is worse than none."""
         if not builder.uses_timing_cache:
             return None
-        device_key = fingerprint_key({"backend": builder.backend, "device": builder.fingerprint().get("device")})
+        device = builder.fingerprint().get("device")
+        if not device:
+            log.warning("the %s builder's fingerprint names no device; building without a timing cache", builder.backend)
+            return None
+        device_key = fingerprint_key({"backend": builder.backend, "device": device})
         return self.directory / "timing" / f"{builder.backend}-{device_key}.cache"
 
     # -- lookup ----------------------------------------------------------------------------------
@@ -189,11 +211,30 @@ class EngineCache:
 
     def _validate(self, artifact: Path, sidecar: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         """The sidecar if the entry is whole and made for this fingerprint; else CacheMiss with why."""
-        if not sidecar.exists() and not artifact.exists():
-            raise CacheMiss(self._closest_difference(fingerprint, artifact.name))
-        meta = self._read_sidecar(sidecar)
-        if meta is None:
-            raise CacheMiss(f"sidecar {sidecar.name} is missing or unreadable")
+        try:
+            if not sidecar.exists() and not artifact.exists():
+                raise CacheMiss(self._closest_difference(fingerprint, artifact.name))
+            return self._validate_readable(artifact, sidecar, fingerprint)
+        except OSError as exc:  # not permitted (root built it 0600), a directory in its place, an I/O error
+            if isinstance(exc, FileNotFoundError):
+                raise CacheMiss(f"{Path(exc.filename or artifact).name} is missing") from None
+            name = Path(exc.filename or artifact).name
+            reason = f"cannot read {name}: {exc.strerror or exc}"
+            log.warning(
+                "engine cache %s: %s (as user %s); treated as a miss. Make the cache readable by this user "
+                "(see 'The engine cache' in docs/operations.md)", self.directory, reason, user_name(),
+            )
+            raise CacheMiss(reason) from None
+
+    def _validate_readable(self, artifact: Path, sidecar: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        try:
+            meta = json.loads(sidecar.read_bytes())
+        except FileNotFoundError:
+            raise CacheMiss(f"sidecar {sidecar.name} is missing") from None
+        except ValueError:
+            raise CacheMiss(f"sidecar {sidecar.name} is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise CacheMiss(f"sidecar {sidecar.name} is not a JSON object")
         if meta.get("fingerprint") != fingerprint:
             changes = diff_fingerprints(meta.get("fingerprint", {}), fingerprint)
             raise CacheMiss("fingerprint differs: " + "; ".join(changes[:5]))
@@ -239,11 +280,35 @@ class EngineCache:
             os.utime(sidecar)  # last use, for prune
         return Obtained(backend, CacheEntry(name, artifact, sidecar, meta), "hit", time.monotonic() - started, lease)
 
-    # -- in use ----------------------------------------------------------------------------------
-    def _open_use_lock(self, name: str) -> int:
+    # -- lock files ------------------------------------------------------------------------------
+    def _open_lock_file(self, filename: str) -> int:
+        """``locks/<filename>``, created if missing, opened read-only (``flock`` needs no more, so an existing
+        lock file of another user serves too) and never through a symlink: neither ``locks`` nor the file
+        may be one (OSError ELOOP naming it). A file it creates gets the access the directory grants."""
         locks = self.directory / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        return os.open(locks / f"{name}.inuse", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            dir_fd = os.open(locks, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(errno.ELOOP, "is a symbolic link (not followed)", str(locks)) from None
+            raise
+        try:
+            fd = os.open(filename, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "is a symbolic link (not followed)", str(locks / filename)) from None
+            raise
+        finally:
+            os.close(dir_fd)
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_uid == os.geteuid():
+                share_like_directory(fd, locks)
+        return fd
+
+    # -- in use ----------------------------------------------------------------------------------
+    def _open_use_lock(self, name: str) -> int:
+        return self._open_lock_file(f"{name}.inuse")
 
     def lease(self, name: str) -> EngineLease | None:
         """Mark entry ``name`` in use. Waits only while a ``prune`` is removing that very entry. None when
@@ -251,16 +316,21 @@ class EngineCache:
         try:
             fd = self._open_use_lock(name)
         except OSError as exc:
-            log.debug("cannot mark %s in use (%s); serving it unprotected from prune", name, exc.strerror or exc)
+            level = logging.WARNING if exc.errno == errno.ELOOP else logging.DEBUG
+            log.log(level, "cannot mark %s in use (%s); serving it unprotected from prune", name, describe_write_error(exc, self.directory))
             return None
         fcntl.flock(fd, fcntl.LOCK_SH)
         return EngineLease(fd, name)
 
     @contextlib.contextmanager
-    def _unless_in_use(self, name: str) -> Iterator[bool]:
+    def _unless_in_use(self, name: str) -> Iterator[bool | str]:
         """True, holding the entry's use lock exclusively (no process can start using it meanwhile), when
-        no process has ``name`` loaded; False at once when one has."""
-        fd = self._open_use_lock(name)
+        no process has ``name`` loaded; False at once when one has; why, when that cannot be told."""
+        try:
+            fd = self._open_use_lock(name)
+        except OSError as exc:
+            yield describe_write_error(exc, self.directory)
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -274,9 +344,7 @@ class EngineCache:
     # -- build -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
-        locks = self.directory / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{name}.lock", "a+") as handle:
+        with open(self._open_lock_file(f"{name}.lock"), "rb", closefd=True) as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -287,8 +355,10 @@ class EngineCache:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def obtain(self, builder: ArtifactBuilder, model_path: Path, progress: Progress | None = None) -> Obtained:
-        """A loaded backend from the cache, building (under the lock) when there is no valid entry."""
+    def obtain(self, builder: ArtifactBuilder, model_path: Path, progress: Progress | None = None, uncached: bool = True) -> Obtained:
+        """A loaded backend from the cache, building (under the lock) when there is no valid entry. When the
+        cache cannot be written: ``uncached`` (the daemon) builds into a scratch directory and serves;
+        otherwise (``engine build``, whose job is the cache entry) raise CacheUnwritable."""
         progress = progress or (lambda fraction, message: None)
         try:
             return self.load_cached(builder, model_path)
@@ -302,10 +372,10 @@ class EngineCache:
             lock = self._lock(name)
             lock.__enter__()
         except OSError as exc:
-            return self._build_outside_cache(builder, model_path, fingerprint, name, progress, exc)
+            return self._build_outside_cache(builder, model_path, fingerprint, name, progress, exc, uncached)
         lease = self.lease(name)  # from before the build: prune leaves the build's temporary file alone
         try:
-            obtained = self._build_locked(builder, model_path, fingerprint, name, progress, lock, started)
+            obtained = self._build_locked(builder, model_path, fingerprint, name, progress, lock, started, uncached)
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -316,7 +386,7 @@ class EngineCache:
             return obtained
         return Obtained(obtained.backend, obtained.entry, obtained.outcome, obtained.seconds, lease)
 
-    def _build_locked(self, builder, model_path: Path, fingerprint: dict[str, Any], name: str, progress: Progress, lock, started: float) -> Obtained:
+    def _build_locked(self, builder, model_path: Path, fingerprint: dict[str, Any], name: str, progress: Progress, lock, started: float, uncached: bool) -> Obtained:
         """``obtain`` once the entry's build lock is taken (released here, before the new engine loads)."""
         try:
             try:  # somebody may have built it while we waited for the lock
@@ -328,9 +398,9 @@ class EngineCache:
             try:
                 entry = self._build_entry(builder, model_path, fingerprint, name, progress)
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+                if exc.errno not in (*NO_SPACE, errno.EROFS, errno.EACCES, errno.EPERM):
                     raise
-                return self._build_outside_cache(builder, model_path, fingerprint, name, progress, exc)
+                return self._build_outside_cache(builder, model_path, fingerprint, name, progress, exc, uncached)
         finally:
             lock.__exit__(None, None, None)
         try:
@@ -354,6 +424,7 @@ class EngineCache:
             builder.build(model_path, temp, timing, progress)
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
+                share_like_directory(handle.fileno(), self.directory)  # the sidecar's access, not mkstemp's 0600
             meta = {
                 "fingerprint": fingerprint,
                 "artifact": artifact.name,
@@ -366,33 +437,61 @@ class EngineCache:
             }
             os.replace(temp, artifact)
             fsync_dir(self.directory)
-            write_atomically(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
+            try:
+                write_atomically(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode(), mode=None)
+            except BaseException:  # no sidecar, no entry: nothing half-written stays (a full disk, say)
+                with contextlib.suppress(OSError):
+                    artifact.unlink()
+                raise
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
         return CacheEntry(name, artifact, sidecar, meta)
 
-    def _build_outside_cache(self, builder, model_path, fingerprint, name, progress, error: OSError) -> Obtained:
-        """The cache cannot be written (read-only, full): build into a temporary directory and serve."""
-        log.warning("cannot write the engine cache %s (%s); building into a temporary directory", self.directory, error.strerror or error)
-        scratch = EngineCache(Path(tempfile.mkdtemp(prefix="trtstream-engine-")))
+    def _build_outside_cache(self, builder, model_path, fingerprint, name, progress, error: OSError, uncached: bool) -> Obtained:
+        """The cache cannot be written (read-only, full, not permitted): with ``uncached``, build into a
+        scratch directory, load, and remove the directory (a loaded engine lives in memory); else refuse."""
+        why = describe_write_error(error, self.directory)
+        if not uncached:
+            raise CacheUnwritable(f"cannot write the engine cache: {why}")
+        log.warning("cannot write the engine cache: %s; building into a temporary directory, removed once the engine is loaded", why)
         started = time.monotonic()
-        entry = scratch._build_entry(builder, model_path, fingerprint, name, progress)
-        backend = builder.load(entry.artifact)
+        try:
+            with tempfile.TemporaryDirectory(prefix="trtstream-engine-") as scratch:
+                entry = EngineCache(Path(scratch))._build_entry(builder, model_path, fingerprint, name, progress)
+                try:
+                    backend = builder.load(entry.artifact)
+                except ArtifactInvalid as exc:
+                    raise BackendError(f"the engine just built does not load: {exc}") from None
+        except OSError as exc:
+            raise BackendError(f"cannot write the engine cache ({why}), nor a temporary directory: {describe_write_error(exc, Path(tempfile.gettempdir()))}") from None
         return Obtained(backend, entry, "built-uncached", time.monotonic() - started)
 
     # -- maintenance -----------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
-        found = []
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[CacheEntry], set[str]]:
+        """The entries, and the sidecars ignored because the artifact they name is not their own (warned)."""
+        found: list[CacheEntry] = []
+        ignored: set[str] = set()
         if not self.directory.is_dir():
-            return found
+            return found, ignored
         for sidecar in sorted(self.directory.glob("*.json")):
             meta = self._read_sidecar(sidecar)
-            if not meta or "artifact" not in meta:
+            if not isinstance(meta, dict) or "artifact" not in meta:
                 continue
-            found.append(CacheEntry(sidecar.stem, self.directory / meta["artifact"], sidecar, meta))
-        return found
+            artifact = meta["artifact"]
+            if not _own_artifact_name(sidecar, artifact):
+                log.warning(
+                    "engine cache %s: sidecar %s names artifact %r, which is not a file of its own entry in the "
+                    "cache; ignored (nothing is removed for it)", self.directory, sidecar.name, artifact,
+                )
+                ignored.add(sidecar.name)
+                continue
+            found.append(CacheEntry(sidecar.stem, self.directory / artifact, sidecar, meta))
+        return found, ignored
 
     def prune(self, keep: int = 1, older_than_s: float | None = None, dry_run: bool = False) -> Pruned:
         """Remove leftovers of interrupted writes, artifacts without a sidecar, and all but the ``keep``
@@ -400,7 +499,8 @@ class EngineCache:
         a running process has loaded (or is building) is left alone, whatever its age: it is in ``in_use``."""
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (got {keep}): the newest engine is the one the next start loads")
-        doomed = self._stale_entry_files(keep, older_than_s) + self._leftover_files()
+        entries, ignored = self._scan()
+        doomed = self._stale_entry_files(entries, keep, older_than_s) + self._leftover_files(entries, ignored)
         by_entry: dict[str | None, list[Path]] = {}
         for path in doomed:
             match = _ENTRY_OF_FILE.match(path.name)
@@ -411,16 +511,18 @@ class EngineCache:
                 pruned.removed.extend(self._remove(paths, dry_run))
                 continue
             with self._unless_in_use(name) as unused:  # held while removing: no process can start using it
-                if unused:
+                if isinstance(unused, str):
+                    pruned.unchecked[name] = unused
+                elif unused:
                     pruned.removed.extend(self._remove(paths, dry_run))
                 else:
                     pruned.in_use.append(name)
         return pruned
 
-    def _stale_entry_files(self, keep: int, older_than_s: float | None) -> list[Path]:
+    def _stale_entry_files(self, entries: list[CacheEntry], keep: int, older_than_s: float | None) -> list[Path]:
         now = time.time()
         groups: dict[str, list[CacheEntry]] = {}
-        for entry in self.entries():
+        for entry in entries:
             groups.setdefault(entry.name.rsplit("-", 1)[0], []).append(entry)
         doomed: list[Path] = []
         for group in groups.values():
@@ -431,11 +533,12 @@ class EngineCache:
                     doomed += [entry.artifact, entry.sidecar]
         return doomed
 
-    def _leftover_files(self) -> list[Path]:
-        """Temporary files of interrupted writes and artifacts without a sidecar; never anything else."""
+    def _leftover_files(self, entries: list[CacheEntry], ignored: set[str]) -> list[Path]:
+        """Temporary files of interrupted writes and artifacts without a sidecar; never anything else (an
+        ignored sidecar stays, for the operator to look at)."""
         if not self.directory.is_dir():
             return []
-        known = {e.artifact.name for e in self.entries()} | {e.sidecar.name for e in self.entries()}
+        known = {e.artifact.name for e in entries} | {e.sidecar.name for e in entries} | ignored
         found = []
         for path in self.directory.iterdir():
             leftover = path.name.startswith(".") and path.name.endswith(".tmp")
@@ -444,10 +547,35 @@ class EngineCache:
                 found.append(path)
         return found
 
-    @staticmethod
-    def _remove(paths: list[Path], dry_run: bool) -> list[Path]:
-        removed = [path for path in paths if path.exists()]
+    def _remove(self, paths: list[Path], dry_run: bool) -> list[Path]:
+        """Unlink ``paths``, each of which must be a plain file name directly in the cache directory (the
+        last guard: prune never removes anything elsewhere, whatever a sidecar said)."""
+        removed = []
+        for path in paths:
+            if path.parent != self.directory or path.name in ("", ".", ".."):
+                log.warning("engine cache %s: not removing %s, which is not in the cache directory", self.directory, path)
+                continue
+            if os.path.lexists(path):
+                removed.append(path)
         if not dry_run:
             for path in removed:
-                path.unlink()
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # a cache this user may not write: one line, not a traceback
+                    raise CacheUnwritable(f"cannot prune the engine cache: {describe_write_error(exc, self.directory)}") from None
         return removed
+
+
+def _own_artifact_name(sidecar: Path, artifact: Any) -> bool:
+    """``artifact`` is a plain file name of the sidecar's own entry: ``<entry>.<ext>`` beside it."""
+    return (
+        isinstance(artifact, str)
+        and "/" not in artifact
+        and "\x00" not in artifact
+        and artifact.startswith(f"{sidecar.stem}.")
+        and artifact != sidecar.name
+        and _ENTRY_FILE.match(artifact) is not None
+    )
+

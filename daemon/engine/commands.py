@@ -49,7 +49,11 @@ def cmd_build(args: argparse.Namespace, load: ConfigLoader) -> int:
     configure_logging(config.logging)
     builder = create_builder(config.model, config.engine, args.backend)
     started = time.monotonic()
-    obtained = cache.obtain(builder, config.model.path, lambda fraction, message: print(f"  {fraction:4.0%} {message}", flush=True))
+    # uncached=False: its job is the cache entry, so a cache it cannot write is an error (exit 1), not a
+    # build that is thrown away (an image build would pass without an engine).
+    obtained = cache.obtain(
+        builder, config.model.path, lambda fraction, message: print(f"  {fraction:4.0%} {message}", flush=True), uncached=False
+    )
     obtained.backend.close()
     print(f"{obtained.outcome}: {obtained.entry.artifact} ({obtained.entry.size} bytes, {time.monotonic() - started:.1f}s)")
     return 0
@@ -98,6 +102,8 @@ def cmd_prune(args: argparse.Namespace, load: ConfigLoader) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for name in pruned.in_use:
         print(f"kept {name}: in use by a running process")
+    for name, why in pruned.unchecked.items():
+        print(f"kept {name}: cannot tell whether a running process uses it ({why})")
     for path in pruned.removed:
         print(f"{verb} {path}")
     print(f"{verb} {len(pruned.removed)} file(s) from {cache.directory}")
