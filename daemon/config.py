@@ -440,7 +440,8 @@ class PublisherConfig(StrictModel):
     queue_size: int = Field(1024, ge=1, le=1_000_000, description="Results waiting for the publisher thread.")
     thumbnail: ThumbnailConfig = Field(default_factory=ThumbnailConfig)
     wait_for_subscribers: int = Field(
-        0, ge=0, le=1000, description="Start reading sources only once this many subscriptions arrived (batch jobs, tests)."
+        0, ge=0, le=1000, description="Start reading sources only once this many subscriptions arrived (batch jobs, tests). "
+        "Above 0 the publisher is an XPUB, which buffers what peers send it: trusted endpoints only.",
     )
     wait_for_subscribers_timeout_s: float = Field(30.0, gt=0, le=3600, description="Start anyway after this long.")
     allow_plaintext_remote: bool = Field(

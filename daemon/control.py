@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import socket as pysocket
 import stat
 import threading
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from typing import Any
 import zmq
 
 from .errors import UserError
+from .ipcpath import ipc_path, refuse_if_in_use
 from .netaddr import check_listen_host
 from .redact import mask_text
 
@@ -62,13 +62,6 @@ MAX_REQUEST_BYTES = 64 * 1024  # requests are tiny; a larger one is a confused o
 
 class ControlUnavailable(UserError):
     """The daemon's control socket cannot be reached (not running, no permission, no answer)."""
-
-
-def ipc_path(endpoint: str) -> Path | None:
-    """The socket file of an ``ipc://`` endpoint; None for other transports and abstract sockets."""
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
-        return None
-    return Path(endpoint[len("ipc://") :])
 
 
 SYSTEM_RUN_DIR = Path("/run/trtstream")
@@ -176,7 +169,7 @@ class ControlServer:
         path = ipc_path(self.endpoint)
         if path is not None:
             _prepare_socket_dir(path.parent)
-            _refuse_if_in_use(path)
+            refuse_if_in_use(path, "control")  # another daemon's live socket: never take it over
         sock = self._context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
@@ -351,21 +344,6 @@ def _socket_dir_problem(directory: Path, *, strict_owner: bool) -> str | None:
         if strict_owner or _writable_by_others(os.stat(directory.parent).st_mode):
             return f"it belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}); someone else may have planted it: remove it"
     return None
-
-
-def _refuse_if_in_use(path: Path) -> None:
-    """libzmq replaces an existing ipc socket file on bind; if another daemon still listens there it
-    would silently lose its control socket. A stale file (nobody listening) is fine to replace."""
-    if not path.exists():
-        return
-    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return  # stale: nobody accepts connections there
-    finally:
-        probe.close()
-    raise UserError(f"control: {path} is in use by another running trtstream")
 
 
 def query(endpoint: str, request: Mapping[str, Any], timeout: float = 2.0, *, context: zmq.Context | None = None) -> dict[str, Any]:

@@ -5,6 +5,15 @@ hand it work through a bounded queue with a non-blocking put (a whole batch of r
 stalled publisher costs counted drops, never a stalled pipeline. Every send is non-blocking and the
 socket has a small send high-water mark: a slow or dead subscriber loses its own messages (visible to
 it as gaps in ``seq``) and never slows the daemon or the other subscribers.
+
+Hostile peers: anyone who can connect to a plain endpoint can send to the publisher, not only receive.
+The socket is a plain PUB, which drops whatever is not a subscription as it arrives, unless
+``wait_for_subscribers`` is set: only then is it an XPUB, whose subscription notices that wait needs.
+libzmq queues every upstream message of an XPUB (notices and junk alike) without bound until it is
+read, so the XPUB is read at most ``MAX_NOTICES_PER_LOOP`` per loop (a flood cannot hold up the
+sends), and it is meant for trusted endpoints (batch jobs, tests). Either way ``ZMQ_MAXMSGSIZE``
+(``MAX_INBOUND_BYTES``) disconnects a peer that sends a message larger than any subscription; and an
+``ipc://`` path on which another running daemon listens is refused rather than taken over.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import zmq
 from .config import PublisherConfig
 from .entities import EndOfStream, FrameResult
 from .errors import PublisherError, UserError
+from .ipcpath import ipc_path, refuse_if_in_use
 from .messages import base_header, encode_header, heartbeat_topic, source_topic
 from .opsconfig import SecurityConfig
 from .security import bind_endpoints
@@ -34,10 +44,16 @@ log = logging.getLogger("trtstream.publisher")
 _STOP = object()
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # a multipart message is queued whole or not at all
+# Subscribers only ever send subscriptions (1 byte + a topic of at most a few hundred bytes): a larger
+# inbound message is a confused or hostile peer, and libzmq disconnects it.
+MAX_INBOUND_BYTES = 4096
+# XPUB notices read per loop iteration (and at most every 20 ms once nobody waits): enough for any
+# real subscriber churn, few enough that a flood of them cannot delay the sends.
+MAX_NOTICES_PER_LOOP = 256
 
 
 class Publisher:
-    """Owns the PUB socket on a thread named ``publisher``."""
+    """Owns the PUB (XPUB with ``wait_for_subscribers``) socket on a thread named ``publisher``."""
 
     def __init__(
         self,
@@ -77,6 +93,8 @@ class Publisher:
         self._subscribers_wanted = 0
         self._subscribed = threading.Event()
         self._start_error: Exception | None = None
+        # XPUB (subscription notices) only when a start-up wait needs them; see the module doc
+        self._notices = config.wait_for_subscribers > 0
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
 
     # -- called from other threads -----------------------------------------------------------------
@@ -91,9 +109,15 @@ class Publisher:
     def wait_for_subscribers(self, count: int, timeout: float, stop: threading.Event | None = None) -> bool:
         """Block until ``count`` subscriptions have arrived (so a subscriber started first misses nothing),
         ``timeout`` passed or ``stop`` was set; True only in the first case. ``stop`` is looked at every
-        50 ms (a wait cannot be on two events at once): a SIGTERM must not wait out the timeout."""
+        50 ms (a wait cannot be on two events at once): a SIGTERM must not wait out the timeout.
+
+        Only a publisher configured with ``wait_for_subscribers > 0`` sees subscriptions (an XPUB); a
+        plain PUB cannot, and returns False at once."""
         if count <= 0:
             return True
+        if not self._notices:
+            log.warning("wait_for_subscribers(%d): publisher.wait_for_subscribers is 0, so subscriptions are not seen; not waiting", count)
+            return False
         self._subscribers_wanted = count
         if self._subscriptions >= count:
             return True
@@ -142,9 +166,18 @@ class Publisher:
 
     # -- publisher thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        # XPUB sends exactly like PUB, and also tells us about subscriptions (see wait_for_subscribers).
-        socket = self._context.socket(zmq.XPUB)
-        socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        try:
+            self._refuse_ipc_in_use()
+        except PublisherError as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        # XPUB sends exactly like PUB and also tells us about subscriptions (see wait_for_subscribers),
+        # but keeps whatever peers send until it is read: only when that wait is configured.
+        socket = self._context.socket(zmq.XPUB if self._notices else zmq.PUB)
+        if self._notices:
+            socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, duplicates included
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         socket.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         socket.setsockopt(zmq.LINGER, self.config.linger_ms)
         security = self._security or SecurityConfig()
@@ -172,6 +205,14 @@ class Publisher:
             if self._authenticator is not None:
                 self._authenticator.stop()
 
+    def _refuse_ipc_in_use(self) -> None:
+        """libzmq would silently take over an ipc path another daemon still serves; refuse instead (a
+        stale socket file, nobody listening, is replaced by the bind as before)."""
+        for endpoint in self.config.endpoints:
+            path = ipc_path(endpoint)
+            if path is not None:
+                refuse_if_in_use(path, "publisher.endpoints", shown=endpoint, error=PublisherError)
+
     def _serve(self, socket: zmq.Socket) -> None:
         interval = self.config.heartbeat_interval_s
         next_heartbeat = time.monotonic()
@@ -180,7 +221,8 @@ class Publisher:
             if now >= next_heartbeat:
                 self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(False))])
                 next_heartbeat = now + interval
-            self._read_subscriptions(socket)
+            if self._notices:
+                self._read_subscriptions(socket)
             timeout = max(0.0, next_heartbeat - time.monotonic())
             if self._subscribers_wanted and not self._subscribed.is_set():
                 timeout = min(timeout, 0.02)
@@ -206,15 +248,19 @@ class Publisher:
         self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(True))])
 
     def _read_subscriptions(self, socket: zmq.Socket) -> None:
-        """Drain XPUB's subscription notices (first byte 1 = subscribe, 0 = unsubscribe). Called once per
-        loop, but looks at most every 20 ms while nobody waits for a subscriber: notices only feed
-        ``wait_for_subscribers``, and asking ZMQ_EVENTS per message cost more than the send itself."""
+        """Read up to ``MAX_NOTICES_PER_LOOP`` of XPUB's subscription notices (first byte 1 = subscribe,
+        0 = unsubscribe). Called once per loop, but looks at most every 20 ms while nobody waits for a
+        subscriber: notices only feed ``wait_for_subscribers``, and asking ZMQ_EVENTS per message cost
+        more than the send itself. Never drains until empty: a peer sending without pause would hold
+        the publisher here while the results wait."""
         now = time.monotonic()
         waiting = self._subscribers_wanted and not self._subscribed.is_set()
         if now < self._next_subscription_check and not waiting:
             return
         self._next_subscription_check = now + 0.02
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        for _ in range(MAX_NOTICES_PER_LOOP):
+            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 notice = socket.recv(zmq.NOBLOCK)
             except zmq.Again:

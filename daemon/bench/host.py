@@ -266,7 +266,7 @@ def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path
     run_dir = tempfile.mkdtemp(prefix="trtstream-host-bench-")
     endpoint = f"ipc://{run_dir}/bench.ipc"
     publisher = Publisher(
-        PublisherConfig(endpoints=[endpoint], send_hwm=10000, queue_size=100000), "0" * 32,
+        PublisherConfig(endpoints=[endpoint], send_hwm=10000, queue_size=100000, wait_for_subscribers=1), "0" * 32,
         unit.model_info, stats, lambda: {},
     )  # fmt: skip
     scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=6, sink_many=publisher.submit_many)
