@@ -65,7 +65,7 @@ class Daemon:
         self._publisher: Publisher | None = None
         self._mux = Multiplexer()
         self._readers: dict[str, SourceReader] = {}
-        self.source_stats: dict[str, SourceStats] = {}
+        self.source_stats: dict[str, SourceStats] = {}  # written by the main thread only; other threads copy before iterating
         self.reload_status: dict[str, Any] = {"count": 0, "last_error": None}
         self.native_work_left = False  # an engine build still running in native code at exit
         self.notifier = Notifier()
@@ -452,6 +452,9 @@ class Daemon:
             "backend": info.describe() if info else None,
             "engine": self._provider.status() if self._provider else None,
             "pipeline": scheduler.stats.snapshot() if scheduler else None,
-            "sources": [stats.snapshot() for stats in self.source_stats.values()],
+            # list() copies the values in one step under the GIL; iterating the live dict here (the publisher
+            # thread) while a reload adds a source (main thread) raised "dictionary changed size" and ended
+            # the publisher thread (issue 11).
+            "sources": [stats.snapshot() for stats in list(self.source_stats.values())],
             "reload": dict(self.reload_status),
         }

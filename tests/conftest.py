@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -148,7 +149,9 @@ def detector_config(sources_toml: str, port: int, **overrides: str) -> str:
 class DaemonProcess:
     """``python -m daemon run CONFIG`` as a real subprocess, stderr captured for the assertions. ``env``:
     variables set on top of this process's environment (``tests.doubles.gpu_tensorrt.shim_environment()``
-    gives the daemon the GPU TensorRT double as ``tensorrt``)."""
+    gives the daemon the GPU TensorRT double as ``tensorrt``). Its stdout and stderr are read as they come
+    (threads): a pipe nobody reads fills after 64 KiB and then blocks the daemon's next log line, which
+    stalls it whole."""
 
     def __init__(self, config_path: Path, cache_home: Path, env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
@@ -165,16 +168,39 @@ class DaemonProcess:
                 **(env or {}),
             },
         )
-        self.stderr = ""
+        self._stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.process.stdout, None), daemon=True),
+            threading.Thread(target=self._drain, args=(self.process.stderr, self._stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(pipe, into: list[str] | None) -> None:
+        for line in pipe:
+            if into is not None:
+                into.append(line)
+
+    @property
+    def stderr(self) -> str:
+        """What the daemon wrote to stderr so far (all of it once :meth:`wait` returned)."""
+        return "".join(self._stderr)
 
     def wait(self, timeout: float = 60) -> int:
         try:
-            _, self.stderr = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, self.stderr = self.process.communicate()
-            raise AssertionError(f"daemon did not exit within {timeout}s; stderr:\n{self.stderr[-4000:]}")
+            self.process.wait()
+            self._join_readers()
+            raise AssertionError(f"daemon did not exit within {timeout}s; stderr:\n{self.stderr[-4000:]}") from None
+        self._join_readers()
         return self.process.returncode
+
+    def _join_readers(self) -> None:
+        for reader in self._readers:
+            reader.join(10)
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -182,7 +208,8 @@ class DaemonProcess:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()
+            self._join_readers()
 
 
 @pytest.fixture
