@@ -169,6 +169,8 @@ class DaemonProcess:
             },
         )
         self._stderr: list[str] = []
+        self._changed = threading.Condition()  # a stderr line arrived, or stderr closed
+        self._stderr_closed = False
         self._readers = [
             threading.Thread(target=self._drain, args=(self.process.stdout, None), daemon=True),
             threading.Thread(target=self._drain, args=(self.process.stderr, self._stderr), daemon=True),
@@ -176,16 +178,40 @@ class DaemonProcess:
         for reader in self._readers:
             reader.start()
 
-    @staticmethod
-    def _drain(pipe, into: list[str] | None) -> None:
-        for line in pipe:
-            if into is not None:
-                into.append(line)
+    def _drain(self, pipe, into: list[str] | None) -> None:
+        try:
+            for line in pipe:
+                if into is not None:
+                    with self._changed:
+                        into.append(line)
+                        self._changed.notify_all()
+        except (OSError, ValueError):  # the pipe was closed under us at clean-up
+            pass
+        if into is not None:
+            with self._changed:
+                self._stderr_closed = True
+                self._changed.notify_all()
 
     @property
     def stderr(self) -> str:
         """What the daemon wrote to stderr so far (all of it once :meth:`wait` returned)."""
-        return "".join(self._stderr)
+        with self._changed:
+            return "".join(self._stderr)
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> None:
+        """Until a stderr line contains ``text``; fails after ``timeout`` or when stderr closed without it."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self._stderr):
+                remaining = deadline - time.monotonic()
+                if self._stderr_closed or remaining <= 0:
+                    raise AssertionError(f"no log line with {text!r} within {timeout}s; stderr:\n{''.join(self._stderr)[-3000:]}")
+                self._changed.wait(remaining)
+
+    def stderr_when_closed(self, timeout: float = 30) -> str:
+        """All of stderr, once the daemon closed it (it exited)."""
+        self._join_readers(timeout)
+        return self.stderr
 
     def wait(self, timeout: float = 60) -> int:
         try:
@@ -198,9 +224,9 @@ class DaemonProcess:
         self._join_readers()
         return self.process.returncode
 
-    def _join_readers(self) -> None:
+    def _join_readers(self, timeout: float = 10) -> None:
         for reader in self._readers:
-            reader.join(10)
+            reader.join(timeout)
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,42 +20,17 @@ from .conftest import DaemonProcess, all_ended, asset, collect, detector_config
 
 
 class StderrLines:
-    """A daemon's stderr, read line by line on a thread so a test can wait for a line with a deadline
-    (``readline`` on the pipe alone would block past any deadline)."""
+    """A daemon's stderr, waited on line by line with a deadline (DaemonProcess reads it on a thread)."""
 
     def __init__(self, daemon: DaemonProcess):
-        self._lines: list[str] = []
-        self._done = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(daemon,), daemon=True)
-        self._thread.start()
-
-    def _read(self, daemon: DaemonProcess) -> None:
-        try:
-            for line in daemon.process.stderr:
-                with self._changed:
-                    self._lines.append(line)
-                    self._changed.notify_all()
-        except (OSError, ValueError):  # the fixture's clean-up closed the pipe under us
-            pass
-        with self._changed:
-            self._done = True
-            self._changed.notify_all()
+        self._daemon = daemon
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not any(text in line for line in self._lines):
-                remaining = deadline - time.monotonic()
-                if self._done or remaining <= 0:
-                    raise AssertionError(f"no log line with {text!r} within {timeout}s; stderr:\n{''.join(self._lines)[-3000:]}")
-                self._changed.wait(remaining)
+        self._daemon.wait_for_line(text, timeout)
 
     def text(self, timeout: float = 30) -> str:
         """Everything, once the daemon has closed its stderr (it exited)."""
-        self._thread.join(timeout)
-        with self._changed:
-            return "".join(self._lines)
+        return self._daemon.stderr_when_closed(timeout)
 
 
 def exit_within(daemon: DaemonProcess, timeout: float) -> int:
@@ -165,7 +139,7 @@ def test_sigterm_before_the_daemon_exists_exits_0_without_loading_the_model(star
     wait_until_caught(daemon, signal.SIGTERM)
     daemon.terminate()
     assert exit_within(daemon, 15) == 0
-    stderr = daemon.process.stderr.read()
+    stderr = daemon.stderr_when_closed()
     assert "received SIGTERM during start-up" in stderr, stderr
     assert "stop requested before the model loaded" in stderr
     assert "engine" not in stderr and "source cam" not in stderr, "nothing was loaded or started"
