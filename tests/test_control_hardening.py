@@ -23,10 +23,10 @@ from daemon.client import ResultSubscriber
 from daemon.control import MAX_REQUEST_BYTES, ControlServer, LatestResults, query
 
 from .conftest import REPO, collect, detector_config
+from .test_control import HEARTBEAT, latest, server  # noqa: F401 (latest, server: fixtures)
 
 NOBODY = 65534
 IS_ROOT = os.geteuid() == 0
-HEARTBEAT = {"uptime_s": 1.0, "sources": []}
 
 HOSTILE_REQUESTS = {
     "deep list": b"[" * 5000,
@@ -37,21 +37,6 @@ HOSTILE_REQUESTS = {
     "not an object": b'["status"]',
     "empty": b"",
 }
-
-
-@pytest.fixture
-def server(tmp_path):
-    servers: list[ControlServer] = []
-
-    def start(heartbeat=lambda: HEARTBEAT, endpoint: str | None = None) -> ControlServer:
-        srv = ControlServer(endpoint or f"ipc://{tmp_path}/run/control.ipc", heartbeat, LatestResults())
-        srv.start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.stop()
 
 
 def raw_request(endpoint: str, payload: bytes, timeout_ms: int = 5000) -> dict:

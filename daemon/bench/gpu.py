@@ -492,15 +492,16 @@ def main(argv: list[str] | None = None) -> int:
     if "tensorrt" in kinds and not tensorrt_double_available():
         print("tensorrt (on the GPU test double) needs a checkout with tests/doubles: skipped", flush=True)
         kinds.remove("tensorrt")
+    if not kinds:
+        print("trtstream bench gpu: --backends named no backend to run", file=sys.stderr)
+        return 2
     label = {"torch": "torch", "tensorrt": "trt-on-double"}
-    engine = None
     for kind in kinds:
         tag = label[kind]
         if "engine-eager" in modes:
             eager = engine_only(kind, args.batch, args.streams, args.seconds, graphs=False)
             print(f"{tag}: engine-only, plain enqueues {eager:9.1f} img/s (for reference)", flush=True)
         base = engine_only(kind, args.batch, args.streams, args.seconds)
-        engine = base if engine is None else engine  # the first backend's: the table's x-engine column base
         rows.append((f"engine-only [{tag}]", base, None, base))
         print(f"{tag}: engine-only (CUDA graphs) {base:9.1f} img/s", flush=True)
         if kind == "torch":
@@ -518,9 +519,6 @@ def main(argv: list[str] | None = None) -> int:
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, nvdec_clip=args.nvdec, kind=kind)
             rows.append((f"pipeline-nvdec [{tag}]", result["fps"], result, base))
             print(f"{tag}: pipeline-nvdec {result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  batch {result['batch']:.1f}", flush=True)
-    if engine is None:
-        print("trtstream bench gpu: --backends named no backend to run", file=sys.stderr)
-        return 2
     naive_fps = next((fps for name, fps, _, _ in rows if name.startswith("naive")), float("nan"))
     for cameras in args.realtime:
         result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, sources=cameras, paced_fps=30.0)

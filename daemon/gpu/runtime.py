@@ -128,8 +128,8 @@ class _SlotState:
 class DeviceRuntime:
     """An :class:`~daemon.backends.base.InferenceBackend` on a GPU, the model run by ``executor``.
 
-    ``cuda`` is the CUDA layer (:mod:`daemon.cuda`, or a test double); ``kernels`` makes the NVRTC kernels
-    (preprocessing, decoding) and is only used when that work is configured."""
+    ``cuda`` is the CUDA layer (:mod:`daemon.cuda`, or a test double). The NVRTC kernels (preprocessing,
+    decoding) are compiled only when :meth:`configure` takes that work."""
 
     def __init__(self, executor: Executor, *, streams: int, device: int = 0, cuda_graphs: bool = True, cuda: Any = None):
         if cuda is None:
@@ -303,14 +303,9 @@ class DeviceRuntime:
         cuda = self._cuda
         state: _SlotState = slot.state
         stream = self._streams[state.stream_index]
-        run = max(batch_size, self._min_run)
         with self._locks[state.stream_index]:  # slots of one stream share its per-stream executor state
             self._enqueue_inputs(state, stream, batch_size)
-            graph = self._graph_for(state, run)
-            if graph is not None:
-                graph.replay()
-            else:
-                state.execution.enqueue(run)
+            self._run_model(state, batch_size)
             if self._decoder is not None:
                 name = self.info.outputs[0].name
                 self._decoder.launch(stream, state.device_out[name].ptr, state.decoded.ptr, batch_size)
@@ -327,16 +322,20 @@ class DeviceRuntime:
         :meth:`wait` waits for it."""
         self._bind_device()
         state: _SlotState = slot.state
-        stream = self._streams[state.stream_index]
-        run = max(batch_size, self._min_run)
         with self._locks[state.stream_index]:
-            graph = self._graph_for(state, run)
-            if graph is not None:
-                graph.replay()
-            else:
-                state.execution.enqueue(run)
-            state.event.record(stream)
+            self._run_model(state, batch_size)
+            state.event.record(self._streams[state.stream_index])
         slot.batch_size = batch_size
+
+    def _run_model(self, state: _SlotState, batch_size: int) -> None:
+        """The model on the slot's stream: the smallest captured graph that holds the batch (padded to the
+        engine's smallest batch), or a plain enqueue."""
+        run = max(batch_size, self._min_run)
+        graph = self._graph_for(state, run)
+        if graph is not None:
+            graph.replay()
+        else:
+            state.execution.enqueue(run)
 
     def _enqueue_inputs(self, state: _SlotState, stream: Any, batch_size: int) -> None:
         cuda = self._cuda
