@@ -376,6 +376,12 @@ class EngineConfig(StrictModel):
     preprocess: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where frames are resized and normalised; 'auto' = on the GPU when the backend can."
     )
+    frame_transfer: Literal["auto", "copies", "batched", "mapped"] = Field(
+        "auto",
+        description="GPU preprocessing: how frames decoded into pinned memory reach the GPU. 'copies': one asynchronous "
+        "copy per frame; 'batched': a batch's frames in one cudaMemcpyBatchAsync (CUDA 12.8+, else copies); 'mapped': "
+        "no copy, the preprocessing kernel reads them in place (Jetson's shared memory). 'auto': see docs/benchmarks.md.",
+    )
     max_frame_size: tuple[int, int] = Field(
         (1920, 1080), description="[width, height]: the largest frame GPU preprocessing stages (buffers are sized once)."
     )

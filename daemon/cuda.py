@@ -38,6 +38,8 @@ __all__ = [
     "Stream",
     "Event",
     "memcpy_htod_async",
+    "memcpy_htod_batch_async",
+    "memcpy_batch_supported",
     "memcpy_dtoh_async",
     "memcpy2d_dtod_async",
     "primary_context_handle",
@@ -354,13 +356,19 @@ class Event(_Resource):
     """A completion marker on a stream, created with ``cudaEventDisableTiming | cudaEventBlockingSync``:
     no timing overhead, and :meth:`synchronize` puts the waiting thread to sleep instead of spinning a core."""
 
-    def __init__(self) -> None:
+    def __init__(self, timing: bool = False) -> None:
+        """``timing``: an event :meth:`elapsed_ms` can measure from (benchmarks only; the hot path's events
+        record no time)."""
         cudart = _runtime()
-        flags = getattr(cudart, "cudaEventDisableTiming", _EVENT_DISABLE_TIMING) | getattr(
-            cudart, "cudaEventBlockingSync", _EVENT_BLOCKING_SYNC
-        )
+        flags = getattr(cudart, "cudaEventBlockingSync", _EVENT_BLOCKING_SYNC)
+        if not timing:
+            flags |= getattr(cudart, "cudaEventDisableTiming", _EVENT_DISABLE_TIMING)
         self.raw = cuda_call(cudart.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
         self._closed = False
+
+    def elapsed_ms(self, end: "Event") -> float:
+        """GPU milliseconds from this event to ``end`` (both made with ``timing=True``, both completed)."""
+        return float(cuda_call(_runtime().cudaEventElapsedTime(self.raw, end.raw), "cudaEventElapsedTime"))
 
     def record(self, stream: Stream) -> None:
         cuda_call(_runtime().cudaEventRecord(self.raw, stream.raw), "cudaEventRecord")
@@ -394,6 +402,33 @@ def memcpy_htod_async(dst_ptr: int, host_array: np.ndarray, stream: Stream) -> N
     kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
     src = _host_pointer(host_array)
     cuda_call(cudart.cudaMemcpyAsync(dst_ptr, src, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(host to device)")
+
+
+_batch_attributes: Any = None
+
+
+def memcpy_batch_supported() -> bool:
+    """Whether ``cudaMemcpyBatchAsync`` is there (CUDA 12.8 and later, in the bindings and the driver)."""
+    cudart = _runtime()
+    if not hasattr(cudart, "cudaMemcpyBatchAsync"):  # an older cuda-bindings: the function is not bound
+        return False
+    version = driver_cuda_version()
+    return version is not None and version >= (12, 8)
+
+
+def memcpy_htod_batch_async(dst_ptrs: list[int], src_ptrs: list[int], sizes: list[int], stream: Stream) -> None:
+    """Enqueue host-to-device copies (pinned sources) with one call (``cudaMemcpyBatchAsync``, sources read
+    in stream order): each call into CUDA releases and retakes the GIL, and 32 of them per batch
+    queued the batcher behind every other Python thread (see docs/benchmarks.md). The caller checks
+    :func:`memcpy_batch_supported` first."""
+    global _batch_attributes
+    cudart = _runtime()
+    if _batch_attributes is None:
+        attributes = cudart.cudaMemcpyAttributes()
+        attributes.srcAccessOrder = cudart.cudaMemcpySrcAccessOrder.cudaMemcpySrcAccessOrderStream
+        _batch_attributes = attributes
+    count = len(dst_ptrs)
+    cuda_call(cudart.cudaMemcpyBatchAsync(dst_ptrs, src_ptrs, sizes, count, [_batch_attributes], [0], 1, stream.raw), f"cudaMemcpyBatchAsync({count} copies)")
 
 
 def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> None:

@@ -165,7 +165,13 @@ class StatsCollector(Collector):
         slots.add_metric([], stats.busy_slots)
         queued = GaugeMetricFamily("trtstream_queue_depth", "Items waiting in a queue.", labels=["queue"])
         queued.add_metric(["frames"], stats.queued_frames)
-        return [batches, frames, failed, slots, queued]
+        seconds = CounterMetricFamily(
+            "trtstream_scheduler_seconds", "Where the scheduler's two threads spend their time (what limits the pipeline).", labels=["thread", "phase"]
+        )
+        for thread, phases in (("batcher", stats.batcher), ("completer", stats.completer)):
+            for phase, value in vars(phases).items():
+                seconds.add_metric([thread, phase], value)
+        return [batches, frames, failed, slots, queued, seconds]
 
     def _publisher(self) -> list[Metric]:
         stats = self._inputs.publisher()

@@ -174,12 +174,17 @@ class Scheduler:
             while not self._abort.is_set():
                 if self._pending_unit is not None:
                     self._switch_unit()
+                t0 = time.perf_counter()
                 slot = self._acquire_slot()  # first the slot, then the frames (late batching)
                 if slot is None:
                     break
+                t1 = time.perf_counter()
                 self.stats.busy_slots = self._slot_count - self._free.qsize()
                 gathered = self._mux.next_batch(self._max_batch, self._max_wait_s, self._abort)
                 self.stats.queued_frames = self._mux.queued()
+                seconds = self.stats.batcher
+                seconds.waiting_for_slot += t1 - t0
+                seconds.gathering += time.perf_counter() - t1
                 if gathered.frames:
                     self._submit(slot, gathered.frames, gathered.ends)
                     continue
@@ -205,6 +210,7 @@ class Scheduler:
         backend, pipeline = self._backend, self._pipeline
         kept: list[Frame] = []
         metas = []
+        t0 = time.perf_counter()
         for frame in frames:
             try:
                 metas.append(backend.stage(slot, len(kept), frame.image, pipeline))
@@ -213,6 +219,7 @@ class Scheduler:
                 release_image(frame)
                 self._count_error(frame.source_id, f"preprocessing failed: {exc}")
         item = _InFlight(backend, slot, kept, metas, ends, time.time())
+        t1 = time.perf_counter()
         if not kept:
             self._free.put(slot)
             item.slot = None
@@ -227,6 +234,9 @@ class Scheduler:
                 self._free.put(slot)
                 item.slot, item.frames = None, []
         self._inflight.put(item)
+        seconds = self.stats.batcher
+        seconds.staging += t1 - t0
+        seconds.submitting += time.perf_counter() - t1
 
     # -- completer -----------------------------------------------------------------------------------
     def _complete_loop(self) -> None:
@@ -244,6 +254,8 @@ class Scheduler:
 
     def _complete(self, item: _InFlight) -> None:
         slot = item.slot
+        seconds = self.stats.completer
+        t0 = time.perf_counter()
         try:
             try:
                 outputs = item.backend.wait(slot)
@@ -254,6 +266,8 @@ class Scheduler:
                     self._count_error(frame.source_id, f"inference failed: {exc}")
                 return
             t_inferred = time.time()
+            t1 = time.perf_counter()
+            seconds.waiting_for_device += t1 - t0
             info = item.backend.info
             artifact = info.details.get("artifact")
             self.stats.batches += 1
@@ -280,7 +294,10 @@ class Scheduler:
                 if stats is not None:
                     stats.frames_inferred += 1
                 ready.append(FrameResult(frame, result, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact))
+            t2 = time.perf_counter()
             self._sink_many(ready)
+            seconds.postprocessing += t2 - t1
+            seconds.handing_over += time.perf_counter() - t2
         finally:
             for frame in item.frames:  # the batch has completed: device images can be reused
                 release_image(frame)

@@ -90,12 +90,38 @@ class SourceStats:
 
 
 @dataclass
+class BatcherSeconds:
+    """Where the batcher thread's time goes, cumulative seconds (its only writer is the batcher). Read
+    side by side they say what limits the pipeline: waiting for a slot = the device or the completer is
+    behind; gathering = the sources are; staging and submitting = the batcher itself (wall time, so time
+    spent waiting for the GIL counts too)."""
+
+    waiting_for_slot: float = 0.0
+    gathering: float = 0.0
+    staging: float = 0.0
+    submitting: float = 0.0
+
+
+@dataclass
+class CompleterSeconds:
+    """Where the completer thread's time goes, cumulative seconds (its only writer is the completer):
+    waiting for the device (the GPU, or ONNX Runtime's worker, is behind), postprocessing, and handing
+    results to the publisher."""
+
+    waiting_for_device: float = 0.0
+    postprocessing: float = 0.0
+    handing_over: float = 0.0
+
+
+@dataclass
 class PipelineStats:
     batches: int = 0
     frames: int = 0
     inference_errors: int = 0
     busy_slots: int = 0
     queued_frames: int = 0
+    batcher: BatcherSeconds = field(default_factory=BatcherSeconds)
+    completer: CompleterSeconds = field(default_factory=CompleterSeconds)
 
     def snapshot(self) -> dict:
         return {
@@ -105,7 +131,12 @@ class PipelineStats:
             "inference_errors": self.inference_errors,
             "busy_slots": self.busy_slots,
             "queued_frames": self.queued_frames,
+            "seconds": {"batcher": _rounded(vars(self.batcher)), "completer": _rounded(vars(self.completer))},
         }
+
+
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 3) for name, value in seconds.items()}
 
 
 @dataclass

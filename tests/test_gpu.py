@@ -282,6 +282,52 @@ def test_torch_backend_agrees_with_the_fp32_onnxruntime_reference(gpu_preprocess
     reference.close()
 
 
+def test_every_frame_transfer_gives_the_same_outputs_and_phase_times_cover_each_step():
+    """Frames decoded into pinned memory reach the kernel by a copy each, one batched copy, or no copy
+    (the kernel reads them in place): the same kernels on the same pixels, so the decoded outputs are
+    equal bit for bit; ``phase_times`` (the benchmark's per-step GPU time) reports all four steps."""
+    from daemon.backends.base import DeviceWork, GpuPreprocessing
+    from daemon.backends.torch import torch_backend
+    from daemon.pinned import PinnedImagePool
+    from pipelines.detection import DetectionPipeline
+
+    model = asset("models/yolov3_tiny_416.onnx")
+    labels = asset("labels/coco.txt").read_text().split("\n")[:80]
+    frames = bikes_frames((100, 120, 160, 200))
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+    pool = PinnedImagePool(len(frames), frames[0].shape)
+    images = [pool.take() for _ in frames]
+    for image, frame in zip(images, frames):
+        np.copyto(image, frame)
+    outputs, transfers = {}, {}
+    for transfer in ("copies", "batched", "mapped"):
+        backend = torch_backend(model, 4, 1, half=True, frame_transfer=transfer)
+        backend.configure(DeviceWork(GpuPreprocessing(pipeline.normalizer, pipeline.pad_grey, 1920 * 1080 * 3), pipeline.device_decoding))
+        transfers[transfer] = backend.info.details["frame_transfer"]
+        slot = backend.create_slot(0)
+        for row, image in enumerate(images):
+            backend.stage(slot, row, image, pipeline)
+        backend.submit(slot, len(images))
+        outputs[transfer] = {name: array.copy() for name, array in backend.wait(slot).items()}
+        for row, image in enumerate(images):
+            backend.stage(slot, row, image, pipeline)
+        phases = backend.phase_times(slot, len(images))
+        assert list(phases) == ["copies", "preprocessing", "model", "outputs"] and all(ms >= 0 for ms in phases.values()), phases
+        assert phases["model"] > 0, phases
+        again = backend.wait(slot)
+        for name in again:
+            np.testing.assert_array_equal(again[name], outputs[transfer][name])
+        backend.close()
+    assert transfers == {"copies": "copies", "batched": "batched", "mapped": "mapped"}, transfers  # CUDA 13: batched is there
+    for transfer in ("batched", "mapped"):
+        for name in outputs["copies"]:
+            np.testing.assert_array_equal(outputs[transfer][name], outputs["copies"][name], err_msg=transfer)
+    assert outputs["copies"]["output"][:, 0, 4].max() > 0.3, "real detections, not zeros"
+    for image in images:
+        image.release()
+    pool.close()
+
+
 def test_the_daemon_serves_bikes_with_the_torch_backend_and_gpu_preprocessing(start_daemon, free_port):
     from daemon.client import ResultSubscriber
 

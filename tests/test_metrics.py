@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.errors import UserError
 from daemon.metrics import LATENCY_BUCKETS, GpuMemory, Metrics, MetricsInputs
-from daemon.stats import PipelineStats, PublisherStats, SourceStats
+from daemon.stats import BatcherSeconds, CompleterSeconds, PipelineStats, PublisherStats, SourceStats
 
 
 class FakeClock:
@@ -28,7 +28,8 @@ def daemon_stats():
         "cam1": SourceStats("cam1", "rtsp://u:***@cam", "stream", state="running", frames_captured=120, frames_dropped=7, frames_inferred=110, frames_published=100, inference_errors=3, reconnects=2),
         "door": SourceStats("door", "/v/door.mp4", "file", state="backoff"),
     }
-    pipeline = PipelineStats(batches=30, frames=110, inference_errors=1, busy_slots=2, queued_frames=5)
+    pipeline = PipelineStats(batches=30, frames=110, inference_errors=1, busy_slots=2, queued_frames=5,
+                             batcher=BatcherSeconds(waiting_for_slot=12.5), completer=CompleterSeconds(waiting_for_device=40.25))
     publisher = PublisherStats(sent=150, dropped_queue_full=4, dropped_socket=6, queue_depth=9)
     return sources, pipeline, publisher
 
@@ -86,6 +87,9 @@ def test_scrape_reads_the_stats_objects(served, daemon_stats):
     assert value(samples, "trtstream_inflight_slots") == 2
     assert value(samples, "trtstream_queue_depth", queue="frames") == 5
     assert value(samples, "trtstream_publisher_queue_depth") == 9
+    assert value(samples, "trtstream_scheduler_seconds_total", thread="batcher", phase="waiting_for_slot") == 12.5
+    assert value(samples, "trtstream_scheduler_seconds_total", thread="completer", phase="waiting_for_device") == 40.25
+    assert value(samples, "trtstream_scheduler_seconds_total", thread="completer", phase="handing_over") == 0
     assert value(samples, "trtstream_publisher_dropped_total", reason="queue_full") == 4
     assert value(samples, "trtstream_publisher_dropped_total", reason="socket") == 6
     assert value(samples, "trtstream_backend_info", name="tensorrt", version="10.3.0", device="Orin", max_batch="8") == 1

@@ -4,6 +4,7 @@ frames), and one staging call whatever the backend was configured for."""
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -169,3 +170,43 @@ def test_a_unit_superseded_before_the_switch_is_closed_and_the_newest_serves():
     scheduler.close_when_drained()
     assert scheduler.join(30)
     second.close()
+
+
+def test_the_scheduler_accounts_where_its_threads_wait():
+    """A batch held on the "device" for a known time shows up where it was spent: the completer waiting
+    for the device, the batcher waiting for the only slot; and no phase adds up to more than the wall
+    time that passed (the figures the GPU benchmark reads to say what limits a pipeline)."""
+    real, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    backend = HeldBackend(real)
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    published = threading.Semaphore(0)
+
+    def sink(item):
+        if hasattr(item, "frame"):
+            published.release()
+
+    scheduler = Scheduler(mux, ServingUnit(backend, pipeline, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1)
+    started = time.perf_counter()
+    scheduler.start()
+    image = _bikes_frame()
+    queue.put(Frame("cam", 0, None, image.copy(), 0.0, 0.0))
+    assert backend.submitted_event.wait(30), "frame 0 was never submitted"
+    queue.put(Frame("cam", 1, None, image.copy(), 0.0, 0.0))  # the batcher now waits for the only slot
+    held = 0.4
+    threading.Event().wait(held)  # the time being measured: the "device" holds batch 0 this long
+    backend.release()
+    backend.release()
+    assert published.acquire(timeout=60) and published.acquire(timeout=60)
+    wall = time.perf_counter() - started
+    queue.close("end_of_file")
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    backend.close()
+    batcher, completer = scheduler.stats.batcher, scheduler.stats.completer
+    assert completer.waiting_for_device >= held * 0.9, completer
+    assert batcher.waiting_for_slot >= held * 0.9, batcher
+    assert batcher.staging > 0 and batcher.submitting > 0 and completer.postprocessing > 0, (batcher, completer)
+    assert sum(vars(batcher).values()) <= wall and sum(vars(completer).values()) <= wall, (batcher, completer, wall)
+    snapshot = scheduler.stats.snapshot()["seconds"]
+    assert snapshot["completer"]["waiting_for_device"] >= held * 0.9

@@ -46,7 +46,7 @@ from ..engine.artifact import ArtifactInvalid, Progress
 from ..engine.fingerprint import file_sha256
 from ..fsutil import write_atomically
 from ..errors import BackendError
-from ..gpu.runtime import DeviceRuntime, ExecutorInfo
+from ..gpu.runtime import DeviceRuntime, ExecutorInfo, frame_transfer_for
 from .base import TensorSpec
 
 if TYPE_CHECKING:  # only for annotations; never imported at run time here
@@ -447,6 +447,7 @@ class TensorRTBuilder:
             device=self._engine.device,
             cuda_graphs=self._engine.cuda_graphs,
             cuda=self._cuda,
+            frame_transfer=frame_transfer_for(self._engine.frame_transfer),
         )
 
     def _verify_io(self, engine: trt.ICudaEngine, path: Path) -> list[_IO]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
-from ..gpu.runtime import DeviceRuntime, ExecutorInfo
+from ..gpu.runtime import DeviceRuntime, ExecutorInfo, frame_transfer_for
 from .base import TensorSpec
 
 __all__ = ["TorchExecutor", "torch_backend", "torch_usable"]
@@ -220,8 +220,9 @@ class _TorchGraph:
 
 
 def torch_backend(
-    model_path: Path, max_batch: int, streams: int, *, half: bool = True, device: int = 0, cuda_graphs: bool = True, channels_last: bool = True
+    model_path: Path, max_batch: int, streams: int, *, half: bool = True, device: int = 0, cuda_graphs: bool = True, channels_last: bool = True,
+    frame_transfer: str = "auto",
 ) -> DeviceRuntime:
     """The torch backend: the GPU runtime around a :class:`TorchExecutor`."""
     executor = TorchExecutor(model_path, max_batch, half=half, device=device, channels_last=channels_last)
-    return DeviceRuntime(executor, streams=streams, device=device, cuda_graphs=cuda_graphs)
+    return DeviceRuntime(executor, streams=streams, device=device, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer_for(frame_transfer))

@@ -121,7 +121,7 @@ def tensorrt_double_available() -> bool:
     return (REPO / "tests" / "doubles" / "gpu_tensorrt.py").is_file()
 
 
-def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True):
+def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, frame_transfer: str = "auto"):
     """A backend as the daemon makes it: ``torch``, or ``tensorrt`` — the real TensorRT adapter and GPU
     runtime on the GPU test double of the ``tensorrt`` module (TensorRT 10.16 surface, fp16: its engine
     runs the model in torch at ``execute_async_v3``; stated in every row's name)."""
@@ -130,7 +130,7 @@ def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True):
     if kind == "torch":
         from daemon.backends.torch import torch_backend
 
-        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs)
+        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer)
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     if str(REPO) not in sys.path:
@@ -138,7 +138,8 @@ def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True):
     from daemon.backends.tensorrt import TensorRTBuilder
     from tests.doubles.gpu_tensorrt import GpuTensorRT
 
-    engine = EngineConfig(backend="tensorrt", max_batch=batch, streams=streams, cuda_graphs=cuda_graphs, tensorrt=TensorRTConfig(precision="fp16"))
+    engine = EngineConfig(backend="tensorrt", max_batch=batch, streams=streams, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer,
+                          tensorrt=TensorRTConfig(precision="fp16"))
     builder = TensorRTBuilder(ModelConfig(path=MODEL, pipeline="detection"), engine, trt=GpuTensorRT("10.16").module)
     with tempfile.TemporaryDirectory(prefix="trtstream-bench-trt-") as scratch:
         plan = Path(scratch) / "model.engine"
@@ -184,6 +185,60 @@ def engine_only(kind: str, batch: int, streams: int, seconds: float, graphs: boo
     return done / elapsed
 
 
+def pinned_copies_of(frames: list[np.ndarray], count: int):
+    """``count`` of ``frames`` in a pinned pool, as a reader would have decoded them (filled once)."""
+    from daemon.pinned import PinnedImagePool
+
+    pool = PinnedImagePool(count, frames[0].shape)
+    images = []
+    for n in range(count):
+        image = pool.take()
+        np.copyto(image, frames[n % len(frames)])
+        images.append(image)
+    return pool, images
+
+
+def device_path(kind: str, frames: list[np.ndarray], batch: int, streams: int, seconds: float, frame_transfer: str) -> dict:
+    """Everything a pipeline batch costs the GPU, and nothing of the host path: the backend's own slots
+    (two per stream, as the scheduler has), frames already in pinned memory staged by one thread, then
+    ``submit`` (the frames' transfer, the preprocessing launch, the graph, the decoding, the copy back)
+    and ``wait``, round robin. The pipeline's device ceiling, beside engine-only's model-alone ceiling.
+    Also the GPU time of each step of one batch on an idle GPU (median of 20)."""
+    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer)
+    unit = make_unit(backend, True, (frames[0].shape[1], frames[0].shape[0]))
+    pipeline = unit.pipeline
+    pool, images = pinned_copies_of(frames, batch)
+    slots = [backend.create_slot(index) for index in range(streams * 2)]
+
+    def stage(slot) -> None:
+        for row, image in enumerate(images):
+            backend.stage(slot, row, image, pipeline)
+
+    phases: dict[str, list[float]] = {}
+    for _ in range(20):
+        stage(slots[0])
+        for name, ms in backend.phase_times(slots[0], batch).items():
+            phases.setdefault(name, []).append(ms)
+    for slot in slots:
+        stage(slot)
+        backend.submit(slot, batch)
+    done, index, started = 0, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        slot = slots[index % len(slots)]
+        backend.wait(slot)
+        stage(slot)
+        backend.submit(slot, batch)
+        done += batch
+        index += 1
+    for slot in slots:
+        backend.wait(slot)
+    elapsed = time.perf_counter() - started
+    transfer = backend.info.details.get("frame_transfer")
+    backend.close()
+    pool.close()
+    return {"fps": done / elapsed, "phases_ms": {name: float(np.median(v)) for name, v in phases.items()}, "frame_transfer": transfer}
+
+
 def naive(frames: list[np.ndarray], seconds: float) -> float:
     import torch
 
@@ -207,13 +262,18 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
-                  nvdec_clip: Path | None = None, kind: str = "torch") -> dict:
+                  nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
+                  switch_interval: float | None = None) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
     ``pinned`` (with GPU preprocessing, as the daemon's readers do): each source "decodes" its frame into a
     buffer of its pinned pool (the copy a decoder's output write costs, on the source's thread); without
-    it frames are ordinary arrays and the batcher copies them into pinned staging."""
+    it frames are ordinary arrays and the batcher copies them into pinned staging. ``prefilled``: the
+    pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
+    host-path benchmark does). ``switch_interval``: sys.setswitchinterval during this mode only.
+    Also reports where the time went: each thread's CPU time per result and the scheduler's own
+    accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
     from daemon.entities import Frame
     from daemon.framequeue import Multiplexer
@@ -221,7 +281,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     from daemon.scheduler import Scheduler
     from daemon.stats import SourceStats
 
-    backend = make_backend(kind, batch, streams)
+    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer)
     frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
     unit = make_unit(backend, gpu_pre, frame_size)
     mux = Multiplexer()
@@ -239,11 +299,21 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     pools = [PinnedImagePool((4 + 12) if paced_fps else (batch * 2 + batch * streams * 2 // sources + 8), frames[0].shape)
              for _ in range(sources)] if (pinned and gpu_pre) else None
 
+    if pools and prefilled:  # every buffer holds a frame once; taking one is all a source does
+        for index, pool in enumerate(pools):
+            taken = list(iter(pool.take, None))
+            for n, image in enumerate(taken):
+                np.copyto(image, frames[(n * sources + index) % len(frames)])
+            for image in taken:
+                image.release()
+            pool.misses = 0  # the empty take that ended the filling
+
     def decoded(index: int, image: np.ndarray) -> np.ndarray:
-        target = pools[index].take() if pools else None
+        target = pools[index].take(stop if prefilled else None) if pools else None
         if target is None:
             return image
-        np.copyto(target, image)
+        if not prefilled:
+            np.copyto(target, image)
         return target
 
     def feed_nvdec(index: int) -> None:
@@ -295,11 +365,19 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         for queue in queues:
             queue.close("shutdown")
 
-    feeders = [threading.Thread(target=paced, daemon=True)] if paced_fps else [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(sources)]
+    feeders = [threading.Thread(target=paced, name="source-0", daemon=True)] if paced_fps else [
+        threading.Thread(target=feed, args=(i,), name=f"source-{i}", daemon=True) for i in range(sources)]
+    previous_interval = sys.getswitchinterval()
+    if switch_interval:
+        sys.setswitchinterval(switch_interval)
     scheduler.start()
     for thread in feeders:
         thread.start()
     time.sleep(1.0)  # settle
+    clocks = {t.name: time.pthread_getcpuclockid(t.ident) for t in threading.enumerate()
+              if t.name in ("batcher", "completer", "publisher") or t.name.startswith("source-")}
+    cpu0 = {name: time.clock_gettime(clock) for name, clock in clocks.items()}
+    seconds0 = (dict(vars(scheduler.stats.batcher)), dict(vars(scheduler.stats.completer)))
     start_count = sum(s.frames_published for s in stats.values())
     for s in stats.values():
         s.latency = type(s.latency)()
@@ -312,6 +390,14 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
                 memory.append((time.perf_counter() - started, rss_mib(), gpu_used_mib()))
         done = sum(s.frames_published for s in stats.values()) - start_count
         elapsed = time.perf_counter() - started
+        cpu = {name: time.clock_gettime(clock) - cpu0[name] for name, clock in clocks.items()}
+        shares = {f"{thread}.{phase}": (value - before[phase]) / elapsed
+                  for thread, now, before in (("batcher", vars(scheduler.stats.batcher), seconds0[0]), ("completer", vars(scheduler.stats.completer), seconds0[1]))
+                  for phase, value in now.items()}
+    sys.setswitchinterval(previous_interval)
+    cpu_us = {"batcher": cpu.get("batcher", 0.0), "completer": cpu.get("completer", 0.0), "publisher": cpu.get("publisher", 0.0),
+              "sources": sum(v for k, v in cpu.items() if k.startswith("source-"))}
+    cpu_us = {name: value / max(done, 1) * 1e6 for name, value in cpu_us.items()}
     dropped = sum(q.dropped for q in queues)
     misses = sum(pool.misses for pool in pools) if pools else None
     rss_end, gpu_end = rss_mib(), gpu_used_mib()
@@ -327,8 +413,15 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         "fps": fps,
         "p50": np.percentile(latencies, 50) * 1000, "p95": np.percentile(latencies, 95) * 1000, "p99": np.percentile(latencies, 99) * 1000,
         "watts": power.watts, "batch": scheduler.stats.snapshot()["mean_batch_size"], "dropped": dropped, "memory": memory,
-        "pinned_misses": misses, "rss_mib": rss_end, "gpu_mib": gpu_end,
+        "pinned_misses": misses, "rss_mib": rss_end, "gpu_mib": gpu_end, "cpu_us": cpu_us, "shares": shares,
     }
+
+
+def where_time_went(result: dict) -> str:
+    """One line: CPU µs per result of each thread, and the scheduler threads' time by phase (share of wall)."""
+    cpu = "  ".join(f"{name} {value:.1f}" for name, value in result["cpu_us"].items())
+    shares = "  ".join(f"{name} {value:.0%}" for name, value in result["shares"].items())
+    return f"    CPU µs/result: {cpu}  |  time: {shares}"
 
 
 def accuracy(frames: list[np.ndarray], gpu_pre: bool, kind: str = "torch") -> tuple[float, float]:
@@ -440,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nvdec", type=Path, help="also run the NVDEC modes on this 1080p H.264 clip (scripts/make-test-clips)")
     parser.add_argument("--only-nvdec", action="store_true", help="run only the NVDEC mode")
     parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy,nvdec-probe",
-                        help="comma-separated subset of the default (engine is always run: it is the ratios' base)")
+                        help="comma-separated subset of the default (engine is always run: it is the ratios' base), and the "
+                        "diagnostics: device-path (the pipeline's device work without its host path, per frame transfer, with "
+                        "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
+                        "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-switch0.5ms")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -508,17 +604,35 @@ def main(argv: list[str] | None = None) -> int:
             naive_fps = naive(frames, args.seconds) if "naive" in modes else float("nan")
             rows.append(("naive [torch]", naive_fps, None, base))
             print(f"naive       {naive_fps:9.1f} img/s", flush=True)
-        for name, gpu_pre, pinned in (("pipeline", False, False), ("pipeline-gpu, pageable", True, False), ("pipeline-gpu", True, True)):
-            if name.replace(", ", "-") not in modes or (kind != "torch" and name != "pipeline-gpu"):
+        if "device-path" in modes:
+            for transfer in ("copies", "batched", "mapped"):
+                result = device_path(kind, frames, args.batch, args.streams, args.seconds, transfer)
+                phases = ", ".join(f"{name} {ms:.3f}" for name, ms in result["phases_ms"].items())
+                print(f"{tag}: device path, frames {result['frame_transfer']:<8}{result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x engine-only); "
+                      f"one batch on an idle GPU, ms: {phases}", flush=True)
+        variants = (
+            ("pipeline", dict(gpu_pre=False, pinned=False)),
+            ("pipeline-gpu, pageable", dict(gpu_pre=True, pinned=False)),
+            ("pipeline-gpu", dict(gpu_pre=True, pinned=True)),
+            ("pipeline-gpu, batched", dict(gpu_pre=True, pinned=True, frame_transfer="batched")),
+            ("pipeline-gpu, mapped", dict(gpu_pre=True, pinned=True, frame_transfer="mapped")),
+            ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
+            ("pipeline-gpu, switch 0.5 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.0005)),
+        )
+        for name, options in variants:
+            mode = name.replace(", ", "-").replace(" ", "")
+            if mode not in modes or (kind != "torch" and not name.startswith("pipeline-gpu") or name == "pipeline-gpu, pageable" and kind != "torch"):
                 continue
-            result = pipeline_mode(frames, args.batch, args.streams, args.seconds, gpu_pre, pinned=pinned, kind=kind)
+            result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))
             print(f"{tag}: {name:<12}{result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x its engine-only)  p50 {result['p50']:.1f} ms  "
                   f"p95 {result['p95']:.1f} ms  p99 {result['p99']:.1f} ms  batch {result['batch']:.1f}  pinned-pool misses {result['pinned_misses']}", flush=True)
+            print(where_time_went(result), flush=True)
         if "pipeline-nvdec" in modes and args.nvdec:
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, nvdec_clip=args.nvdec, kind=kind)
             rows.append((f"pipeline-nvdec [{tag}]", result["fps"], result, base))
             print(f"{tag}: pipeline-nvdec {result['fps']:9.1f} img/s  p50 {result['p50']:.1f} ms  p95 {result['p95']:.1f} ms  batch {result['batch']:.1f}", flush=True)
+            print(where_time_went(result), flush=True)
     naive_fps = next((fps for name, fps, _, _ in rows if name.startswith("naive")), float("nan"))
     for cameras in args.realtime:
         result = pipeline_mode(frames, args.batch, args.streams, args.seconds, True, sources=cameras, paced_fps=30.0)

@@ -39,9 +39,18 @@ from ..entities import DeviceFrame
 from ..errors import BackendError
 from ..pinned import PinnedImage
 
-__all__ = ["ExecutorInfo", "Executor", "SlotExecution", "CapturedBatch", "DeviceRuntime", "graph_batch_sizes", "stage_frame"]
+__all__ = ["FRAME_TRANSFERS", "frame_transfer_for", "ExecutorInfo", "Executor", "SlotExecution", "CapturedBatch", "DeviceRuntime", "graph_batch_sizes", "stage_frame"]
 
 log = logging.getLogger("trtstream.gpu.runtime")
+
+
+FRAME_TRANSFERS = ("copies", "batched", "mapped")
+AUTO_FRAME_TRANSFER = "copies"  # engine.frame_transfer = "auto"
+
+
+def frame_transfer_for(setting: str) -> str:
+    """``engine.frame_transfer`` resolved ("auto" -> :data:`AUTO_FRAME_TRANSFER`)."""
+    return AUTO_FRAME_TRANSFER if setting == "auto" else setting
 
 
 def _align(nbytes: int, to: int = 256) -> int:
@@ -121,7 +130,7 @@ class _SlotState:
     rows: int = 0  # rows staged for the next submit
     used: int = 0  # bytes of the staging area in use (table included)
     host_end: int = 0  # end of what the bulk copy moves (table and frames copied into staging_host)
-    pinned_copies: list = field(default_factory=list)  # (offset, PinnedImage): copied from where they were decoded
+    pinned_copies: list = field(default_factory=list)  # (row, offset, PinnedImage): sent from where they were decoded
     graphs: dict[int, CapturedBatch] = field(default_factory=dict)  # batch size -> captured batch, ascending
 
 
@@ -131,7 +140,14 @@ class DeviceRuntime:
     ``cuda`` is the CUDA layer (:mod:`daemon.cuda`, or a test double). The NVRTC kernels (preprocessing,
     decoding) are compiled only when :meth:`configure` takes that work."""
 
-    def __init__(self, executor: Executor, *, streams: int, device: int = 0, cuda_graphs: bool = True, cuda: Any = None):
+    def __init__(self, executor: Executor, *, streams: int, device: int = 0, cuda_graphs: bool = True, cuda: Any = None,
+                 frame_transfer: str = "copies"):
+        """``frame_transfer``: how frames decoded into pinned memory reach the preprocessing kernel —
+        ``copies`` (one asynchronous copy each), ``batched`` (all of a batch in one
+        ``cudaMemcpyBatchAsync``; ``copies`` where CUDA is older than 12.8) or ``mapped`` (no copy: the
+        kernel reads them in place through unified addressing, as on Jetson's shared memory)."""
+        if frame_transfer not in FRAME_TRANSFERS:
+            raise BackendError(f"frame_transfer {frame_transfer!r}: expected one of {', '.join(FRAME_TRANSFERS)}")
         if cuda is None:
             from .. import cuda as cuda_layer
 
@@ -145,6 +161,9 @@ class DeviceRuntime:
         self._min_run = x.min_batch
         self._use_graphs = cuda_graphs and x.cuda_graphs
         self._bind_device()
+        if frame_transfer == "batched" and not cuda.memcpy_batch_supported():
+            frame_transfer = "copies"
+        self._frame_transfer = frame_transfer
         self._streams = [cuda.Stream() for _ in range(streams)]
         self._locks = [threading.Lock() for _ in range(streams)]
         self._slots: list[_SlotState] = []
@@ -163,7 +182,7 @@ class DeviceRuntime:
             inputs=x.inputs,
             outputs=x.outputs,
             max_batch=x.max_batch,
-            details={"streams": streams, "artifact": None, **x.details, "cuda_graphs": self._use_graphs},
+            details={"streams": streams, "artifact": None, **x.details, "cuda_graphs": self._use_graphs, "frame_transfer": frame_transfer},
             capabilities=Capabilities(
                 gpu_preprocessing=self._image_input is not None,
                 device_frames=self._image_input is not None,
@@ -300,21 +319,43 @@ class DeviceRuntime:
         if not 1 <= batch_size <= self.info.max_batch:
             raise BackendError(f"batch of {batch_size} frames; this engine takes 1..{self.info.max_batch}")
         self._bind_device()
-        cuda = self._cuda
         state: _SlotState = slot.state
         stream = self._streams[state.stream_index]
         with self._locks[state.stream_index]:  # slots of one stream share its per-stream executor state
-            self._enqueue_inputs(state, stream, batch_size)
+            self._copy_inputs(state, stream, batch_size)
+            self._preprocess(state, stream, batch_size)
             self._run_model(state, batch_size)
-            if self._decoder is not None:
-                name = self.info.outputs[0].name
-                self._decoder.launch(stream, state.device_out[name].ptr, state.decoded.ptr, batch_size)
-                cuda.memcpy_dtoh_async(state.host_out[name][:batch_size], state.decoded.ptr, stream)
-            else:
-                for name, host in state.host_out.items():
-                    cuda.memcpy_dtoh_async(host[:batch_size], state.device_out[name].ptr, stream)
+            self._enqueue_outputs(state, stream, batch_size)
             state.event.record(stream)
         slot.batch_size = batch_size
+
+    def phase_times(self, slot: Slot, batch_size: int) -> dict[str, float]:
+        """One batch as :meth:`submit` runs it (stage the frames first), with an event between its steps,
+        on an otherwise idle stream: milliseconds of GPU time per step (``copies``, ``preprocessing``,
+        ``model``, ``outputs``: decoding and the copy back). For benchmarks, which ask what a pipeline's
+        device work costs beside the model alone; it synchronizes, so it is not on the serving path."""
+        self._bind_device()
+        cuda, state = self._cuda, slot.state
+        stream = self._streams[state.stream_index]
+        steps = (
+            ("copies", lambda: self._copy_inputs(state, stream, batch_size)),
+            ("preprocessing", lambda: self._preprocess(state, stream, batch_size)),
+            ("model", lambda: self._run_model(state, batch_size)),
+            ("outputs", lambda: self._enqueue_outputs(state, stream, batch_size)),
+        )
+        events = [cuda.Event(timing=True) for _ in range(len(steps) + 1)]
+        try:
+            with self._locks[state.stream_index]:
+                events[0].record(stream)
+                for (_, step), event in zip(steps, events[1:]):
+                    step()
+                    event.record(stream)
+            events[-1].synchronize()
+            slot.batch_size = batch_size
+            return {name: events[i].elapsed_ms(events[i + 1]) for i, (name, _) in enumerate(steps)}
+        finally:
+            for event in events:
+                event.close()
 
     def run_engine(self, slot: Slot, batch_size: int) -> None:
         """The model alone on whatever the slot's device input holds: no copies, no preprocessing, no
@@ -337,26 +378,54 @@ class DeviceRuntime:
         else:
             state.execution.enqueue(run)
 
-    def _enqueue_inputs(self, state: _SlotState, stream: Any, batch_size: int) -> None:
+    def _copy_inputs(self, state: _SlotState, stream: Any, batch_size: int) -> None:
+        """The batch's host-to-device copies: with GPU preprocessing, the job table and the frames packed
+        behind it in one copy, then each frame decoded into pinned memory straight from where it is
+        (after the bulk copy, which may span their places); CPU-preprocessed inputs otherwise."""
         cuda = self._cuda
         image = self.info.inputs[self._image_input].name if self._image_input is not None else None
         on_device = self._preprocessor is not None
         if on_device and state.rows:
             if state.rows < batch_size:
                 raise BackendError(f"{state.rows} frames staged for a batch of {batch_size}")
-            # Table and frames in one copy, then each frame decoded into pinned memory straight from where
-            # it is (after the bulk copy, which may span their places), then one launch for the batch.
+            pinned = state.pinned_copies
+            if pinned and self._frame_transfer == "mapped":  # the kernel reads each frame where it was decoded
+                for row, _, frame in pinned:
+                    state.table[row].src = frame.ctypes.data
+                pinned = ()
             cuda.memcpy_htod_async(state.staging_device.ptr, state.staging_host[: state.host_end], stream)
-            for offset, pinned in state.pinned_copies:
-                cuda.memcpy_htod_async(state.staging_device.ptr + offset, pinned, stream)
+            if pinned and self._frame_transfer == "batched":
+                base = state.staging_device.ptr
+                cuda.memcpy_htod_batch_async([base + offset for _, offset, _ in pinned], [frame.ctypes.data for _, _, frame in pinned],
+                                             [frame.nbytes for _, _, frame in pinned], stream)
+            else:
+                for _, offset, frame in pinned:
+                    cuda.memcpy_htod_async(state.staging_device.ptr + offset, frame, stream)
             state.pinned_copies.clear()
-            height, width = self.info.inputs[self._image_input].shape[2:4]
-            self._preprocessor.batch(stream, state.staging_device.ptr, batch_size, state.device_in[image].ptr, width, height)
-            state.rows = 0
         for name, host in state.host_in.items():
             if name == image and on_device:
                 continue  # written by the kernel (a warm-up batch leaves whatever the buffer holds)
             cuda.memcpy_htod_async(state.device_in[name].ptr, host[:batch_size], stream)
+
+    def _preprocess(self, state: _SlotState, stream: Any, batch_size: int) -> None:
+        """One launch that letterboxes every staged row into the model's input (GPU preprocessing)."""
+        if self._preprocessor is None or not state.rows:
+            return
+        spec = self.info.inputs[self._image_input]
+        height, width = spec.shape[2:4]
+        self._preprocessor.batch(stream, state.staging_device.ptr, batch_size, state.device_in[spec.name].ptr, width, height)
+        state.rows = 0
+
+    def _enqueue_outputs(self, state: _SlotState, stream: Any, batch_size: int) -> None:
+        """Decoding on the device and the copy of what is left, or the copy of the raw outputs."""
+        cuda = self._cuda
+        if self._decoder is not None:
+            name = self.info.outputs[0].name
+            self._decoder.launch(stream, state.device_out[name].ptr, state.decoded.ptr, batch_size)
+            cuda.memcpy_dtoh_async(state.host_out[name][:batch_size], state.decoded.ptr, stream)
+        else:
+            for name, host in state.host_out.items():
+                cuda.memcpy_dtoh_async(host[:batch_size], state.device_out[name].ptr, stream)
 
     @staticmethod
     def _graph_for(state: _SlotState, batch: int) -> CapturedBatch | None:
@@ -419,7 +488,7 @@ def stage_frame(state: _SlotState, row: int, image: Any, pipeline: Any, job: typ
         if offset + nbytes > state.staging_host.nbytes or nbytes > frame_bytes:
             raise BackendError(f"frame of {shape[1]}x{shape[0]} does not fit the GPU staging area; raise engine.max_frame_size")
         if isinstance(image, PinnedImage) and image.flags.c_contiguous:  # decoded into pinned memory: no CPU copy
-            state.pinned_copies.append((offset, image))
+            state.pinned_copies.append((row, offset, image))
         else:
             np.copyto(state.staging_host[offset : offset + nbytes].reshape(shape), image)  # releases the GIL
             state.host_end = offset + nbytes

@@ -18,6 +18,7 @@ stream_handle), {})``, ``("cuda.Stream", (handle,), {})``, ...
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any
 
@@ -138,7 +139,8 @@ class _Stream(_Owned):
 
 
 class _Event(_Owned):
-    def __init__(self) -> None:
+    def __init__(self, timing: bool = False) -> None:
+        self.timing = timing
         self._fake.event_count += 1
         self.id = self._fake.event_count
         self.recorded_on: int | None = None
@@ -160,6 +162,15 @@ class _Event(_Owned):
         self._check()
         self._fake.calls.append(("cuda.Event.query", (self.id,), {}))
         return True
+
+    def elapsed_ms(self, end: "_Event") -> float:
+        """The double runs no device work: no time passes between its events (as CUDA, it refuses events
+        made without timing)."""
+        self._check()
+        end._check()
+        if not (self.timing and end.timing):
+            raise CudaError("cudaErrorInvalidResourceHandle (400): an event made without timing", 400)
+        return 0.0
 
     def _check(self) -> None:
         if self._closed:
@@ -289,6 +300,17 @@ class FakeCuda:
         source = self._pinned_bytes(host_array)
         self.device.view(dst_ptr, source.nbytes)[:] = source
         self.calls.append(("cuda.memcpy_htod_async", (dst_ptr, source.nbytes, stream.handle), {}))
+
+    def memcpy_batch_supported(self) -> bool:
+        return self.driver_cuda_version() >= (12, 8)
+
+    def memcpy_htod_batch_async(self, dst_ptrs: list[int], src_ptrs: list[int], sizes: list[int], stream: Any) -> None:
+        stream._check()
+        assert self.memcpy_batch_supported(), "fake_cuda: cudaMemcpyBatchAsync needs CUDA 12.8"
+        for dst, src, size in zip(dst_ptrs, src_ptrs, sizes, strict=True):
+            source = self._pinned_bytes(np.ctypeslib.as_array((ctypes.c_ubyte * size).from_address(src)))
+            self.device.view(dst, size)[:] = source
+        self.calls.append(("cuda.memcpy_htod_batch_async", (tuple(dst_ptrs), tuple(sizes), stream.handle), {}))
 
     def memcpy_dtoh_async(self, host_array: np.ndarray, src_ptr: int, stream: Any) -> None:
         stream._check()
