@@ -301,7 +301,9 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
 
     if pools and prefilled:  # every buffer holds a frame once; taking one is all a source does
         for index, pool in enumerate(pools):
-            taken = list(iter(pool.take, None))
+            taken = []
+            while (image := pool.take()) is not None:
+                taken.append(image)
             for n, image in enumerate(taken):
                 np.copyto(image, frames[(n * sources + index) % len(frames)])
             for image in taken:
@@ -399,6 +401,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
               "sources": sum(v for k, v in cpu.items() if k.startswith("source-"))}
     cpu_us = {name: value / max(done, 1) * 1e6 for name, value in cpu_us.items()}
     dropped = sum(q.dropped for q in queues)
+    backlog = publisher.stats.queue_depth
+    publisher_dropped = publisher.stats.dropped_queue_full + publisher.stats.dropped_socket
     misses = sum(pool.misses for pool in pools) if pools else None
     rss_end, gpu_end = rss_mib(), gpu_used_mib()
     stop.set()
@@ -414,6 +418,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         "p50": np.percentile(latencies, 50) * 1000, "p95": np.percentile(latencies, 95) * 1000, "p99": np.percentile(latencies, 99) * 1000,
         "watts": power.watts, "batch": scheduler.stats.snapshot()["mean_batch_size"], "dropped": dropped, "memory": memory,
         "pinned_misses": misses, "rss_mib": rss_end, "gpu_mib": gpu_end, "cpu_us": cpu_us, "shares": shares,
+        "publisher_backlog": backlog, "publisher_dropped": publisher_dropped,
     }
 
 
@@ -421,7 +426,8 @@ def where_time_went(result: dict) -> str:
     """One line: CPU µs per result of each thread, and the scheduler threads' time by phase (share of wall)."""
     cpu = "  ".join(f"{name} {value:.1f}" for name, value in result["cpu_us"].items())
     shares = "  ".join(f"{name} {value:.0%}" for name, value in result["shares"].items())
-    return f"    CPU µs/result: {cpu}  |  time: {shares}"
+    return (f"    CPU µs/result: {cpu}  |  time: {shares}  |  publisher backlog {result['publisher_backlog']}, "
+            f"dropped {result['publisher_dropped']}")
 
 
 def accuracy(frames: list[np.ndarray], gpu_pre: bool, kind: str = "torch") -> tuple[float, float]:
@@ -535,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy,nvdec-probe",
                         help="comma-separated subset of the default (engine is always run: it is the ratios' base), and the "
                         "diagnostics: device-path (the pipeline's device work without its host path, per frame transfer, with "
-                        "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
-                        "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-switch0.5ms")
+                        "GPU ms per step), pipeline-gpu-copies, pipeline-gpu-mapped (the other frame transfers), "
+                        "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-switch1ms, -switch0.5ms, "
+                        "-switch0.2ms (sys.setswitchinterval), pipeline-gpu-prefilled-switch0.5ms")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -614,15 +621,18 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline", dict(gpu_pre=False, pinned=False)),
             ("pipeline-gpu, pageable", dict(gpu_pre=True, pinned=False)),
             ("pipeline-gpu", dict(gpu_pre=True, pinned=True)),
-            ("pipeline-gpu, batched", dict(gpu_pre=True, pinned=True, frame_transfer="batched")),
+            ("pipeline-gpu, copies", dict(gpu_pre=True, pinned=True, frame_transfer="copies")),
             ("pipeline-gpu, mapped", dict(gpu_pre=True, pinned=True, frame_transfer="mapped")),
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
+            ("pipeline-gpu, switch 1 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.001)),
             ("pipeline-gpu, switch 0.5 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.0005)),
+            ("pipeline-gpu, switch 0.2 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.0002)),
+            ("pipeline-gpu, prefilled, switch 0.5 ms", dict(gpu_pre=True, pinned=True, prefilled=True, switch_interval=0.0005)),
         )
         for name, options in variants:
             mode = name.replace(", ", "-").replace(" ", "")
-            if mode not in modes or (kind != "torch" and not name.startswith("pipeline-gpu") or name == "pipeline-gpu, pageable" and kind != "torch"):
-                continue
+            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, switch 0.5 ms")):
+                continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))
             print(f"{tag}: {name:<12}{result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x its engine-only)  p50 {result['p50']:.1f} ms  "

@@ -45,7 +45,10 @@ log = logging.getLogger("trtstream.gpu.runtime")
 
 
 FRAME_TRANSFERS = ("copies", "batched", "mapped")
-AUTO_FRAME_TRANSFER = "copies"  # engine.frame_transfer = "auto"
+# engine.frame_transfer = "auto": on an H200 (docs/benchmarks.md, 2026-12-01) one batched call moved the
+# frames as fast as a copy each (device path 0.943 vs 0.934 x engine-only) with 2 calls into CUDA per
+# batch instead of 33, each of which gives up the GIL; mapped reads cost the kernel 13 x (0.807 x).
+AUTO_FRAME_TRANSFER = "batched"
 
 
 def frame_transfer_for(setting: str) -> str:
