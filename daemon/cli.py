@@ -76,9 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, origin = _load(args.config)
     configure_logging(config.logging, args.log_level)
     _log_start_up(raise_nofile_limit(), config)
-    if config.daemon.switch_interval_ms is not None:
-        sys.setswitchinterval(config.daemon.switch_interval_ms / 1000)
-        log.debug("thread switch interval %g ms (daemon.switch_interval_ms)", config.daemon.switch_interval_ms)
     daemon = Daemon(config, Path(origin))
     early_signals.hand_over(daemon, origin)
     log.info("starting with %s", origin)

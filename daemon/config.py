@@ -481,12 +481,6 @@ class LoggingConfig(StrictModel):
 class DaemonConfig(StrictModel):
     exit_when_sources_end: bool = Field(True, description="Exit 0 once every source has ended (files without loop).")
     drain_timeout_s: float = Field(10.0, gt=0, le=600, description="On SIGTERM, how long in-flight frames may take.")
-    switch_interval_ms: float | None = Field(
-        None, gt=0, le=100,
-        description="Python's thread switch interval (sys.setswitchinterval), for the whole process: how long a thread "
-        "back from native code (CUDA, ZeroMQ, decoding) may wait for the GIL before the running one must yield. Unset: "
-        "Python's own 5 ms. See docs/benchmarks.md for what it changed on a GPU.",
-    )
 
 
 class Config(StrictModel):

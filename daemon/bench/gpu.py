@@ -541,9 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="engine-eager,engine,naive,pipeline,pipeline-gpu-pageable,pipeline-gpu,accuracy,nvdec-probe",
                         help="comma-separated subset of the default (engine is always run: it is the ratios' base), and the "
                         "diagnostics: device-path (the pipeline's device work without its host path, per frame transfer, with "
-                        "GPU ms per step), pipeline-gpu-copies, pipeline-gpu-mapped (the other frame transfers), "
-                        "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-switch1ms, -switch0.5ms, "
-                        "-switch0.2ms (sys.setswitchinterval), pipeline-gpu-prefilled-switch0.5ms")
+                        "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
+                        "pipeline-gpu-prefilled (no copy on the sources' threads)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -621,17 +620,13 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline", dict(gpu_pre=False, pinned=False)),
             ("pipeline-gpu, pageable", dict(gpu_pre=True, pinned=False)),
             ("pipeline-gpu", dict(gpu_pre=True, pinned=True)),
-            ("pipeline-gpu, copies", dict(gpu_pre=True, pinned=True, frame_transfer="copies")),
+            ("pipeline-gpu, batched", dict(gpu_pre=True, pinned=True, frame_transfer="batched")),
             ("pipeline-gpu, mapped", dict(gpu_pre=True, pinned=True, frame_transfer="mapped")),
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
-            ("pipeline-gpu, switch 1 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.001)),
-            ("pipeline-gpu, switch 0.5 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.0005)),
-            ("pipeline-gpu, switch 0.2 ms", dict(gpu_pre=True, pinned=True, switch_interval=0.0002)),
-            ("pipeline-gpu, prefilled, switch 0.5 ms", dict(gpu_pre=True, pinned=True, prefilled=True, switch_interval=0.0005)),
         )
         for name, options in variants:
             mode = name.replace(", ", "-").replace(" ", "")
-            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, switch 0.5 ms")):
+            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled")):
                 continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))
