@@ -43,6 +43,9 @@ class _InFlight:
     metas: list = field(default_factory=list)
     ends: list[EndOfStream] = field(default_factory=list)
     t_preprocessed: float = 0.0
+    # (source id, message) of frames the batcher could not stage or submit: counted by the completer, the
+    # only writer of the per-source error counters (two threads' += on one counter can lose counts)
+    errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -210,6 +213,7 @@ class Scheduler:
         backend, pipeline = self._backend, self._pipeline
         kept: list[Frame] = []
         metas = []
+        errors: list[tuple[str, str]] = []
         t0 = time.perf_counter()
         for frame in frames:
             try:
@@ -217,8 +221,8 @@ class Scheduler:
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
                 release_image(frame)
-                self._count_error(frame.source_id, f"preprocessing failed: {exc}")
-        item = _InFlight(backend, slot, kept, metas, ends, time.time())
+                errors.append((frame.source_id, f"preprocessing failed: {exc}"))
+        item = _InFlight(backend, slot, kept, metas, ends, time.time(), errors)
         t1 = time.perf_counter()
         if not kept:
             self._free.put(slot)
@@ -230,7 +234,7 @@ class Scheduler:
                 log.error("inference submit failed: %s", exc)
                 for frame in kept:
                     release_image(frame)
-                    self._count_error(frame.source_id, f"inference failed: {exc}")
+                    errors.append((frame.source_id, f"inference failed: {exc}"))
                 self._free.put(slot)
                 item.slot, item.frames = None, []
         self._inflight.put(item)
@@ -245,6 +249,8 @@ class Scheduler:
                 item = self._inflight.get()
                 if item is None:
                     break
+                for source_id, message in item.errors:
+                    self._count_error(source_id, message)
                 if item.slot is not None:
                     self._complete(item)
                 for end in item.ends:
@@ -305,6 +311,7 @@ class Scheduler:
             self.stats.busy_slots = self._slot_count - self._free.qsize()
 
     def _count_error(self, source_id: str, message: str) -> None:
+        """Count a frame's failure (completer thread only: see ``_InFlight.errors``)."""
         stats = self._source_stats.get(source_id)
         if stats is not None:
             stats.inference_errors += 1
