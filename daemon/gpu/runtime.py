@@ -47,8 +47,8 @@ log = logging.getLogger("trtstream.gpu.runtime")
 FRAME_TRANSFERS = ("copies", "batched", "mapped")
 # engine.frame_transfer = "auto". On an H200 (docs/benchmarks.md, 2026-12-01): one batched call moved the
 # frames as fast as a copy each with the host path out of the way (device path 0.944 vs 0.934 x engine-
-# only) but served fewer frames in the pipeline in both runs (0.786 vs 0.870, 0.757 vs 0.797 x); mapped
-# reads made the preprocessing kernel 13 x slower (0.811 x). So: a copy each.
+# only) but the pipeline served fewer frames with it on all three machine starts (0.757 vs 0.797, 0.786 vs
+# 0.870, 0.522 vs 0.724 x); mapped reads made the preprocessing kernel 13 x slower (0.81 x). So: a copy each.
 AUTO_FRAME_TRANSFER = "copies"
 
 
