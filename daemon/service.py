@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .engine.cache import EngineLeases
+from .engine.child import BuildCancelled
 from .engine.lifecycle import EngineProvider
 from .config import Config
 from .control import ControlServer, LatestResults, default_control_endpoint
@@ -87,10 +88,15 @@ class Daemon:
         config = self.config
         if self._stop_requested("before the model loaded"):
             return 0
-        self._provider = provider = EngineProvider(config.model, config.engine, leases=self._engine_leases)
+        self._provider = provider = EngineProvider(config.model, config.engine, leases=self._engine_leases, stop=self._stop)
         self.notifier.status("loading the model")
-        with extending_timeout(self.notifier):  # an engine built before serving may take many minutes
-            backend = provider.start()  # native code: a SIGTERM meanwhile is seen once it returns
+        try:
+            with extending_timeout(self.notifier):  # an engine built before serving may take many minutes
+                backend = provider.start()  # a build runs in a child process that a stop ends
+        except BuildCancelled:
+            if self._stop_requested("while the engine was being built"):
+                return 0
+            raise
         scheduler: Scheduler | None = None
         try:
             if self._stop_requested("while the model loaded"):
@@ -381,7 +387,7 @@ class Daemon:
     def _rebuild_model(self, config: Config) -> None:
         try:
             provider = EngineProvider(
-                config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}), leases=self._engine_leases
+                config.model, config.engine.model_copy(update={"on_missing_engine": "wait"}), leases=self._engine_leases, stop=self._stop
             )
             backend = provider.start()
         except Exception as exc:

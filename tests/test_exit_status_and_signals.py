@@ -6,6 +6,7 @@ daemon's own log lines (read on a thread, with a deadline) or on its messages, n
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ from daemon.client import ResultSubscriber
 from daemon.service import EXIT_SOURCES_FAILED
 
 from .conftest import DaemonProcess, all_ended, asset, collect, detector_config
+from .slow_builds import slow_to_optimise_model
 
 
 class StderrLines:
@@ -130,8 +132,68 @@ def test_sigterm_while_the_model_loads_exits_without_starting_a_source(start_dae
     assert exit_within(daemon, 15) == 0
     assert time.monotonic() - signalled < 5
     stderr = lines.text()
-    assert "stop requested while the model loaded" in stderr, "the SIGTERM arrived during the model load"
+    assert ("stop requested while the model loaded" in stderr or "stop requested while the engine was being built" in stderr), (
+        "the SIGTERM arrived during the model load"
+    )
     never_started_a_source(stderr)
+
+
+def daemon_children(pid: int) -> set[int]:
+    """The processes ``pid`` started (all its threads' children)."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update(int(c) for c in (task / "children").read_text().split())
+    return children
+
+
+def test_sigterm_during_a_long_engine_build_ends_the_build_and_the_daemon_at_once(start_daemon, free_port, tmp_path):
+    """Issue 11, finding 12: the build (ONNX Runtime optimising a model whose constant folding takes many
+    seconds of real work; a TensorRT build takes minutes) runs in a child process, so a SIGTERM ends it
+    and the daemon at once, instead of after the build, and nothing is bound or started afterwards; the
+    partial artifact is not left in the cache."""
+    model = slow_to_optimise_model(tmp_path / "slow.onnx")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    cache = tmp_path / "cache"
+    config = f"""
+[[sources]]
+id = "cam"
+uri = "synthetic:64x48@5"
+[model]
+path = "{model}"
+pipeline = "classification"
+labels = "{labels}"
+[engine]
+backend = "onnxruntime"
+max_batch = 1
+on_missing_engine = "wait"
+cache_dir = "{cache}"
+[publisher]
+endpoints = ["tcp://127.0.0.1:{free_port}"]
+[logging]
+level = "INFO"
+"""
+    daemon = start_daemon(config)
+    lines = StderrLines(daemon)
+    lines.wait_for("no usable cached onnxruntime engine")
+    deadline = time.monotonic() + 10  # the build's process starting (an in-process build has none: signal anyway)
+    while not (children := daemon_children(daemon.process.pid)) and time.monotonic() < deadline:
+        assert daemon.process.poll() is None, "the daemon exited during the build"
+        time.sleep(0.01)  # polled with a deadline: a child's start has no event to wait on from here
+    signalled = time.monotonic()
+    daemon.terminate()
+    assert exit_within(daemon, 30) == 0
+    assert time.monotonic() - signalled < 5, "the stop waited for the build"
+    stderr = lines.text()
+    assert "stop requested while the engine was being built" in stderr, stderr[-2000:]
+    never_started_a_source(stderr)
+    assert "serving model" not in stderr
+    assert children, "the build ran in the daemon's own process"
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z", "the build outlived the daemon"
+    leftovers = [p.name for p in cache.rglob("*") if p.suffix in (".tmp", ".onnx", ".json")]  # not the lock and lease files
+    assert leftovers == [], leftovers
 
 
 def test_sigterm_before_the_daemon_exists_exits_0_without_loading_the_model(start_daemon, free_port):

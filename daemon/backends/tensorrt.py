@@ -169,6 +169,7 @@ class TensorRTBuilder:
         self._model = model
         self._engine = engine
         self._options = engine.tensorrt
+        self._doubles = trt is not None or cuda is not None  # injected: they exist in this process only
         self._trt = trt if trt is not None else import_tensorrt()
         self._cuda = cuda if cuda is not None else _default_cuda()
         self._major = trt_major(self._trt)
@@ -188,6 +189,14 @@ class TensorRTBuilder:
                 f"engine.tensorrt: need min_batch <= opt_batch <= engine.max_batch, got {options.min_batch}, {opt}, {max_batch}"
             )
         return options.min_batch, opt, max_batch
+
+    def child_recipe(self) -> tuple[Any, tuple] | None:
+        """A child process makes the same builder from the configuration (none on injected doubles)."""
+        if self._doubles:
+            return None
+        from ..engine.builders import create_builder
+
+        return create_builder, (self._model, self._engine, self.backend)
 
     # -- fingerprint ---------------------------------------------------------------------------------------
 

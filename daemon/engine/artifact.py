@@ -42,3 +42,8 @@ class ArtifactBuilder(Protocol):
 
     def load(self, artifact_path: Path) -> InferenceBackend:
         """Load the artifact into a ready backend; raise ArtifactInvalid if it cannot be used."""
+
+    def child_recipe(self) -> tuple[Callable[..., "ArtifactBuilder"], tuple] | None:
+        """How a child process makes this same builder (a module-level factory and picklable arguments),
+        so the daemon can build there and end the build at will (:mod:`daemon.engine.child`); None when
+        it cannot be made elsewhere (a builder on injected test doubles), and builds in-process."""

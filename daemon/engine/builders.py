@@ -84,6 +84,9 @@ class OnnxRuntimeBuilder:
             raise BackendError(f"{model_path}: ONNX Runtime cannot optimise the model: {str(exc).splitlines()[0]}") from None
         progress(1.0, "optimised")
 
+    def child_recipe(self) -> tuple[Any, tuple]:
+        return create_builder, (self.model, self.engine, self.backend)
+
     def load(self, artifact_path: Path) -> InferenceBackend:
         from ..backends.onnxruntime import OnnxRuntimeBackend
 

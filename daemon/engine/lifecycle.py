@@ -25,6 +25,7 @@ from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError, UserError
 from .builders import create_builder
 from .cache import CacheMiss, EngineCache, EngineLeases, Obtained, default_cache_dir
+from .child import BuildCancelled, in_child_process
 
 __all__ = ["EngineProvider"]
 
@@ -46,9 +47,12 @@ class EngineProvider:
         engine: EngineConfig,
         on_ready: Callable[[InferenceBackend], None] | None = None,
         leases: EngineLeases | None = None,
+        stop: threading.Event | None = None,
     ):
         """``leases``: where the cache leases of the engines it hands out are kept (the daemon passes its
-        own, shared by every provider it creates, and releases them when the engines stop serving)."""
+        own, shared by every provider it creates, and releases them when the engines stop serving).
+        ``stop``: the daemon's stop; builds run in a child process that ends when it is set or when this
+        provider is closed (:mod:`daemon.engine.child`)."""
         self.model = model
         self.engine = engine
         self.leases = leases if leases is not None else EngineLeases()
@@ -58,6 +62,7 @@ class EngineProvider:
         self._state: dict[str, Any] = {"target": self.target, "state": "starting", "progress": 0.0, "message": None}
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
+        self._stop = stop
         self._lock = threading.Lock()
         self._ready: InferenceBackend | None = None
 
@@ -84,7 +89,7 @@ class EngineProvider:
 
             self._state.update(state="serving", source="uncached")
             return create_backend(self.model, self.engine)
-        builder = create_builder(self.model, self.engine, self.target)
+        builder = in_child_process(create_builder(self.model, self.engine, self.target), self._build_unwanted)
         try:
             obtained = self.cache.load_cached(builder, self.model.path)
             log.info("engine cache hit: %s (loaded in %.2fs)", obtained.entry.artifact, obtained.seconds)
@@ -110,6 +115,9 @@ class EngineProvider:
         log.info("serving with ONNX Runtime on the plain model; the %s engine builds once serving has begun", self.target)
         return plain_onnxruntime(self.model, self.engine)
 
+    def _build_unwanted(self) -> bool:
+        return self._cancel.is_set() or (self._stop is not None and self._stop.is_set())
+
     @property
     def build_pending(self) -> bool:
         return self._thread is not None and not self._thread.is_alive() and self._state.get("state") == "pending"
@@ -133,6 +141,10 @@ class EngineProvider:
     def _build_in_background(self, builder) -> None:
         try:
             obtained = self._build_now(builder)
+        except BuildCancelled:
+            log.info("the background %s engine build was stopped (no longer wanted)", self.target)
+            self._state.update(state="cancelled")
+            return
         except (BackendError, OSError) as exc:
             log.error("background %s engine build failed; staying on the ONNX Runtime fallback: %s", self.target, exc)
             self._state.update(state="failed", message=str(exc))
@@ -162,8 +174,9 @@ class EngineProvider:
         self.leases.release_except(backend)
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Stop delivering builds and wait up to ``timeout`` for a build in progress (its native code
-        cannot be interrupted, and an interpreter exiting under it aborts). True when none is left running."""
+        """Stop delivering builds, end a build in progress (a child process: ended within a second or
+        so; a builder on test doubles builds in-process and is waited for up to ``timeout``). True when
+        none is left running."""
         with self._lock:
             self._cancel.set()
             ready, self._ready = self._ready, None
