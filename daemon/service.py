@@ -48,6 +48,9 @@ log = logging.getLogger("trtstream.service")
 EXIT_SOURCES_FAILED = 3  # every source failed for good (0 ok, 1 failure at start, 2 invalid config)
 
 
+READER_STOP_S = 2.0  # at a stop, how long the readers together may take to return from a blocking read
+
+
 class Daemon:
     """One running trtstream instance."""
 
@@ -437,8 +440,9 @@ class Daemon:
             for reader in readers:
                 if not reader.queue.finished:
                     publisher.submit(EndOfStream(reader.config.id, "shutdown", "drain timeout"))
+        deadline = time.monotonic() + READER_STOP_S  # one deadline for all: 50 blocked readers must not add up
         for reader in readers:
-            if not reader.join(2.0):
+            if not reader.join(max(0.0, deadline - time.monotonic())):
                 log.warning("source %s: reader did not stop in time (blocked in a read)", reader.config.id)
         publisher.stop()
         totals = {k: (s.frames_captured, s.frames_published, s.frames_dropped) for k, s in self.source_stats.items()}

@@ -223,3 +223,48 @@ def test_sighup_during_start_up_does_not_kill_the_daemon_and_becomes_a_reload(st
     stderr = lines.text()
     assert "received SIGHUP during start-up" in stderr, "the SIGHUP arrived before the daemon's own handlers"
     assert stderr.count("reload done") == 1
+
+
+def test_a_stop_waits_for_blocked_readers_once_not_once_each(start_daemon, free_port, tmp_path):
+    """Four cameras whose server accepts the connection and never answers: the readers are blocked inside
+    OpenCV's open (30 s timeout; one in the connection, the others on OpenCV's open lock). A SIGTERM gives them one shared 2 s deadline, not 2 s each (issue 11:
+    readers cannot be interrupted, so fifty of them made a stop take 100 s)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing is ever read or sent
+    port = silent.getsockname()[1]
+    try:
+        sources = "".join(
+            f'[[sources]]\nid = "cam{i}"\nuri = "http://127.0.0.1:{port}/cam{i}.mjpg"\n[sources.reconnect]\nopen_timeout_s = 30\nread_timeout_s = 30\n'
+            for i in range(4)
+        )
+        daemon = start_daemon(detector_config(sources, free_port, wait_for_subscribers="0"))
+        lines = StderrLines(daemon)
+        for i in range(4):
+            lines.wait_for(f"source cam{i}: connecting")
+        deadline = time.monotonic() + 30
+        while not _accepted_backlog(silent):  # a reader is inside its blocking open (OpenCV opens one at a
+            assert time.monotonic() < deadline, "no reader connected"  # time: the others wait on its lock)
+            time.sleep(0.01)  # polled with a deadline: the readers' connects have no event here
+        signalled = time.monotonic()
+        daemon.terminate()
+        assert exit_within(daemon, 30) == 0
+        took = time.monotonic() - signalled
+        assert took < 5, f"the stop took {took:.1f} s: the blocked readers' waits added up"
+        assert lines.text().count("reader did not stop in time") == 4
+    finally:
+        silent.close()
+
+
+_accepted: list = []
+
+
+def _accepted_backlog(server: socket.socket) -> list:
+    """Accept what is waiting (so the count is of real connections), keeping the sockets open and silent."""
+    server.setblocking(False)
+    while True:
+        try:
+            connection, _ = server.accept()
+        except BlockingIOError:
+            return _accepted
+        _accepted.append(connection)
