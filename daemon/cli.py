@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, check_files, load_config
-from .errors import ConfigError, UsageError, UserError
+from .errors import ConfigError, TrtstreamError, UsageError
 
 if TYPE_CHECKING:
     from .client import Message, ResultSubscriber
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except UserError as exc:
+    except TrtstreamError as exc:  # UserError, BackendError, PublisherError...: one line each, no traceback
         for line in str(exc).splitlines():
             print(f"trtstream: error: {line}", file=sys.stderr)
         return exc.exit_code

@@ -39,7 +39,7 @@ from typing import Any
 
 import zmq
 
-from .errors import UserError
+from .errors import TrtstreamError, UserError
 from .ipcpath import ipc_path, refuse_if_in_use
 from .netaddr import check_listen_host
 from .redact import mask_text
@@ -189,7 +189,8 @@ class ControlServer:
         try:
             sock = self._bind()
         except Exception as exc:  # noqa: BLE001 - UserError from bind; a ZMQError from socket() (EMFILE) too
-            self._start_error = exc if isinstance(exc, UserError) else UserError(f"control: cannot open {self.endpoint}: {exc}")
+            # ours (a UserError from bind, any TrtstreamError a configure_socket hook raised) is kept as it is
+            self._start_error = exc if isinstance(exc, TrtstreamError) else UserError(f"control: cannot open {self.endpoint}: {exc}")
             self._started.set()
             return
         log.info("control socket on %s (mode %04o)", self.endpoint, self._mode)

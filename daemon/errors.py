@@ -1,13 +1,18 @@
 """trtstream's exception tree, one place for every failure domain.
 
-    TrtstreamError
+    TrtstreamError           -- exit code 1 unless a subclass says otherwise
     ├── UserError            -- the user can fix it (bad config, missing file, port in use): one line, no traceback
     │   ├── ConfigError      -- the config file is invalid; exit code 2
     │   ├── ModelConfigError -- the model settings do not fit the model file's tensors or labels
     │   └── UsageError       -- an argument is invalid (an endpoint, a key file given on the command line); exit code 2
     ├── SourceError          -- a source failed to open or read; contained to that source, never fatal
-    ├── BackendError         -- an inference backend failed to load or run
+    ├── BackendError         -- an inference backend failed to load or run (CudaError included)
     └── PublisherError       -- ZeroMQ endpoint could not be bound
+
+A UserError is a mistake the user can fix; a BackendError or PublisherError is a failure of the
+environment or of a backend (a CUDA call, a driver, an endpoint that cannot be bound), so it is not one, and code
+that asks "is this the user's fault?" must not see it as such. The command line still reports every
+TrtstreamError the same way: one ``trtstream: error:`` line per message line, no traceback, ``exit_code``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ __all__ = [
 
 
 class TrtstreamError(Exception):
-    """Base of every error trtstream raises on purpose."""
+    """Base of every error trtstream raises on purpose; the command reports it as one line per message
+    line, without a traceback, and exits ``exit_code``."""
+
+    exit_code = 1
 
 
 class UserError(TrtstreamError):
@@ -73,9 +81,9 @@ class SourceError(TrtstreamError):
         self.retryable = retryable
 
 
-class BackendError(UserError):
+class BackendError(TrtstreamError):
     """An inference backend could not load the model or run it."""
 
 
-class PublisherError(UserError):
+class PublisherError(TrtstreamError):
     """A publisher endpoint could not be bound (bad address, port in use, no permission)."""

@@ -189,7 +189,7 @@ class Publisher:
                 ipc_mode=security.ipc_mode,
                 curve=(curve.server_secret_key, curve.authorized_clients, curve.allow_any_client) if curve.enabled else None,
             )
-        except UserError as exc:  # PublisherError naming the endpoint, or a CURVE key problem
+        except (PublisherError, UserError) as exc:  # PublisherError naming the endpoint, or a CURVE key problem (UserError)
             self._start_error = exc
             socket.close(linger=0)
             self._started.set()

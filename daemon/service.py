@@ -33,7 +33,7 @@ from .watchdog import WatchdogGate, WatchdogPinger, progress_from_stats
 from .entities import EndOfStream
 from .framequeue import Multiplexer
 from .publisher import Publisher
-from .errors import UserError
+from .errors import TrtstreamError
 from .redact import mask_text, mask_url
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
@@ -339,7 +339,7 @@ class Daemon:
         try:
             new = load_checked(self.config_path)
             new = self._reload_security(self.config, new)
-        except UserError as exc:
+        except TrtstreamError as exc:  # a UserError, and a backend or publisher failure alike: keep the old config
             message = str(exc).replace("\n", "; ")
             log.error("reload rejected, still running the previous config: %s", message)
             self.reload_status.update(last_error=mask_text(message), failed_at=time.time())

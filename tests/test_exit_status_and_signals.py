@@ -9,15 +9,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from daemon.client import ResultSubscriber
+from daemon.cuda import CudaError
+from daemon.errors import BackendError, PublisherError, TrtstreamError, UserError
 from daemon.service import EXIT_SOURCES_FAILED
 
-from .conftest import DaemonProcess, all_ended, asset, collect, detector_config
+from .conftest import REPO, DaemonProcess, all_ended, asset, collect, detector_config
 from .slow_builds import slow_to_optimise_model
 
 
@@ -268,3 +272,27 @@ def _accepted_backlog(server: socket.socket) -> list:
         except BlockingIOError:
             return _accepted
         _accepted.append(connection)
+
+
+def test_a_backend_failure_is_not_a_user_error_but_still_one_line_and_exit_1(tmp_path):
+    """The documented tree: BackendError and PublisherError are siblings of UserError (a failing GPU or
+    backend is not the user's mistake), yet the command reports them the same way: one
+    ``trtstream: error:`` line, no traceback, exit 1. A model file ONNX Runtime cannot parse fails the real
+    ``engine build`` (in its build process) with a BackendError, on any machine."""
+    assert not issubclass(BackendError, UserError) and not issubclass(PublisherError, UserError)
+    assert issubclass(BackendError, TrtstreamError) and issubclass(PublisherError, TrtstreamError)
+    assert issubclass(CudaError, BackendError) and not issubclass(CudaError, UserError)
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"not an ONNX model\n" * 64)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[sources]]\nid = "s"\nuri = "synthetic:64x64"\n[model]\npath = "{model}"\npipeline = "detection"\n'
+                      '[engine]\nbackend = "onnxruntime"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "engine", "build", str(config), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("trtstream: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"trtstream: error: {model}: ONNX Runtime cannot optimise the model: "), done.stderr
+    assert "INVALID_PROTOBUF" in errors[0] and done.stderr.strip().splitlines()[-1] == errors[0], done.stderr

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends.base import InferenceBackend
-from ..errors import BackendError, UserError
+from ..errors import BackendError, TrtstreamError
 from .artifact import ArtifactBuilder, Progress
 
 __all__ = ["BuildCancelled", "ChildProcessBuilder", "in_child_process"]
@@ -152,7 +152,7 @@ def _child_main(recipe: Recipe, model_path: Path, output_path: Path, timing_cach
         send.send(("done", time.monotonic() - started))
     except OSError as exc:
         send.send(("oserror", exc.errno if exc.errno is not None else errno.EIO, exc.strerror or str(exc), exc.filename))
-    except UserError as exc:  # BackendError and the like: one line for the user
+    except TrtstreamError as exc:  # BackendError (CudaError too), a UserError and the like: one line for the user
         send.send(("backend", str(exc)))
     except BaseException:
         send.send(("crash", traceback.format_exc()))
