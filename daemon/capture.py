@@ -12,14 +12,14 @@ import logging
 import os
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from .config import SourceConfig, SourceKind, parse_synthetic_uri
 from .errors import SourceError
-from .redact import mask_url
+from .redact import mask_text, mask_url
 
 __all__ = ["FrameProducer", "open_producer", "gstreamer_available", "file_pts_ms"]
 
@@ -71,7 +71,8 @@ class OpenCVProducer:
     Known limit: OpenCV's FFmpeg backend (opencv-python 5.0) converts every decoded picture to the
     stream's *initial* size, so a file or stream whose resolution changes mid-stream (joined clips, a
     reconfigured camera) arrives here already rescaled, and nothing in its API reports the real size.
-    Image sequences (CAP_IMAGES) and NVDEC deliver each frame at its own size."""
+    Image sequences (CAP_IMAGES), NVDEC and ``decoder = "pyav"`` (:class:`PyAVProducer`) deliver each
+    frame at its own size."""
 
     def __init__(self, capture: cv2.VideoCapture, kind: SourceKind, pinned_frames: int = 0):
         self._capture = capture
@@ -120,6 +121,70 @@ class OpenCVProducer:
             self._pool.close()
 
 
+class PyAVProducer:
+    """Files and network streams decoded by PyAV (``decoder = "pyav"``): each frame at its real size.
+
+    OpenCV's FFmpeg backend rescales every picture to the stream's first size and hides the change;
+    PyAV hands over each decoded picture as it is, so a camera reconfigured mid-stream, or clips joined
+    into one file, give results in the frame's own pixels. Frames are converted to BGR by FFmpeg
+    (``to_ndarray(format="bgr24")``) in ordinary memory (no pinned pool: GPU preprocessing copies them
+    into its staging area). PyAV is optional (``pip install 'trtstream[pyav]'``)."""
+
+    def __init__(self, container: Any, kind: SourceKind):
+        self._container = container
+        self._kind = kind
+        self._stream = container.streams.video[0]
+        self._stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV's FFmpeg uses
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        self.fps = fps if 0 < fps < 1000 else None
+        self.width = int(self._stream.codec_context.width)
+        self.height = int(self._stream.codec_context.height)
+        self._frames = container.decode(self._stream)
+
+    def read(self) -> tuple[np.ndarray | None, float | None]:
+        import av
+
+        try:
+            frame = next(self._frames)
+        except (StopIteration, av.error.FFmpegError, OSError):
+            return None, None
+        image = frame.to_ndarray(format="bgr24")
+        self.height, self.width = image.shape[:2]
+        pts = file_pts_ms(frame.time * 1000) if self._kind is SourceKind.FILE and frame.time is not None else None
+        return image, pts
+
+    def rewind(self) -> bool:
+        import av
+
+        try:
+            self._container.seek(0)
+        except (av.error.FFmpegError, OSError):
+            return False
+        self._frames = self._container.decode(self._stream)
+        return True
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def open_pyav(source: SourceConfig, kind: SourceKind, shown: str) -> PyAVProducer:
+    """A file or stream opened by PyAV, with the source's open and read timeouts (network)."""
+    try:
+        import av
+    except ImportError:
+        raise SourceError(f"decoder = 'pyav' needs PyAV (pip install 'trtstream[pyav]'), cannot open: {shown}", retryable=False) from None
+    timeout = (source.reconnect.open_timeout_s, source.reconnect.read_timeout_s) if kind is SourceKind.STREAM else None
+    try:
+        container = av.open(source.uri, mode="r", timeout=timeout)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SourceError(f"cannot open {kind.value} source: {shown} ({mask_text(str(exc))})", retryable=kind is not SourceKind.FILE) from None
+    if not container.streams.video:
+        container.close()
+        raise SourceError(f"no video stream in {shown}", retryable=False)
+    return PyAVProducer(container, kind)
+
+
 class SyntheticProducer:
     """A moving test pattern (colour bars plus a sliding box); needs no file, camera or network."""
 
@@ -165,6 +230,10 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
         return NvdecProducer(source.uri, source.queue_size + 32, stop or threading.Event())
     if kind is SourceKind.SYNTHETIC:
         return SyntheticProducer(*parse_synthetic_uri(source.uri))
+    if source.decoder == "pyav":
+        if kind is SourceKind.FILE and not os.path.isfile(source.uri):
+            raise SourceError(f"file not found: {shown}", retryable=False)
+        return open_pyav(source, kind, shown)
     if kind is SourceKind.FILE:
         if not os.path.isfile(source.uri):
             raise SourceError(f"file not found: {shown}", retryable=False)

@@ -125,8 +125,10 @@ class SourceConfig(StrictModel):
         description="File path, rtsp/http(s) URL, USB index ('usb:0', '0', '/dev/video0'), GStreamer pipeline "
         "ending in appsink, or 'synthetic:WIDTHxHEIGHT@FPS'.",
     )
-    decoder: Literal["opencv", "nvdec"] = Field(
-        "opencv", description="Files: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends."
+    decoder: Literal["opencv", "nvdec", "pyav"] = Field(
+        "opencv", description="Files: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends. "
+        "Files and network streams: 'pyav' decodes with PyAV, each frame at its real size (OpenCV rescales a stream whose "
+        "resolution changes to its first size)."
     )
     loop: bool = Field(False, description="Files: start again at the end instead of ending.")
     pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
@@ -177,6 +179,8 @@ class SourceConfig(StrictModel):
             raise ValueError("loop and pace apply to file sources only")
         if self.decoder == "nvdec" and self.resolved_kind is not SourceKind.FILE:
             raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
+        if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
+            raise ValueError("decoder = 'pyav' applies to files and network streams")
         return self
 
 

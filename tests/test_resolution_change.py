@@ -15,6 +15,7 @@ OpenCV's image-sequence backend, which delivers each frame at its own size.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import subprocess
@@ -69,13 +70,20 @@ def joined_clip(tmp_path):
     return joined
 
 
-@pytest.mark.xfail(strict=True, reason="OpenCV's FFmpeg backend rescales every frame to the stream's first size and reports no change")
-def test_joined_clip_results_carry_each_frames_real_size(tmp_path, start_daemon, free_port):
+@pytest.mark.parametrize("decoder", [
+    "pyav",
+    pytest.param("opencv", marks=pytest.mark.xfail(strict=True, reason="OpenCV's FFmpeg backend rescales every frame to the stream's first size and reports no change")),
+])
+def test_joined_clip_results_carry_each_frames_real_size(tmp_path, start_daemon, free_port, decoder):
+    """``decoder = "pyav"`` is the way to serve such a stream (its pictures come at their real size)."""
     from daemon.client import ResultSubscriber
 
+    if decoder == "pyav":
+        if importlib.util.find_spec("av") is None:
+            missing("needs PyAV: pip install 'trtstream[pyav]'")
     path = joined_clip(tmp_path)
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
-        daemon = start_daemon(detector_config(f'[[sources]]\nid = "joined"\nuri = "{path}"\n', free_port))
+        daemon = start_daemon(detector_config(f'[[sources]]\nid = "joined"\nuri = "{path}"\ndecoder = "{decoder}"\n', free_port))
         messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
         assert daemon.wait(60) == 0, daemon.stderr
     sizes = [(m.header["frame"]["width"], m.header["frame"]["height"]) for m in messages if m.type == "result"]

@@ -115,3 +115,32 @@ def test_nvdec_is_for_file_sources():
 
     with pytest.raises(ConfigError, match="decoder = 'nvdec' applies to file sources only"):
         parse_config({"sources": [{"id": "c", "uri": "rtsp://h/s", "decoder": "nvdec"}], "model": {"path": "m", "pipeline": "detection"}})
+
+
+def test_pyav_is_for_files_and_network_streams():
+    from daemon.config import parse_config
+    from daemon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sources\[0\].*decoder = 'pyav' applies to files and network streams"):
+        parse_config({"sources": [{"id": "c", "uri": "usb:0", "decoder": "pyav"}], "model": {"path": "m", "pipeline": "detection"}})
+
+
+def test_pyav_reads_a_file_at_its_own_size_and_rewinds():
+    """PyAV (decoder = "pyav") decodes bikes.mp4 frame for frame as OpenCV does (same size, count and
+    picture, within the decoders' colour rounding), with file positions, and loops."""
+    import cv2
+    import numpy as np
+
+    pytest.importorskip("av", reason="needs PyAV: pip install 'trtstream[pyav]'")
+    reader, mux = reader_for(uri=str(asset("media/bikes.mp4")), decoder="pyav", loop=True, max_frames=300)
+    reader.start()
+    frames, ends = drain(mux, timeout=60)
+    assert reader.join(5)
+    capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    ok, first = capture.read()
+    assert ok and ends[0].reason == "max_frames" and [f.index for f in frames] == list(range(300))
+    assert frames[0].image.shape == first.shape == (272, 640, 3)
+    assert np.abs(frames[0].image.astype(int) - first.astype(int)).mean() < 3
+    positions = [frame.pts_ms for frame in frames]
+    assert positions[:250] == sorted(positions[:250]) and positions[1] > positions[0]
+    assert positions[250] == positions[0], "looped: the 251st frame is the first again"
