@@ -104,6 +104,10 @@ class ChildProcessBuilder:
             if process.is_alive() and outcome is None:
                 _end(process)
             process.join(TERMINATE_GRACE_S)
+        if outcome is None and self._cancelled():
+            # The child ended without a word and the build is no longer wanted: a stop reached both (systemd's
+            # KillMode=control-group signals the whole unit at once), not a crash of the build.
+            raise BuildCancelled(f"the {self.backend} engine build was stopped")
         _raise_for(outcome, process.exitcode, self.backend)
 
 
