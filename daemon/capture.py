@@ -131,6 +131,9 @@ class PyAVProducer:
     into its staging area). PyAV is optional (``pip install 'trtstream[pyav]'``)."""
 
     def __init__(self, container: Any, kind: SourceKind):
+        import av
+
+        self._errors = (av.error.FFmpegError, OSError)  # what ends a read or a seek (resolved once, not per frame)
         self._container = container
         self._kind = kind
         self._stream = container.streams.video[0]
@@ -143,11 +146,11 @@ class PyAVProducer:
         self._frames = container.decode(self._stream)
 
     def read(self) -> tuple[np.ndarray | None, float | None]:
-        import av
-
         try:
             frame = next(self._frames)
-        except (StopIteration, av.error.FFmpegError, OSError):
+        except StopIteration:
+            return None, None
+        except self._errors:
             return None, None
         image = frame.to_ndarray(format="bgr24")
         self.height, self.width = image.shape[:2]
@@ -155,11 +158,9 @@ class PyAVProducer:
         return image, pts
 
     def rewind(self) -> bool:
-        import av
-
         try:
             self._container.seek(0)
-        except (av.error.FFmpegError, OSError):
+        except self._errors:
             return False
         self._frames = self._container.decode(self._stream)
         return True

@@ -176,15 +176,21 @@ def service_config(shared: Path, cache_dir: Path, policy: str, port: int) -> Pat
     return path
 
 
+def built_by_root(shared_dir, on_missing_engine: str, port: int):
+    """``trtstream engine build`` as root (this test process) into ``shared_dir``/cache: the service user,
+    the config (with ``on_missing_engine``) and the artifact built."""
+    as_user = AsServiceUser(shared_dir)  # first: it skips where there is no service user to drop to
+    cache_dir = shared_dir / "cache"
+    config = service_config(shared_dir, cache_dir, on_missing_engine, port)
+    built = subprocess.run([sys.executable, "-m", "daemon", "engine", "build", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    return as_user, config, next(cache_dir.glob("*.onnx"))
+
+
 def test_an_engine_root_built_is_a_cache_hit_for_the_service_user(shared_dir, free_port):
     """``sudo trtstream engine build`` (an image build), then the daemon as the unprivileged service user:
     artifact and sidecar have the same mode, readable by that user, and its start is a cache hit."""
-    as_user = AsServiceUser(shared_dir)
-    cache_dir = shared_dir / "cache"
-    config = service_config(shared_dir, cache_dir, "fail", free_port)
-    built = subprocess.run([sys.executable, "-m", "daemon", "engine", "build", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert built.returncode == 0, built.stderr
-    artifact = next(cache_dir.glob("*.onnx"))
+    as_user, config, artifact = built_by_root(shared_dir, "fail", free_port)
     sidecar = artifact.with_suffix(".json")
     assert oct(artifact.stat().st_mode & 0o777) == oct(sidecar.stat().st_mode & 0o777) == "0o644"
     served = as_user.run("run", str(config))
@@ -196,12 +202,7 @@ def test_an_entry_the_service_user_cannot_read_is_a_miss_then_a_build_never_a_cr
     """A root-built entry the service user cannot read (an artifact left 0600, as before this fix): the
     daemon logs a miss naming the file, builds outside the cache it cannot write and serves; ``engine
     build`` as that user says in one line that the cache is not writable and exits 1."""
-    as_user = AsServiceUser(shared_dir)
-    cache_dir = shared_dir / "cache"
-    config = service_config(shared_dir, cache_dir, "wait", free_port)
-    built = subprocess.run([sys.executable, "-m", "daemon", "engine", "build", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert built.returncode == 0, built.stderr
-    artifact = next(cache_dir.glob("*.onnx"))
+    as_user, config, artifact = built_by_root(shared_dir, "wait", free_port)
     artifact.chmod(0o600)
     served = as_user.run("run", str(config))
     assert served.returncode == 0 and "Traceback" not in served.stderr, served.stderr[-3000:]
@@ -211,7 +212,7 @@ def test_an_entry_the_service_user_cannot_read_is_a_miss_then_a_build_never_a_cr
     refused = as_user.run("engine", "build", str(config))
     assert refused.returncode == 1, refused
     line = one_error_line(refused.stderr)
-    assert f"cannot write the engine cache: {cache_dir}" in line and "permission denied for user nobody" in line, line
+    assert f"cannot write the engine cache: {artifact.parent}" in line and "permission denied for user nobody" in line, line
 
 
 # -- finding 10: a full disk -------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from daemon.bench.compare import iou
-from daemon.bench.resources import gpu_used_mib, rss_mib, slope_per_minute
+from daemon.bench.resources import gpu_used_mib, rss_mib, slope_per_minute, thread_clocks
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
 MODEL = REPO / "assets" / "models" / "yolov3_tiny_416.onnx"
@@ -262,8 +262,7 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
-                  nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
-                  switch_interval: float | None = None) -> dict:
+                  nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -271,7 +270,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     buffer of its pinned pool (the copy a decoder's output write costs, on the source's thread); without
     it frames are ordinary arrays and the batcher copies them into pinned staging. ``prefilled``: the
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
-    host-path benchmark does). ``switch_interval``: sys.setswitchinterval during this mode only.
+    host-path benchmark does).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
@@ -369,15 +368,11 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
 
     feeders = [threading.Thread(target=paced, name="source-0", daemon=True)] if paced_fps else [
         threading.Thread(target=feed, args=(i,), name=f"source-{i}", daemon=True) for i in range(sources)]
-    previous_interval = sys.getswitchinterval()
-    if switch_interval:
-        sys.setswitchinterval(switch_interval)
     scheduler.start()
     for thread in feeders:
         thread.start()
     time.sleep(1.0)  # settle
-    clocks = {t.name: time.pthread_getcpuclockid(t.ident) for t in threading.enumerate()
-              if t.name in ("batcher", "completer", "publisher") or t.name.startswith("source-")}
+    clocks = thread_clocks(lambda name: name in ("batcher", "completer", "publisher") or name.startswith("source-"))
     cpu0 = {name: time.clock_gettime(clock) for name, clock in clocks.items()}
     seconds0 = (dict(vars(scheduler.stats.batcher)), dict(vars(scheduler.stats.completer)))
     start_count = sum(s.frames_published for s in stats.values())
@@ -396,7 +391,6 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         shares = {f"{thread}.{phase}": (value - before[phase]) / elapsed
                   for thread, now, before in (("batcher", vars(scheduler.stats.batcher), seconds0[0]), ("completer", vars(scheduler.stats.completer), seconds0[1]))
                   for phase, value in now.items()}
-    sys.setswitchinterval(previous_interval)
     cpu_us = {"batcher": cpu.get("batcher", 0.0), "completer": cpu.get("completer", 0.0), "publisher": cpu.get("publisher", 0.0),
               "sources": sum(v for k, v in cpu.items() if k.startswith("source-"))}
     cpu_us = {name: value / max(done, 1) * 1e6 for name, value in cpu_us.items()}

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from daemon.backends.base import BackendInfo, Capabilities, DeviceWork, Slot, TensorSpec
+from daemon.bench.resources import thread_clocks
 from daemon.bufferpool import BufferPool
 from daemon.config import DetectionConfig, DropPolicy, EngineConfig, ModelConfig, PublisherConfig
 from daemon.entities import Frame
@@ -228,11 +229,6 @@ def drain(endpoint: str, received: Any, stop: Any, ready: Any) -> None:
 
 
 # -- measurement ------------------------------------------------------------------------------------------------
-def thread_clocks(names: tuple[str, ...]) -> dict[str, int]:
-    """The CPU clock id of each named thread of this process (Linux: a thread's ident is its pthread_t)."""
-    return {t.name: time.pthread_getcpuclockid(t.ident) for t in threading.enumerate() if t.name in names}
-
-
 def profiled(target: Callable[[], None], name: str, directory: Path) -> Callable[[], None]:
     """``target`` run under its own cProfile (a profiler sees one thread), stats written at its end."""
 
@@ -302,7 +298,7 @@ def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path
     for thread in feeders:
         thread.start()
     time.sleep(1.0)  # settle
-    clocks = thread_clocks(THREADS)
+    clocks = thread_clocks(lambda name: name in THREADS)
     measured = []
     for _ in range(rounds):
         cpu0 = {name: time.clock_gettime(clock) for name, clock in clocks.items()}

@@ -1,14 +1,19 @@
-"""Resource probes shared by the benchmarks and ``scripts/soak``: host RSS, GPU memory in use, and the
+"""Resource probes shared by the benchmarks and the soaks (``scripts/soak``, ``scripts/soak-hostile``):
+host RSS, a process's threads and descriptors, GPU memory in use, each thread's CPU clock, and the
 least-squares slope that tells growth from noise over a long run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["rss_mib", "gpu_used_mib", "slope_per_minute"]
+__all__ = ["rss_mib", "process_sample", "gpu_used_mib", "thread_clocks", "slope_per_minute"]
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -17,6 +22,19 @@ def rss_mib(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def process_sample(pid: int) -> dict[str, float]:
+    """A process's resident memory (MiB), threads and open file descriptors, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def thread_clocks(wanted: Callable[[str], bool]) -> dict[str, int]:
+    """The CPU clock id of each thread of this process whose name ``wanted`` accepts (Linux: a thread's
+    ident is its pthread_t), for CPU time per thread over a measured window."""
+    return {t.name: time.pthread_getcpuclockid(t.ident) for t in threading.enumerate() if wanted(t.name)}
 
 
 def gpu_used_mib() -> float:
