@@ -386,6 +386,13 @@ class EngineConfig(StrictModel):
         "copy per frame; 'batched': a batch's frames in one cudaMemcpyBatchAsync (CUDA 12.8+, else copies); 'mapped': "
         "no copy, the preprocessing kernel reads them in place (Jetson's shared memory). 'auto': see docs/benchmarks.md.",
     )
+    hold_gil_for_enqueues: bool = Field(
+        True,
+        description="GPU backends: queue a batch's copies, kernel launches, graph launch and event without releasing Python's "
+        "GIL (ctypes.PyDLL on libcuda; none of them blocks on pinned memory). Every release costs the batcher a wait "
+        "behind the other threads (readers, publisher) of up to 5 ms. false: every call through cuda-bindings, which "
+        "releases it. See docs/benchmarks.md.",
+    )
     max_frame_size: tuple[int, int] = Field(
         (1920, 1080), description="[width, height]: the largest frame GPU preprocessing stages (buffers are sized once)."
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cuda_enqueue
 from .errors import BackendError
 
 __all__ = [
@@ -336,14 +337,17 @@ class Stream(_Resource):
     """A non-blocking CUDA stream (no implicit sync with the legacy default stream).
 
     ``raw`` is the ``cudaStream_t`` for cuda-bindings calls; ``handle`` the int TensorRT's
-    ``execute_async_v3`` takes."""
+    ``execute_async_v3`` takes. With ``hold_gil`` the enqueues on this stream (copies, kernel launches,
+    graph launches, event records) keep Python's GIL (:mod:`daemon.cuda_enqueue` says why); it stays
+    False where the driver library cannot be bound that way. Only for work whose host memory is pinned."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_gil: bool = False) -> None:
         cudart = _runtime()
         flags = getattr(cudart, "cudaStreamNonBlocking", _STREAM_NON_BLOCKING)
         self.raw = cuda_call(cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
         self._closed = False
         self.handle = _native_handle(self.raw)
+        self.hold_gil = hold_gil and cuda_enqueue.available()
 
     def synchronize(self) -> None:
         cuda_call(_runtime().cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
@@ -365,12 +369,16 @@ class Event(_Resource):
             flags |= getattr(cudart, "cudaEventDisableTiming", _EVENT_DISABLE_TIMING)
         self.raw = cuda_call(cudart.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
         self._closed = False
+        self.handle = _native_handle(self.raw)
 
     def elapsed_ms(self, end: "Event") -> float:
         """GPU milliseconds from this event to ``end`` (both made with ``timing=True``, both completed)."""
         return float(cuda_call(_runtime().cudaEventElapsedTime(self.raw, end.raw), "cudaEventElapsedTime"))
 
     def record(self, stream: Stream) -> None:
+        if stream.hold_gil:
+            cuda_enqueue.event_record(self.handle, stream.handle)
+            return
         cuda_call(_runtime().cudaEventRecord(self.raw, stream.raw), "cudaEventRecord")
 
     def synchronize(self) -> None:
@@ -401,6 +409,9 @@ def memcpy_htod_async(dst_ptr: int, host_array: np.ndarray, stream: Stream) -> N
     cudart = _runtime()
     kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
     src = _host_pointer(host_array)
+    if stream.hold_gil:
+        cuda_enqueue.memcpy_htod(dst_ptr, src, host_array.nbytes, stream.handle)
+        return
     cuda_call(cudart.cudaMemcpyAsync(dst_ptr, src, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(host to device)")
 
 
@@ -436,6 +447,9 @@ def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> N
     cudart = _runtime()
     kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
     dst = _host_pointer(host_array)
+    if stream.hold_gil:
+        cuda_enqueue.memcpy_dtoh(dst, src_ptr, host_array.nbytes, stream.handle)
+        return
     cuda_call(cudart.cudaMemcpyAsync(dst, src_ptr, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(device to host)")
 
 
@@ -472,8 +486,12 @@ class CudaGraph(_Resource):
     def __init__(self, graph_exec: Any):
         self.raw = graph_exec
         self._closed = False
+        self.handle = _native_handle(graph_exec)
 
     def launch(self, stream: Stream) -> None:
+        if stream.hold_gil:
+            cuda_enqueue.graph_launch(self.handle, stream.handle)
+            return
         cuda_call(_runtime().cudaGraphLaunch(self.raw, stream.raw), "cudaGraphLaunch")
 
     def _free(self) -> None:

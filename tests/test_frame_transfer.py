@@ -126,3 +126,18 @@ def test_an_unknown_frame_transfer_is_refused_by_the_configuration():
 
     with pytest.raises(ValidationError, match="frame_transfer"):
         EngineConfig(frame_transfer="zero-copy")
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_the_runtime_makes_its_streams_as_engine_hold_gil_for_enqueues_says(tmp_path, hold):
+    fakes = Fakes("10.16", tmp_path)
+    engine = dict(streams=2, max_batch=4, hold_gil_for_enqueues=hold)
+    fakes.build(fakes.builder(**engine))
+    backend = fakes.builder(**engine).load(fakes.plan_path)
+    assert [stream.hold_gil for stream in fakes.cuda.streams] == [hold, hold]
+    assert backend.info.details["enqueues"] == ("hold the GIL" if hold else "release the GIL")
+    backend.close()
+
+
+def test_the_default_holds_the_gil_for_enqueues():
+    assert EngineConfig().hold_gil_for_enqueues is True

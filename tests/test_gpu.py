@@ -357,3 +357,46 @@ def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_dae
 
     _, results = serve_nvdec_clip(start_daemon, free_port, 'backend = "torch"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"')
     assert {m.header["model"]["backend"] for m in results} == {"torch"}
+
+
+def test_enqueues_that_hold_the_gil_give_the_outputs_of_those_that_release_it():
+    """``engine.hold_gil_for_enqueues``: the same batch queued through libcuda with the GIL held (copies,
+    kernel launches, the model's graph launched from torch's instantiated graph, the event) and through
+    cuda-bindings, which releases it: bit-identical outputs, and the runtime says which ran."""
+    from daemon.backends.base import DeviceWork, GpuPreprocessing
+    from daemon.backends.torch import torch_backend
+    from daemon.pinned import PinnedImagePool
+    from pipelines.detection import DetectionPipeline
+
+    model = asset("models/yolov3_tiny_416.onnx")
+    labels = asset("labels/coco.txt").read_text().split("\n")[:80]
+    frames = bikes_frames((100, 160, 200))
+    pipeline = DetectionPipeline("images", (416, 416), "output", [1, 2535, 85], labels, PreprocessConfig(), DetectionConfig(pad_value=127))
+    pool = PinnedImagePool(len(frames), frames[0].shape)
+    images = [pool.take() for _ in frames]
+    for image, frame in zip(images, frames):
+        np.copyto(image, frame)
+    outputs, enqueues = {}, {}
+    for hold in (True, False):
+        backend = torch_backend(model, 4, 1, half=True, hold_gil=hold)
+        backend.configure(DeviceWork(GpuPreprocessing(pipeline.normalizer, pipeline.pad_grey, 1920 * 1080 * 3), pipeline.device_decoding))
+        enqueues[hold] = backend.info.details["enqueues"]
+        slot = backend.create_slot(0)
+        for _ in range(3):  # the same slot again: the event and the graph launch are reused
+            for row, image in enumerate(images):
+                backend.stage(slot, row, image, pipeline)
+            backend.submit(slot, len(images))
+            result = {name: array.copy() for name, array in backend.wait(slot).items()}
+            if hold in outputs:
+                for name in result:
+                    np.testing.assert_array_equal(result[name], outputs[hold][name])
+            outputs[hold] = result
+        assert backend.info.details["cuda_graphs"] is True
+        backend.close()
+    assert enqueues == {True: "hold the GIL", False: "release the GIL"}, enqueues
+    for name in outputs[False]:
+        np.testing.assert_array_equal(outputs[True][name], outputs[False][name])
+    assert outputs[True]["output"][:, 0, 4].max() > 0.3, "real detections, not zeros"
+    for image in images:
+        image.release()
+    pool.close()

@@ -80,6 +80,7 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
         return torch_backend(
             model.path, engine.max_batch, engine.streams_for(name), half=engine.torch.half, device=engine.device,
             cuda_graphs=engine.cuda_graphs, channels_last=engine.torch.channels_last, frame_transfer=engine.frame_transfer,
+            hold_gil=engine.hold_gil_for_enqueues,
         )  # fmt: skip
     if name == "tensorrt":
         import tempfile

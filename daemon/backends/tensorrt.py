@@ -457,6 +457,7 @@ class TensorRTBuilder:
             cuda_graphs=self._engine.cuda_graphs,
             cuda=self._cuda,
             frame_transfer=frame_transfer_for(self._engine.frame_transfer),
+            hold_gil=self._engine.hold_gil_for_enqueues,
         )
 
     def _verify_io(self, engine: trt.ICudaEngine, path: Path) -> list[_IO]:

@@ -159,17 +159,18 @@ class TorchExecutor:
         batch = self.info.max_batch
         inputs = [self.view(addresses[s.name], s, batch) for s in self.info.inputs]
         outputs = [self.view(addresses[s.name], s, batch) for s in self.info.outputs]
-        return _TorchSlot(self, torch_stream, inputs, outputs)
+        return _TorchSlot(self, torch_stream, inputs, outputs, stream)
 
     def close(self) -> None:
         self._streams.clear()
 
 
 class _TorchSlot:
-    def __init__(self, executor: TorchExecutor, stream: Any, inputs: list, outputs: list):
+    def __init__(self, executor: TorchExecutor, stream: Any, inputs: list, outputs: list, runtime_stream: Any):
         self._executor = executor
         self._torch = executor._torch
         self._stream = stream
+        self._runtime_stream = runtime_stream  # the daemon.cuda.Stream that torch's ExternalStream wraps
         self._inputs = inputs
         self._outputs = outputs
         self._pool = None  # one memory pool for this slot's graphs (they never run at the same time)
@@ -202,16 +203,33 @@ class _TorchSlot:
             with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                 self._run(batch)
         torch.cuda.synchronize()
-        return _TorchGraph(graph, self._stream, torch)
+        return _TorchGraph(graph, self._stream, torch, self._runtime_stream)
 
 
 class _TorchGraph:
-    def __init__(self, graph: Any, stream: Any, torch: Any):
+    """A captured batch. On a stream that holds the GIL for its enqueues, the instantiated graph is
+    launched directly (``raw_cuda_graph_exec``, one ``cuGraphLaunch`` that keeps the GIL); otherwise
+    through torch's ``replay``, which releases it. Inference draws no random numbers, so skipping what
+    ``replay`` adds (the generators' offsets) changes nothing."""
+
+    def __init__(self, graph: Any, stream: Any, torch: Any, runtime_stream: Any):
         self._graph = graph
         self._stream = stream
         self._torch = torch
+        self._runtime_stream = runtime_stream
+        self._exec: int | None = None
+        if runtime_stream.hold_gil:
+            try:
+                self._exec = int(graph.raw_cuda_graph_exec())
+            except (AttributeError, RuntimeError):  # an older torch, or a graph it has not instantiated
+                self._exec = None
 
     def replay(self) -> None:
+        if self._exec is not None:
+            from .. import cuda_enqueue
+
+            cuda_enqueue.graph_launch(self._exec, self._runtime_stream.handle)
+            return
         with self._torch.cuda.stream(self._stream):
             self._graph.replay()
 
@@ -221,8 +239,9 @@ class _TorchGraph:
 
 def torch_backend(
     model_path: Path, max_batch: int, streams: int, *, half: bool = True, device: int = 0, cuda_graphs: bool = True, channels_last: bool = True,
-    frame_transfer: str = "auto",
+    frame_transfer: str = "auto", hold_gil: bool = True,
 ) -> DeviceRuntime:
     """The torch backend: the GPU runtime around a :class:`TorchExecutor`."""
     executor = TorchExecutor(model_path, max_batch, half=half, device=device, channels_last=channels_last)
-    return DeviceRuntime(executor, streams=streams, device=device, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer_for(frame_transfer))
+    return DeviceRuntime(executor, streams=streams, device=device, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer_for(frame_transfer),
+                         hold_gil=hold_gil)

@@ -121,7 +121,7 @@ def tensorrt_double_available() -> bool:
     return (REPO / "tests" / "doubles" / "gpu_tensorrt.py").is_file()
 
 
-def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, frame_transfer: str = "auto"):
+def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, frame_transfer: str = "auto", hold_gil: bool = True):
     """A backend as the daemon makes it: ``torch``, or ``tensorrt`` — the real TensorRT adapter and GPU
     runtime on the GPU test double of the ``tensorrt`` module (TensorRT 10.16 surface, fp16: its engine
     runs the model in torch at ``execute_async_v3``; stated in every row's name)."""
@@ -130,7 +130,7 @@ def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, 
     if kind == "torch":
         from daemon.backends.torch import torch_backend
 
-        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer)
+        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer, hold_gil=hold_gil)
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     if str(REPO) not in sys.path:
@@ -139,7 +139,7 @@ def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, 
     from tests.doubles.gpu_tensorrt import GpuTensorRT
 
     engine = EngineConfig(backend="tensorrt", max_batch=batch, streams=streams, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer,
-                          tensorrt=TensorRTConfig(precision="fp16"))
+                          hold_gil_for_enqueues=hold_gil, tensorrt=TensorRTConfig(precision="fp16"))
     builder = TensorRTBuilder(ModelConfig(path=MODEL, pipeline="detection"), engine, trt=GpuTensorRT("10.16").module)
     with tempfile.TemporaryDirectory(prefix="trtstream-bench-trt-") as scratch:
         plan = Path(scratch) / "model.engine"
@@ -198,13 +198,13 @@ def pinned_copies_of(frames: list[np.ndarray], count: int):
     return pool, images
 
 
-def device_path(kind: str, frames: list[np.ndarray], batch: int, streams: int, seconds: float, frame_transfer: str) -> dict:
+def device_path(kind: str, frames: list[np.ndarray], batch: int, streams: int, seconds: float, frame_transfer: str, hold_gil: bool = True) -> dict:
     """Everything a pipeline batch costs the GPU, and nothing of the host path: the backend's own slots
     (two per stream, as the scheduler has), frames already in pinned memory staged by one thread, then
     ``submit`` (the frames' transfer, the preprocessing launch, the graph, the decoding, the copy back)
     and ``wait``, round robin. The pipeline's device ceiling, beside engine-only's model-alone ceiling.
     Also the GPU time of each step of one batch on an idle GPU (median of 20)."""
-    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer)
+    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer, hold_gil=hold_gil)
     unit = make_unit(backend, True, (frames[0].shape[1], frames[0].shape[0]))
     pipeline = unit.pipeline
     pool, images = pinned_copies_of(frames, batch)
@@ -233,10 +233,10 @@ def device_path(kind: str, frames: list[np.ndarray], batch: int, streams: int, s
     for slot in slots:
         backend.wait(slot)
     elapsed = time.perf_counter() - started
-    transfer = backend.info.details.get("frame_transfer")
+    transfer, enqueues = backend.info.details.get("frame_transfer"), backend.info.details.get("enqueues")
     backend.close()
     pool.close()
-    return {"fps": done / elapsed, "phases_ms": {name: float(np.median(v)) for name, v in phases.items()}, "frame_transfer": transfer}
+    return {"fps": done / elapsed, "phases_ms": {name: float(np.median(v)) for name, v in phases.items()}, "frame_transfer": transfer, "enqueues": enqueues}
 
 
 def naive(frames: list[np.ndarray], seconds: float) -> float:
@@ -262,7 +262,8 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
-                  nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False) -> dict:
+                  nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
+                  hold_gil: bool = True) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -270,7 +271,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     buffer of its pinned pool (the copy a decoder's output write costs, on the source's thread); without
     it frames are ordinary arrays and the batcher copies them into pinned staging. ``prefilled``: the
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
-    host-path benchmark does).
+    host-path benchmark does). ``hold_gil``: the backend's enqueues keep the GIL (engine.hold_gil_for_enqueues).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
@@ -280,7 +281,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     from daemon.scheduler import Scheduler
     from daemon.stats import SourceStats
 
-    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer)
+    backend = make_backend(kind, batch, streams, frame_transfer=frame_transfer, hold_gil=hold_gil)
     frame_size = (1920, 1080) if nvdec_clip is not None else (frames[0].shape[1], frames[0].shape[0])
     unit = make_unit(backend, gpu_pre, frame_size)
     mux = Multiplexer()
@@ -536,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of the default (engine is always run: it is the ratios' base), and the "
                         "diagnostics: device-path (the pipeline's device work without its host path, per frame transfer, with "
                         "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
-                        "pipeline-gpu-prefilled (no copy on the sources' threads)")
+                        "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-gil-releasing and "
+                        "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -605,10 +607,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("naive [torch]", naive_fps, None, base))
             print(f"naive       {naive_fps:9.1f} img/s", flush=True)
         if "device-path" in modes:
-            for transfer in ("copies", "batched", "mapped"):
-                result = device_path(kind, frames, args.batch, args.streams, args.seconds, transfer)
+            for transfer, hold in (("copies", True), ("copies", False), ("batched", True), ("mapped", True)):
+                result = device_path(kind, frames, args.batch, args.streams, args.seconds, transfer, hold)
                 phases = ", ".join(f"{name} {ms:.3f}" for name, ms in result["phases_ms"].items())
-                print(f"{tag}: device path, frames {result['frame_transfer']:<8}{result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x engine-only); "
+                print(f"{tag}: device path, frames {result['frame_transfer']:<8}, enqueues {result['enqueues']}: {result['fps']:9.1f} img/s ({result['fps'] / base:.3f} x engine-only); "
                       f"one batch on an idle GPU, ms: {phases}", flush=True)
         variants = (
             ("pipeline", dict(gpu_pre=False, pinned=False)),
@@ -617,10 +619,12 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline-gpu, batched", dict(gpu_pre=True, pinned=True, frame_transfer="batched")),
             ("pipeline-gpu, mapped", dict(gpu_pre=True, pinned=True, frame_transfer="mapped")),
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
+            ("pipeline-gpu, gil-releasing", dict(gpu_pre=True, pinned=True, hold_gil=False)),
+            ("pipeline-gpu, prefilled, gil-releasing", dict(gpu_pre=True, pinned=True, prefilled=True, hold_gil=False)),
         )
         for name, options in variants:
             mode = name.replace(", ", "-").replace(" ", "")
-            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled")):
+            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing")):
                 continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .. import cuda_enqueue
 from ..cuda import CudaError, Stream, cuda_call, device_properties
 
 __all__ = ["compile_ptx", "compile_module", "Module", "Kernel"]
@@ -61,6 +62,9 @@ class Kernel:
     name: str
     function: Any
 
+    def __post_init__(self) -> None:
+        self.handle = int(self.function)  # the CUfunction as the GIL-holding launch takes it
+
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, args: Sequence[tuple[Any, Any]]) -> None:
         """``args``: (value, ctypes type) pairs in the kernel's parameter order; a value may already be a
         ctypes object (a Structure passed by value). The driver copies the parameters at launch."""
@@ -68,6 +72,9 @@ class Kernel:
         driver = _driver()
         holders = [value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else kind(value) for value, kind in args]
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        if stream.hold_gil:
+            cuda_enqueue.launch_kernel(self.handle, grid, block, stream.handle, ctypes.addressof(pointers))
+            return
         cuda_call(
             driver.cuLaunchKernel(self.function, *grid, *block, 0, driver.CUstream(stream.handle), ctypes.addressof(pointers), 0),
             f"cuLaunchKernel({self.name})",

@@ -145,11 +145,13 @@ class DeviceRuntime:
     decoding) are compiled only when :meth:`configure` takes that work."""
 
     def __init__(self, executor: Executor, *, streams: int, device: int = 0, cuda_graphs: bool = True, cuda: Any = None,
-                 frame_transfer: str = "copies"):
+                 frame_transfer: str = "copies", hold_gil: bool = False):
         """``frame_transfer``: how frames decoded into pinned memory reach the preprocessing kernel —
         ``copies`` (one asynchronous copy each), ``batched`` (all of a batch in one
         ``cudaMemcpyBatchAsync``; ``copies`` where CUDA is older than 12.8) or ``mapped`` (no copy: the
-        kernel reads them in place through unified addressing, as on Jetson's shared memory)."""
+        kernel reads them in place through unified addressing, as on Jetson's shared memory).
+        ``hold_gil``: a batch's enqueues keep Python's GIL (:mod:`daemon.cuda_enqueue`), so the batcher
+        does not queue behind every other thread once per call."""
         if frame_transfer not in FRAME_TRANSFERS:
             raise BackendError(f"frame_transfer {frame_transfer!r}: expected one of {', '.join(FRAME_TRANSFERS)}")
         if cuda is None:
@@ -168,7 +170,7 @@ class DeviceRuntime:
         if frame_transfer == "batched" and not cuda.memcpy_batch_supported():
             frame_transfer = "copies"
         self._frame_transfer = frame_transfer
-        self._streams = [cuda.Stream() for _ in range(streams)]
+        self._streams = [cuda.Stream(hold_gil=hold_gil) for _ in range(streams)]
         self._locks = [threading.Lock() for _ in range(streams)]
         self._slots: list[_SlotState] = []
         self._extra: list[Any] = []  # pinned and device buffers of the slots: freed at close
@@ -186,7 +188,8 @@ class DeviceRuntime:
             inputs=x.inputs,
             outputs=x.outputs,
             max_batch=x.max_batch,
-            details={"streams": streams, "artifact": None, **x.details, "cuda_graphs": self._use_graphs, "frame_transfer": frame_transfer},
+            details={"streams": streams, "artifact": None, **x.details, "cuda_graphs": self._use_graphs, "frame_transfer": frame_transfer,
+                     "enqueues": "hold the GIL" if all(s.hold_gil for s in self._streams) else "release the GIL"},
             capabilities=Capabilities(
                 gpu_preprocessing=self._image_input is not None,
                 device_frames=self._image_input is not None,

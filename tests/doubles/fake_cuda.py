@@ -117,7 +117,8 @@ class _DeviceBuffer(_Owned):
 
 
 class _Stream(_Owned):
-    def __init__(self) -> None:
+    def __init__(self, hold_gil: bool = False) -> None:
+        self.hold_gil = hold_gil  # recorded only: the double's calls never release anything
         self._fake.stream_count += 1
         self.handle = 0x5000 + 0x10 * self._fake.stream_count
         self.raw = self.handle
