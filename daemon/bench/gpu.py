@@ -263,7 +263,7 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
                   nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
-                  hold_gil: bool = True) -> dict:
+                  hold_gil: bool = True, slots_per_stream: int = 2) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -272,6 +272,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     it frames are ordinary arrays and the batcher copies them into pinned staging. ``prefilled``: the
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
     host-path benchmark does). ``hold_gil``: the backend's enqueues keep the GIL (engine.hold_gil_for_enqueues).
+    ``slots_per_stream``: the scheduler's slots per CUDA stream (the daemon's: 2, double buffering).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
@@ -291,12 +292,12 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     run_dir = tempfile.mkdtemp(prefix="trtstream-gpu-bench-")
     publisher = Publisher(PublisherConfig(endpoints=[f"ipc://{run_dir}/bench.ipc"], send_hwm=1000, queue_size=100000), "0" * 32, {"id": "bench", "sha256": "0" * 64, "pipeline": "detection"}, stats, lambda: {})
     publisher.start()
-    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * 2, sink_many=publisher.submit_many)
+    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream, sink_many=publisher.submit_many)
     scheduler.warm_up()
     stop = threading.Event()
     from daemon.pinned import PinnedImagePool
 
-    pools = [PinnedImagePool((4 + 12) if paced_fps else (batch * 2 + batch * streams * 2 // sources + 8), frames[0].shape)
+    pools = [PinnedImagePool((4 + 12) if paced_fps else (batch * 2 + batch * streams * slots_per_stream // sources + 8), frames[0].shape)
              for _ in range(sources)] if (pinned and gpu_pre) else None
 
     if pools and prefilled:  # every buffer holds a frame once; taking one is all a source does
@@ -538,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                         "diagnostics: device-path (the pipeline's device work without its host path, per frame transfer, with "
                         "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
                         "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-gil-releasing and "
-                        "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false)")
+                        "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false), pipeline-gpu-prefilled-batched, "
+                        "pipeline-gpu-prefilled-3slots (three scheduler slots per stream)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -619,12 +621,15 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline-gpu, batched", dict(gpu_pre=True, pinned=True, frame_transfer="batched")),
             ("pipeline-gpu, mapped", dict(gpu_pre=True, pinned=True, frame_transfer="mapped")),
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
+            ("pipeline-gpu, prefilled, batched", dict(gpu_pre=True, pinned=True, prefilled=True, frame_transfer="batched")),
+            ("pipeline-gpu, prefilled, 3 slots", dict(gpu_pre=True, pinned=True, prefilled=True, slots_per_stream=3)),
             ("pipeline-gpu, gil-releasing", dict(gpu_pre=True, pinned=True, hold_gil=False)),
             ("pipeline-gpu, prefilled, gil-releasing", dict(gpu_pre=True, pinned=True, prefilled=True, hold_gil=False)),
         )
         for name, options in variants:
             mode = name.replace(", ", "-").replace(" ", "")
-            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing")):
+            if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing",
+                                                                 "pipeline-gpu, prefilled, batched", "pipeline-gpu, prefilled, 3 slots")):
                 continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))
