@@ -1,4 +1,4 @@
-"""The ``trtstream`` command: run, check-config, subscribe, engine, convert.
+"""The ``trtstream`` command: run, check-config, subscribe, engine, convert, track.
 
 Exit codes: 0 success (also a stop by SIGTERM/SIGINT, even during start-up, and a run whose sources
 ended with at least one ending normally); 1 a runtime failure (model cannot load, endpoint in use); 2 an
@@ -24,6 +24,7 @@ from .config import Config, check_files, load_config
 from .errors import ConfigError, TrtstreamError, UsageError
 
 if TYPE_CHECKING:
+    from .analyticsconfig import TrackingConfig
     from .client import Message, ResultSubscriber
 
 __all__ = ["main"]
@@ -106,6 +107,15 @@ def _log_start_up(nofile: tuple[int, int, int], config: Config) -> None:
         )
 
 
+def _track_tag(detection: dict) -> str:
+    """`` #12`` for a confirmed track's detection, `` #12?`` tentative, `` #12~`` predicted; nothing untracked."""
+    track_id = detection.get("track_id")
+    if track_id is None:
+        return ""
+    mark = "?" if detection.get("track_state") == "tentative" else "" if detection.get("matched_now", True) else "~"
+    return f" #{track_id}{mark}"
+
+
 def _format_message(message, show_heartbeats: bool) -> str | None:
     header = message.header
     kind = message.type
@@ -114,13 +124,19 @@ def _format_message(message, show_heartbeats: bool) -> str | None:
             return None
         parts = [f"{s['id']}:{s['state']} {s['fps']}fps pub={s['frames_published']} drop={s['frames_dropped']}" for s in header["sources"]]
         return f"[heartbeat] backend={header['backend']['name'] if header.get('backend') else '?'} " + " | ".join(parts)
+    if kind == "event":
+        place = f"zone {header['zone']}" if "zone" in header else f"line {header['line']} {header['direction']}"
+        return f"{header['source_id']}: {header['event']} {place}: {header['label']} #{header['track_id']} at frame {header['frame_index']}"
+    if kind == "track":
+        return (f"{header['source_id']}: track #{header['track_id']} {header['label']} ended ({header['reason']}), "
+                f"{header['frames']} frames over {header['duration_s']:.1f}s, best {header['best_score']:.2f}")
     if kind == "eos":
         return f"{header['source_id']}: end of stream ({header['reason']}{': ' + header['detail'] if header.get('detail') else ''}), {header['frames_published']} results"
     stamps = header["timestamps"]
     latency_ms = (stamps["published"] - stamps["captured"]) * 1000
     prefix = f"{header['source_id']} #{header['frame']['index']:<5} seq={header['seq']:<5} {latency_ms:6.1f}ms"
     if "detections" in header:
-        items = [f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in header["detections"]]
+        items = [f"{d['label']}{_track_tag(d)} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in header["detections"]]
         return f"{prefix}  {len(items)} det: " + ("; ".join(items) if items else "-")
     if "classifications" in header:
         return f"{prefix}  " + ", ".join(f"{c['label']} {c['score']:.2f}" for c in header["classifications"])
@@ -160,6 +176,7 @@ def _open_subscriber(args: argparse.Namespace) -> ResultSubscriber:
         topic_prefix=args.topic_prefix,
         curve_server_key=Path(args.server_key) if args.server_key else None,
         curve_client_keys=args.client_key,
+        events=args.events,
     )
 
 
@@ -230,6 +247,48 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    """Track a MOTChallenge detection file offline (daemon/tracking/mot.py), with the ``[tracking]``
+    settings of ``--config`` (defaults without one)."""
+    from .analyticsconfig import TrackingConfig
+    from .tracking.mot import run_mot
+
+    config = load_tracking_section(Path(args.config)) if args.config else TrackingConfig()
+    counts = run_mot(Path(args.mot_det), Path(args.out), config)
+    print(
+        f"{args.mot_det}: {counts['frames']} frames, {counts['detections']} detections -> "
+        f"{counts['tracks']} tracks, {counts['boxes']} boxes written to {args.out}"
+    )
+    return 0
+
+
+def load_tracking_section(path: Path) -> TrackingConfig:
+    """Only the ``[tracking]`` table of a config file, validated as TrackingConfig: the rest of a config
+    (sources, a model) is what ``track`` has no use for, so a file holding just ``[tracking]`` is enough.
+    Problems are a ConfigError with check-config's ``file: key: problem`` lines."""
+    from pydantic import ValidationError
+
+    from .analyticsconfig import TrackingConfig
+    from .config import _describe, _key_path
+    from .tomlcompat import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    section = data.get("tracking", {})
+    if not isinstance(section, dict):
+        raise ConfigError([f"{path}: tracking: must be a table ([tracking])"])
+    try:
+        return TrackingConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: {_key_path(('tracking', *e['loc']), data)}: {_describe(e)}" for e in exc.errors()]) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trtstream", description="Edge video inference daemon.")
     parser.add_argument("--version", action="version", version=f"trtstream {__version__}")
@@ -249,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--source", action="append", help="only this source id (repeatable)")
     sub.add_argument("--json", action="store_true", help="print each message header as one JSON line")
     sub.add_argument("--heartbeats", action="store_true", help="also print heartbeats (text and --json)")
+    sub.add_argument("--events", action="store_true", help="also print zone, line and track events (their own topic)")
     sub.add_argument("--count", type=int, default=0, help="exit after this many results")
     sub.add_argument("--until-eos", action="store_true", help="exit once every (selected) source has ended")
     sub.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives for this many seconds")
@@ -256,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key (DIR/server.key from 'trtstream keys generate')")
     sub.add_argument("--client-key", metavar="FILE", help="CURVE: this subscriber's secret key (DIR/NAME.key_secret, mode 0600)")
     sub.set_defaults(handler=cmd_subscribe)
+
+    track = commands.add_parser(
+        "track",
+        help="track a MOTChallenge detection file offline (ByteTrack) and write MOTChallenge results",
+        description="Run the daemon's tracker over MOTChallenge detections (frame,id,x,y,w,h,score[,...]) and "
+        "write frame,id,x,y,w,h,score,-1,-1,-1 for confirmed tracks, for scoring against ground truth.",
+    )
+    track.add_argument("--mot-det", required=True, metavar="DET.txt", help="MOTChallenge detection file")
+    track.add_argument("--out", required=True, metavar="OUT.txt", help="results file (replaced atomically)")
+    track.add_argument("--config", metavar="CONFIG.toml", help="use this file's [tracking] section (default: built-in defaults)")
+    track.set_defaults(handler=cmd_track)
 
     bench = commands.add_parser(
         "bench",

@@ -107,7 +107,13 @@ class ResultSubscriber:
         context: zmq.Context | None = None,
         curve_server_key: str | os.PathLike | bytes | None = None,
         curve_client_keys: str | os.PathLike | None = None,
+        events: bool = False,
+        results: bool = True,
+        events_prefix: str | None = None,
     ):
+        """``events``: also (or, with ``results = False``, only) the ``event`` and ``track`` messages of
+        the same sources, on ``events_prefix`` (default ``<topic_prefix>-events``, the daemon's
+        ``publisher.event_topic_prefix`` default)."""
         check_endpoint(endpoint)
         if (curve_server_key is None) != (curve_client_keys is None):
             raise UsageError("CURVE needs both the server's public key and this client's secret key file")
@@ -120,25 +126,28 @@ class ResultSubscriber:
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._monitor: zmq.Socket | None = None
         try:
-            self._configure(sources, topic_prefix, heartbeats, receive_hwm, curve)
+            self._configure(sources, topic_prefix, heartbeats, receive_hwm, curve, results)
+            if events:
+                self._subscribe_events(sources, events_prefix or f"{topic_prefix}-events")
             self._connect(endpoint)
         except BaseException:
             self.close()
             raise
         self._heartbeats = heartbeats
-        self._last_seq: dict[tuple[str, str], int] = {}
+        self._last_seq: dict[tuple[str, str, bool], int] = {}
         self.missed: dict[str, int] = {}
 
     def _configure(
-        self, sources: Iterable[str] | None, topic_prefix: str, heartbeats: bool, receive_hwm: int, curve: CurveKeys | None
+        self, sources: Iterable[str] | None, topic_prefix: str, heartbeats: bool, receive_hwm: int, curve: CurveKeys | None,
+        results: bool = True,
     ) -> None:
         self._socket.setsockopt(zmq.RCVHWM, receive_hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
         sources = list(sources) if sources is not None else None
-        if sources is None:
+        if sources is None and results:
             self._socket.setsockopt(zmq.SUBSCRIBE, f"{topic_prefix}/".encode())
         else:
-            for source in sources:
+            for source in (sources or []) if results else []:
                 self._socket.setsockopt(zmq.SUBSCRIBE, f"{topic_prefix}/{source}/".encode())
             if heartbeats:
                 self._socket.setsockopt(zmq.SUBSCRIBE, f"{topic_prefix}/{HEARTBEAT_TOPIC}/".encode())
@@ -149,6 +158,10 @@ class ResultSubscriber:
             # before connect, so the first handshake's outcome cannot be missed
             self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
             self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _subscribe_events(self, sources: Iterable[str] | None, prefix: str) -> None:
+        for topic in ([f"{prefix}/"] if sources is None else [f"{prefix}/{source}/" for source in sources]):
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
 
     def _connect(self, endpoint: str) -> None:
         try:
@@ -190,7 +203,8 @@ class ResultSubscriber:
         seq, source = message.header.get("seq"), message.source_id
         if seq is None or source is None:
             return
-        key = (message.header["instance_id"], source)
+        # events and tracks are numbered apart from results and ends
+        key = (message.header["instance_id"], source, message.type in ("event", "track"))
         previous = self._last_seq.get(key)
         if previous is not None and seq > previous + 1:  # a late joiner's first seq is not a gap
             self.missed[source] = self.missed.get(source, 0) + seq - previous - 1

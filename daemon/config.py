@@ -24,6 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import ConfigError
 from .netaddr import check_host, check_port, is_loopback_endpoint, split_tcp_endpoint
+from .analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
 from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
 from .redact import mask_text, mask_url
 from .tomlcompat import tomllib
@@ -137,6 +138,11 @@ class SourceConfig(StrictModel):
     max_frames: int | None = Field(None, ge=1, description="End the source after this many frames.")
     enabled: bool = True
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    tracking: bool | None = Field(None, description="Track this source's objects; default [tracking].enabled.")
+    infer_every: int = Field(
+        1, ge=1, le=1000, description="Run the model on every Nth frame; the tracker predicts the frames between "
+        "(published with inferred = false). Needs tracking.",
+    )
 
     @property
     def resolved_kind(self) -> SourceKind:
@@ -464,6 +470,15 @@ class PublisherConfig(StrictModel):
     allow_plaintext_remote: bool = Field(
         False, description="Allow tcp endpoints beyond loopback without [security.curve] (results readable by anyone on the network)."
     )
+    event_topic_prefix: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Topic prefix of event and track messages; default '<topic_prefix>-events', which a subscription to "
+        "'<topic_prefix>/' does not match (and the other way round).",
+    )
+
+    @property
+    def events_prefix(self) -> str:
+        return self.event_topic_prefix or f"{self.topic_prefix}-events"
 
     def plaintext_remote_endpoints(self, curve_enabled: bool) -> list[str]:
         """The tcp endpoints that publish unencrypted beyond loopback (none with CURVE on)."""
@@ -505,6 +520,41 @@ class Config(StrictModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    zones: list[ZoneConfig] = Field(default_factory=list, description="[[zones]]: polygons per source (README 'Analytics').")
+    lines: list[LineConfig] = Field(default_factory=list, description="[[lines]]: counting lines per source.")
+
+    @model_validator(mode="after")
+    def _regions_name_their_source(self) -> "Config":
+        """Every zone and line names a configured source, its name is unique for that source, and its
+        source is tracked (only confirmed tracks count); a source that infers every Nth frame is tracked."""
+        sources = {source.id: source for source in self.sources}
+        errors = []
+        for key, regions in (("zones", self.zones), ("lines", self.lines)):
+            seen: set[tuple[str, str]] = set()
+            for index, region in enumerate(regions):
+                source = sources.get(region.source)
+                if source is None:
+                    errors.append(((key, index, "source"), region.source, f"no source has the id {region.source!r}"))
+                elif not self.tracks(source):
+                    errors.append(((key, index, "source"), region.source, f"source {region.source!r} is not tracked (zones and lines count tracks)"))
+                if (region.source, region.name) in seen:
+                    errors.append(((key, index, "name"), region.name, f"{region.name!r} is used twice for source {region.source!r}"))
+                seen.add((region.source, region.name))
+        for index, source in enumerate(self.sources):
+            if source.infer_every > 1 and not self.tracks(source):
+                errors.append((("sources", index, "infer_every"), source.infer_every, "infer_every above 1 needs tracking (the tracker fills the frames between)"))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("analytics", message), loc=loc, input=value) for loc, value, message in errors
+            ])
+        return self
+
+    def tracks(self, source: SourceConfig) -> bool:
+        """Whether ``source``'s objects are tracked: detection pipelines only, per source or [tracking]."""
+        if self.model.pipeline != "detection":
+            return False
+        return self.tracking.enabled if source.tracking is None else source.tracking
 
     @model_validator(mode="after")
     def _no_silent_plaintext_remote(self) -> "Config":

@@ -72,6 +72,7 @@ class FrameResult:
     batch_size: int
     backend: str = ""
     artifact: str | None = None  # cache key of the engine that produced it; None for an uncached model
+    inferred: bool = True  # False: the model skipped this frame (sources[].infer_every); the tracker predicted it
 
 
 def release_image(frame: Frame) -> None:

@@ -71,6 +71,7 @@ class MetricsInputs:
     publisher: Callable[[], PublisherStats | None] = _none
     backend: Callable[[], Mapping[str, Any] | None] = _none  # BackendInfo.describe()
     gpu_memory: Callable[[], GpuMemory | None] = _none  # None on the CPU
+    analytics: Callable[[], Mapping[str, Any] | None] = _none  # daemon.analytics.stage.Analytics.snapshot()
 
 
 @dataclass
@@ -105,7 +106,7 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metrics: list[Metric] = []
-        for part in (self._sources, self._pipeline, self._publisher, self._backend, self._gpu):
+        for part in (self._sources, self._pipeline, self._publisher, self._backend, self._gpu, self._analytics):
             try:
                 metrics.extend(part())
             except Exception:
@@ -118,6 +119,28 @@ class StatsCollector(Collector):
         build.add_metric([], {"version": __version__})
         metrics.append(build)
         yield from metrics
+
+    def _analytics(self) -> list[Metric]:
+        """Tracks, zone occupancy and event counters, and line crossings per tracked source."""
+        snapshot = self._inputs.analytics() or {}
+        tracks = CounterMetricFamily("trtstream_tracks_started", "Tracks started (tentative ones included).", labels=["source"])
+        ended = CounterMetricFamily("trtstream_tracks_ended", "Confirmed tracks that ended (a track message each).", labels=["source"])
+        active = GaugeMetricFamily("trtstream_tracks_active", "Tracks alive now.", labels=["source"])
+        occupancy = GaugeMetricFamily("trtstream_zone_occupancy", "Confirmed tracks inside the zone now.", labels=["source", "zone"])
+        zone_events = CounterMetricFamily("trtstream_zone_events", "Zone events since the zone was (re)defined.", labels=["source", "zone", "event"])
+        crossings = CounterMetricFamily("trtstream_line_crossings", "Line crossings since the line was (re)defined.", labels=["source", "line", "direction"])
+        for source, part in snapshot.items():
+            tracks.add_metric([source], part["tracks"]["started"])
+            ended.add_metric([source], part["tracks"]["ended"])
+            active.add_metric([source], part["tracks"]["active"])
+            for zone, counts in part["zones"].items():
+                occupancy.add_metric([source, zone], counts["occupancy"])
+                for event, key in (("enter", "entered"), ("exit", "exited"), ("dwell", "dwells")):
+                    zone_events.add_metric([source, zone, event], counts[key])
+            for line, counts in part["lines"].items():
+                for direction in ("forward", "backward"):
+                    crossings.add_metric([source, line, direction], counts[direction])
+        return [tracks, ended, active, occupancy, zone_events, crossings]
 
     def _sources(self) -> list[Metric]:
         stats = list(self._inputs.sources().values())

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import zmq
 
+from .analytics.stage import AnalyticsMessage
 from .config import PublisherConfig
 from .entities import EndOfStream, FrameResult
 from .errors import PublisherError, UserError
@@ -42,6 +43,16 @@ __all__ = ["Publisher"]
 log = logging.getLogger("trtstream.publisher")
 
 _STOP = object()
+
+
+class _Events:
+    """A hand-over of analytics messages (told apart from a list of results in the queue)."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: list[AnalyticsMessage]):
+        self.messages = messages
+
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # a multipart message is queued whole or not at all
 # Subscribers only ever send subscriptions (1 byte + a topic of at most a few hundred bytes): a larger
@@ -86,6 +97,8 @@ class Publisher:
         self._model_cache_key: tuple | None = None
         self._seq: dict[str, int] = {}
         self._topics: dict[str, bytes] = {}
+        self._event_seq: dict[str, int] = {}
+        self._event_topics: dict[str, bytes] = {}
         self._result_base = base_header("result", instance_id)  # the fields every result starts with
         self._ended: set[str] = set()
         self._started = threading.Event()
@@ -157,6 +170,12 @@ class Publisher:
             self.stats.dropped_queue_full += len(results) - len(taken)
         if taken:
             self._queue.put(taken)
+
+    def submit_events(self, messages: list[AnalyticsMessage]) -> None:
+        """Queue event and track messages; never blocks. Like ends, they are rare and must arrive: a
+        counting consumer cannot recover a lost crossing, so they are not dropped at the queue."""
+        if messages:
+            self._queue.put(_Events(messages))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish what is queued and a final heartbeat, then close the socket with the configured linger."""
@@ -234,6 +253,10 @@ class Publisher:
                 break
             if isinstance(item, EndOfStream):
                 self._send(socket, self._end_message(item))
+                continue
+            if isinstance(item, _Events):
+                for message in item.messages:
+                    self._send(socket, self._analytics_message(message))
                 continue
             with self._backlog_lock:
                 self._backlog -= len(item)
@@ -313,6 +336,7 @@ class Publisher:
             "frame": {"index": frame.index, "pts_ms": frame.pts_ms, "width": image.shape[1], "height": image.shape[0]},
             "model": self._model_fields(result.backend, result.artifact),
             "batch_size": result.batch_size,
+            "inferred": result.inferred,
             **result.results,
         }  # fmt: skip
         parts = [topic, b""]
@@ -355,6 +379,20 @@ class Publisher:
             timestamps={"published": time.time()},
         )
         return [source_topic(self.config.topic_prefix, end.source_id), encode_header(header)]
+
+    def _analytics_message(self, message: AnalyticsMessage) -> list[bytes]:
+        """An ``event`` or ``track`` message on ``<events prefix>/<source_id>/``, numbered by its own
+        per-source sequence (a subscriber of events alone sees no gaps from results it did not take)."""
+        source_id = message.source_id
+        topic = self._event_topics.get(source_id)
+        if topic is None:
+            topic = self._event_topics[source_id] = source_topic(self.config.events_prefix, source_id)
+        seq = self._event_seq.get(source_id, 0)
+        self._event_seq[source_id] = seq + 1
+        header = base_header(message.kind, self.instance_id)
+        header.update(source_id=source_id, seq=seq, **message.body)
+        header["timestamps"] = {"captured": message.t_captured, "published": time.time()}
+        return [topic, encode_header(header)]
 
     def _heartbeat_header(self, final: bool) -> dict[str, Any]:
         header = base_header("heartbeat", self.instance_id)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .analytics.stage import Analytics, AnalyticsMessage
 from .backends.base import InferenceBackend, Slot
 from .entities import EndOfStream, Frame, FrameResult, drop_pixels, release_image
 from .errors import BackendError
@@ -33,6 +34,7 @@ log = logging.getLogger("trtstream.scheduler")
 
 ResultSink = Callable[[FrameResult | EndOfStream], None]
 BatchSink = Callable[[list[FrameResult]], None]
+EventSink = Callable[[list[AnalyticsMessage]], None]
 
 
 @dataclass(slots=True)
@@ -46,6 +48,9 @@ class _InFlight:
     # (source id, message) of frames the batcher could not stage or submit: counted by the completer, the
     # only writer of the per-source error counters (two threads' += on one counter can lose counts)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # frames the model skips (sources[].infer_every), each with the number of inferred frames before it in
+    # this batch: published in their place, the tracker predicting them
+    skipped: list[tuple[int, Frame]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -63,7 +68,11 @@ class Scheduler:
         slots: int,
         sink_many: BatchSink | None = None,
         keep_pixels: bool = True,
+        analytics: Analytics | None = None,
+        sink_events: EventSink | None = None,
     ):
+        """``analytics``: trackers, zones and lines, run by the completer on each batch's results before
+        they are handed over; their event and track messages go to ``sink_events``."""
         self._mux = mux
         self._unit = unit
         self._backend = backend = unit.backend
@@ -73,6 +82,8 @@ class Scheduler:
         self._sink_many = sink_many or (lambda results: [sink(result) for result in results])
         # False when nothing downstream reads pixels (no thumbnails): results then carry only the shape.
         self._keep_pixels = keep_pixels
+        self._analytics = analytics
+        self._sink_events = sink_events or (lambda messages: None)
         self._source_stats = source_stats
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
@@ -214,15 +225,20 @@ class Scheduler:
         kept: list[Frame] = []
         metas = []
         errors: list[tuple[str, str]] = []
+        skipped: list[tuple[int, Frame]] = []
+        analytics = self._analytics
         t0 = time.perf_counter()
         for frame in frames:
+            if analytics is not None and not analytics.should_infer(frame.source_id, frame.index):
+                skipped.append((len(kept), frame))
+                continue
             try:
                 metas.append(backend.stage(slot, len(kept), frame.image, pipeline))
                 kept.append(frame)
             except Exception as exc:  # one bad frame must not sink the batch
                 release_image(frame)
                 errors.append((frame.source_id, f"preprocessing failed: {exc}"))
-        item = _InFlight(backend, slot, kept, metas, ends, time.time(), errors)
+        item = _InFlight(backend, slot, kept, metas, ends, time.time(), errors, skipped)
         t1 = time.perf_counter()
         if not kept:
             self._free.put(slot)
@@ -253,7 +269,11 @@ class Scheduler:
                     self._count_error(source_id, message)
                 if item.slot is not None:
                     self._complete(item)
+                elif item.skipped:
+                    self._hand_over(self._merge(item, [], time.time(), "", None))
                 for end in item.ends:
+                    if self._analytics is not None:
+                        self._events(self._analytics.end(end))
                     self._sink(end)
         except Exception:
             log.exception("completer crashed")
@@ -292,23 +312,62 @@ class Scheduler:
             if not self._keep_pixels:  # the batch is done with the pixels; the publisher needs only shapes
                 for frame in item.frames:
                     drop_pixels(frame)
-            ready = []
+            inferred = []
             for frame, result in zip(item.frames, results):
                 if result is None:
+                    inferred.append(None)
                     continue
                 stats = self._source_stats.get(frame.source_id)
                 if stats is not None:
                     stats.frames_inferred += 1
-                ready.append(FrameResult(frame, result, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact))
+                inferred.append(FrameResult(frame, result, item.t_preprocessed, t_inferred, len(item.frames), info.name, artifact))
+            ready = self._merge(item, inferred, t_inferred, info.name, artifact)
             t2 = time.perf_counter()
-            self._sink_many(ready)
             seconds.postprocessing += t2 - t1
+            self._hand_over(ready)
             seconds.handing_over += time.perf_counter() - t2
         finally:
             for frame in item.frames:  # the batch has completed: device images can be reused
                 release_image(frame)
             self._free.put(slot)
             self.stats.busy_slots = self._slot_count - self._free.qsize()
+
+    def _merge(self, item: _InFlight, inferred: list[FrameResult | None], t_inferred: float, backend: str,
+               artifact: str | None) -> list[FrameResult]:
+        """The batch's results in the order its frames were taken, skipped frames in their places."""
+        if not item.skipped:
+            return [result for result in inferred if result is not None]
+        merged: list[FrameResult] = []
+        position = 0
+        for before, frame in item.skipped:
+            merged.extend(result for result in inferred[position:before] if result is not None)
+            position = before
+            if not self._keep_pixels:
+                drop_pixels(frame)
+            else:
+                release_image(frame)
+            merged.append(FrameResult(frame, {"detections": []}, item.t_preprocessed, t_inferred, 0, backend, artifact, inferred=False))
+        merged.extend(result for result in inferred[position:] if result is not None)
+        return merged
+
+    def _hand_over(self, ready: list[FrameResult]) -> None:
+        """Analytics (in frame order, on this thread), then the publisher: results first, then the events
+        they caused."""
+        messages: list[AnalyticsMessage] = []
+        if self._analytics is not None:
+            try:
+                messages = self._analytics.process(ready)
+            except Exception:  # analytics must never cost the results themselves
+                log.exception("analytics failed on a batch of %d results; publishing them untracked", len(ready))
+        self._sink_many(ready)
+        if messages:
+            self._events(messages)
+
+    def _events(self, messages: list[AnalyticsMessage]) -> None:
+        try:
+            self._sink_events(messages)
+        except Exception:  # a failing event sink must not stop results
+            log.exception("handing over analytics events failed")
 
     def _count_error(self, source_id: str, message: str) -> None:
         """Count a frame's failure (completer thread only: see ``_InFlight.errors``)."""

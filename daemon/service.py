@@ -35,6 +35,7 @@ from .framequeue import Multiplexer
 from .publisher import Publisher
 from .errors import TrtstreamError
 from .redact import mask_text, mask_url
+from .analytics.stage import Analytics, AnalyticsSettings
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import open_producer
@@ -67,6 +68,7 @@ class Daemon:
         self._engine_leases = EngineLeases()  # cache leases of the engines serving: prune leaves them alone
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
+        self._analytics: Analytics | None = None
         self._mux = Multiplexer()
         self._readers: dict[str, SourceReader] = {}
         self.source_stats: dict[str, SourceStats] = {}  # written by the main thread only; other threads copy before iterating
@@ -110,6 +112,7 @@ class Daemon:
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
                 on_published=self._on_published, security=config.security,
             )
+            self._analytics = self._make_analytics(config, unit)
             self._scheduler = scheduler = Scheduler(
                 self._mux,
                 unit,
@@ -120,6 +123,8 @@ class Daemon:
                 slots=config.engine.streams_for(provider.target) * 2,  # double buffering per stream of the target engine
                 sink_many=publisher.submit_many,
                 keep_pixels=config.publisher.thumbnail.enabled,
+                analytics=self._analytics,
+                sink_events=publisher.submit_events,
             )
             scheduler.on_backend_switched = self._backend_switched  # the provider serving then, not this first one
             if config.engine.warmup:
@@ -206,6 +211,7 @@ class Daemon:
                 pipeline=lambda: self._scheduler.stats if self._scheduler else None,
                 publisher=lambda: self._publisher.stats if self._publisher else None,
                 backend=lambda: self._scheduler.backend.info.describe() if self._scheduler else None,
+                analytics=lambda: self._analytics.snapshot() if self._analytics else None,
             ))
             self._metrics.start(config.metrics.port, config.metrics.address, allow_remote=config.metrics.allow_remote)
         if config.control.enabled:
@@ -235,6 +241,14 @@ class Daemon:
         if self._metrics is not None:
             t = header["timestamps"]
             self._metrics.observe_result(result.frame.source_id, t["captured"], t["preprocessed"], t["inferred"], t["published"])
+
+    @staticmethod
+    def _make_analytics(config: Config, unit: ServingUnit) -> Analytics | None:
+        """Trackers, zones and lines for the detection pipeline's tracked sources (None: nothing tracked,
+        then a reload cannot turn tracking on: it needs a restart)."""
+        if config.model.pipeline != "detection":
+            return None
+        return Analytics(AnalyticsSettings.from_config(config, _labels_of(unit)))
 
     def _build_unit(self, config: Config, backend) -> ServingUnit:
         """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""
@@ -366,6 +380,8 @@ class Daemon:
             new = new.model_copy(update={"publisher": old.publisher})
         if new.logging != old.logging:
             logging.getLogger().setLevel(new.logging.level)
+        if self._analytics is not None and self._scheduler is not None:  # zones, lines, tracking: applied between two batches
+            self._analytics.reconfigure(AnalyticsSettings.from_config(new, _labels_of(self._scheduler.unit)))
         self.config = new
         self.reload_status.update(count=self.reload_status["count"] + 1, last_error=None, reloaded_at=time.time())
         log.info("reload done")
@@ -467,4 +483,10 @@ class Daemon:
             # the publisher thread (issue 11).
             "sources": [stats.snapshot() for stats in list(self.source_stats.values())],
             "reload": dict(self.reload_status),
+            "analytics": self._analytics.snapshot() if self._analytics is not None else {},
         }
+
+
+def _labels_of(unit: ServingUnit) -> list[str]:
+    """The serving pipeline's class names."""
+    return list(unit.pipeline.labels)

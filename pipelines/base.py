@@ -21,6 +21,7 @@ class Pipeline(Protocol):
     kind: str
     input_name: str
     input_size: tuple[int, int]  # (width, height)
+    labels: list[str]  # class names by class id (analytics reads them for class filters and events)
 
     device_decoding: Any  # daemon.backends.base.DeviceDecoding, or None: what a GPU backend may decode on the device
 

@@ -175,3 +175,21 @@ def test_port_in_use_is_a_user_error():
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
             Metrics(MetricsInputs(sources=dict)).start(port)
+
+
+def test_analytics_counters_are_scraped_per_source_zone_and_line(free_port):
+    snapshot = {"door": {"tracks": {"active": 2, "started": 9, "ended": 5},
+                         "zones": {"lobby": {"occupancy": 2, "entered": 7, "exited": 5, "dwells": 1}},
+                         "lines": {"gate": {"forward": 4, "backward": 3}}}}
+    metrics = Metrics(MetricsInputs(sources=lambda: {}, analytics=lambda: snapshot))
+    port = metrics.start(free_port)
+    try:
+        samples = scrape(port)
+    finally:
+        metrics.stop()
+    assert value(samples, "trtstream_zone_occupancy", source="door", zone="lobby") == 2
+    assert value(samples, "trtstream_zone_events_total", source="door", zone="lobby", event="enter") == 7
+    assert value(samples, "trtstream_zone_events_total", source="door", zone="lobby", event="dwell") == 1
+    assert value(samples, "trtstream_line_crossings_total", source="door", line="gate", direction="backward") == 3
+    assert value(samples, "trtstream_tracks_started_total", source="door") == 9
+    assert value(samples, "trtstream_tracks_active", source="door") == 2

@@ -1,0 +1,253 @@
+"""The analytics stage: per source a tracker and its zones and lines, run on each batch's results.
+
+Where it runs and why: on the completer thread, between decoding and the publisher's queue. The
+completer sees every source's results in frame order (batches complete in submission order), which a
+tracker needs, and it is the one owner of every tracker and region here, so nothing needs a lock. What
+other threads touch goes through two doors:
+
+* :meth:`Analytics.reconfigure` (the reload, any thread) leaves the new settings for the completer to
+  apply before its next batch; trackers keep their tracks and unchanged zones keep their counters.
+* :meth:`Analytics.should_infer` (the batcher) and :meth:`Analytics.snapshot` (heartbeats, metrics)
+  read values that are replaced whole, never changed in place.
+
+Track ids are unique per daemon instance across all sources (one counter), so two cameras showing the
+same scene never publish the same id, and an id is never reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
+from ..entities import EndOfStream, FrameResult
+from ..tracking.bytetrack import ByteTracker
+from ..tracking.objects import TrackedObject, TrackSummary
+from .regions import RegionAnalytics
+
+__all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings"]
+
+log = logging.getLogger("trtstream.analytics")
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsMessage:
+    """An ``event`` (zone enter/exit/dwell, line cross) or ``track`` (a confirmed track ended) message
+    body for the publisher, which adds the common header fields, the sequence number and the topic."""
+
+    source_id: str
+    kind: Literal["event", "track"]
+    body: dict[str, Any]
+    t_captured: float | None
+
+
+@dataclass(frozen=True)
+class AnalyticsSettings:
+    """What the stage needs from a config: per tracked source its ``infer_every``, its zones and lines."""
+
+    tracking: TrackingConfig
+    tracked: dict[str, int]  # tracked source id -> infer_every
+    zones: dict[str, list[ZoneConfig]]
+    lines: dict[str, list[LineConfig]]
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Any, labels: list[str]) -> "AnalyticsSettings":
+        tracked = {s.id: s.infer_every for s in config.enabled_sources if config.tracks(s)}
+        zones: dict[str, list[ZoneConfig]] = {}
+        lines: dict[str, list[LineConfig]] = {}
+        for zone in config.zones:
+            zones.setdefault(zone.source, []).append(zone)
+        for line in config.lines:
+            lines.setdefault(line.source, []).append(line)
+        return cls(config.tracking, tracked, zones, lines, tuple(labels))
+
+
+class _Source:
+    """One tracked source: its tracker, its regions, and its tracker ids -> the instance's track ids."""
+
+    def __init__(self, settings: AnalyticsSettings, source_id: str, tracked_classes: set[int] | None):
+        self.tracker = ByteTracker(settings.tracking, tracked_classes)
+        self.regions = RegionAnalytics(settings.zones.get(source_id, []), settings.lines.get(source_id, []), list(settings.labels))
+        self.ids: dict[int, int] = {}
+        self.started = 0  # tracks this source started (tentative ones included)
+        self.confirmed_ended = 0
+
+
+class Analytics:
+    def __init__(self, settings: AnalyticsSettings):
+        self._settings = settings
+        self._pending: AnalyticsSettings | None = None
+        self._pending_lock = threading.Lock()
+        self._infer_every = dict(settings.tracked)
+        self._sources: dict[str, _Source] = {}
+        self._ids = itertools.count(1)
+        self._snapshot: dict[str, Any] = {}
+
+    # -- other threads ---------------------------------------------------------------------------------
+    def reconfigure(self, settings: AnalyticsSettings) -> None:
+        """New zones, lines or tracked sources from a reload: applied by the completer before its next
+        batch. Tracker settings that changed give a source a new tracker (its tracks end)."""
+        with self._pending_lock:
+            self._pending = settings
+        self._infer_every = dict(settings.tracked)
+
+    def should_infer(self, source_id: str, frame_index: int) -> bool:
+        """Whether the model runs on this frame (``infer_every``; untracked sources: always)."""
+        every = self._infer_every.get(source_id, 1)
+        return every == 1 or frame_index % every == 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per tracked source: active and ended track counts, zone and line counters (heartbeats, metrics)."""
+        return self._snapshot
+
+    # -- the completer -----------------------------------------------------------------------------------
+    def process(self, results: list[FrameResult]) -> list[AnalyticsMessage]:
+        """Track, annotate the detections of ``results`` in place, and return their events."""
+        self._apply_pending()
+        messages: list[AnalyticsMessage] = []
+        for result in results:
+            source = self._source(result.frame.source_id)
+            if source is not None:
+                self._process_one(source, result, messages)
+        if results:
+            self._refresh_snapshot()
+        return messages
+
+    def end(self, end: EndOfStream) -> list[AnalyticsMessage]:
+        """A source ended: its tracks end (``track`` messages, exits from zones) before its ``eos``."""
+        source = self._sources.get(end.source_id)
+        if source is None:
+            return []
+        messages: list[AnalyticsMessage] = []
+        now = time.time()
+        for summary in source.tracker.finish(now):
+            self._ended(source, end.source_id, summary, summary.last_frame, now, None, messages)
+        source.ids.clear()
+        self._refresh_snapshot()
+        return messages
+
+    def _apply_pending(self) -> None:
+        with self._pending_lock:
+            settings, self._pending = self._pending, None
+        if settings is None:
+            return
+        old = self._settings
+        self._settings = settings
+        for source_id in list(self._sources):
+            if source_id not in settings.tracked or settings.tracking != old.tracking or settings.labels != old.labels:
+                del self._sources[source_id]  # untracked now, or a new tracker: the next result starts one
+                continue
+            self._sources[source_id].regions.reconfigure(settings.zones.get(source_id, []), settings.lines.get(source_id, []))
+
+    def _source(self, source_id: str) -> _Source | None:
+        source = self._sources.get(source_id)
+        if source is None and source_id in self._settings.tracked:
+            classes = self._settings.tracking.classes
+            labels = self._settings.labels
+            tracked = None if classes is None else {i for i, label in enumerate(labels) if label in set(classes)}
+            source = self._sources[source_id] = _Source(self._settings, source_id, tracked)
+        return source
+
+    def _process_one(self, source: _Source, result: FrameResult, messages: list[AnalyticsMessage]) -> None:
+        frame = result.frame
+        shape = frame.image.shape
+        timestamp = frame.t_captured
+        detections: list[dict[str, Any]] = result.results.get("detections", [])
+        if result.inferred:
+            count = len(detections)
+            boxes = np.array([d["box"] for d in detections], dtype=np.float32).reshape(count, 4)
+            scores = np.array([d["score"] for d in detections], dtype=np.float32)
+            classes = np.array([d["class_id"] for d in detections], dtype=np.int64)
+            step = source.tracker.update(boxes, scores, classes, frame.index, timestamp)
+        else:
+            step = source.tracker.predict(frame.index, timestamp)
+        live: dict[int, int] = {}
+        ids, inferred = source.ids, result.inferred
+        coasting = self._settings.tracking.publish_coasting
+        tracked = [False] * len(detections)
+        for obj in step.objects:  # per object: plain assignments (this loop runs for every box of every frame)
+            track_id = ids.get(obj.track_id)
+            if track_id is None:
+                track_id = ids[obj.track_id] = next(self._ids)
+                source.started += 1
+            live[obj.track_id] = track_id
+            if obj.detection is not None:
+                detection = detections[obj.detection]
+                detection["track_id"] = track_id
+                detection["track_state"] = obj.state
+                detection["matched_now"] = True
+                detection["track_age"] = obj.age
+                tracked[obj.detection] = True
+            elif (not inferred and obj.state == "confirmed") or (coasting and obj.state == "lost"):
+                fields = {"track_id": track_id, "track_state": obj.state, "matched_now": False, "track_age": obj.age}
+                detections.append(self._predicted(obj, fields, shape[1], shape[0]))
+        for index, done in enumerate(tracked):
+            if not done:
+                detection = detections[index]
+                detection["track_id"] = detection["track_state"] = detection["track_age"] = None
+                detection["matched_now"] = True
+        for event in source.regions.update(step.objects, frame.index, timestamp, shape[1], shape[0]):
+            messages.append(self._event(source, frame.source_id, event, timestamp))
+        for summary in step.ended:
+            self._ended(source, frame.source_id, summary, frame.index, timestamp, timestamp, messages)
+        if result.inferred:  # tracker ids absent from an inferred frame's objects are gone for good
+            source.ids = live
+        result.results["detections"] = detections
+
+    def _predicted(self, obj: TrackedObject, fields: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+        """A track's predicted box as a detection, clipped to the frame like every published box."""
+        labels = self._settings.labels
+        label = labels[obj.class_id] if obj.class_id < len(labels) else f"class_{obj.class_id}"
+        x1, y1, x2, y2 = (float(v) for v in obj.box)
+        box = [round(min(max(x1, 0.0), width), 1), round(min(max(y1, 0.0), height), 1),
+               round(min(max(x2, 0.0), width), 1), round(min(max(y2, 0.0), height), 1)]
+        return {"label": label, "class_id": obj.class_id, "score": round(float(obj.score), 4), "box": box, **fields}
+
+    def _event(self, source: _Source, source_id: str, event: dict[str, Any], t_captured: float | None) -> AnalyticsMessage:
+        body = dict(event)
+        local = body.get("track_id")
+        if local is not None:
+            body["track_id"] = source.ids.get(local, local)
+        return AnalyticsMessage(source_id, "event", body, t_captured)
+
+    def _ended(self, source: _Source, source_id: str, summary: TrackSummary, frame_index: int, timestamp: float,
+               t_captured: float | None, messages: list[AnalyticsMessage]) -> None:
+        for event in source.regions.track_ended(summary.track_id, timestamp, frame_index):
+            messages.append(self._event(source, source_id, event, t_captured))
+        track_id = source.ids.pop(summary.track_id, None)
+        if track_id is None:  # ended before it was ever published (cannot happen for confirmed tracks)
+            track_id = next(self._ids)
+        labels = self._settings.labels
+        source.confirmed_ended += 1
+        messages.append(AnalyticsMessage(source_id, "track", {
+            "track_id": track_id,
+            "class_id": summary.class_id,
+            "label": labels[summary.class_id] if summary.class_id < len(labels) else f"class_{summary.class_id}",
+            "reason": summary.reason,
+            "first_frame": summary.first_frame,
+            "last_frame": summary.last_frame,
+            "first_seen": summary.first_seen,
+            "last_seen": summary.last_seen,
+            "duration_s": round(summary.last_seen - summary.first_seen, 3),
+            "frames": summary.frames,
+            "best_score": round(float(summary.best_score), 4),
+            "path": [[round(float(x), 1), round(float(y), 1)] for x, y in summary.path],
+        }, t_captured))
+
+    def _refresh_snapshot(self) -> None:
+        snapshot = {}
+        for source_id, source in self._sources.items():
+            regions = source.regions.snapshot()
+            snapshot[source_id] = {
+                "tracks": {"active": len(source.ids), "started": source.started, "ended": source.confirmed_ended},
+                "zones": regions["zones"],
+                "lines": regions["lines"],
+            }
+        self._snapshot = snapshot

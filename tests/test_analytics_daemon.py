@@ -1,0 +1,181 @@
+"""Tracking, zones and lines through the real daemon: bikes.mp4 decoded by OpenCV, YOLOv3-tiny on ONNX
+Runtime, results and events over real ZeroMQ sockets, SIGHUP as a real signal. Every message is
+checked against the JSON Schema (conftest.collect)."""
+
+from __future__ import annotations
+
+import signal
+from collections import defaultdict
+
+from daemon.client import ResultSubscriber
+
+from .conftest import all_ended, asset, collect, detector_config
+
+BIKES = asset("media/bikes.mp4")
+# bikes.mp4 is 640x272: a line down the middle of the road, drawn top to bottom (README "Analytics":
+# forward = from its left to its right looking from the first point, i.e. right to left on screen)
+LINE = "points = [[320, 0], [320, 272]]"
+
+
+def source(source_id: str, extra: str = "") -> str:
+    return f'[[sources]]\nid = "{source_id}"\nuri = "{BIKES}"\n{extra}\n'
+
+
+def results_of(messages, source_id):
+    return [m for m in messages if m.type == "result" and m.source_id == source_id]
+
+
+def tracked_boxes(results):
+    """track id -> [(frame index, box, state, matched_now)] over the results."""
+    tracks = defaultdict(list)
+    for message in results:
+        for detection in message.header["detections"]:
+            if detection["track_id"] is not None:
+                tracks[detection["track_id"]].append(
+                    (message.header["frame"]["index"], detection["box"], detection["track_state"], detection["matched_now"])
+                )
+    return tracks
+
+
+def iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_bikes_tracks_are_stable_per_object_never_shared_between_sources_and_end_with_track_messages(start_daemon, free_port):
+    config = detector_config(source("a") + source("b"), free_port, wait_for_subscribers="2") + (
+        f'\n[tracking]\npublish_coasting = true\n'
+        f'[[lines]]\nname = "middle"\nsource = "a"\n{LINE}\n'
+        f'[[lines]]\nname = "middle"\nsource = "b"\n{LINE}\n'
+    )
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as subscriber:
+        daemon = start_daemon(config)
+        messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)
+        assert daemon.wait(30) == 0, daemon.stderr
+    tracks = {sid: tracked_boxes(results_of(messages, sid)) for sid in ("a", "b")}
+    assert tracks["a"] and tracks["b"]
+    assert not set(tracks["a"]) & set(tracks["b"]), "two sources showing the same video share no track id"
+    for sid in ("a", "b"):
+        longest = max(tracks[sid].values(), key=len)
+        assert len(longest) >= 20, f"{sid}: a cyclist is followed for many frames under one id ({len(longest)})"
+        for track_id, seen in tracks[sid].items():
+            matched = [(index, box) for index, box, state, now in seen if now]
+            for (i0, b0), (i1, b1) in zip(matched, matched[1:]):
+                if i1 == i0 + 1:
+                    assert iou(b0, b1) > 0.3, f"{sid}: track {track_id} jumped between frames {i0} and {i1}: {b0} -> {b1}"
+            for index, box, state, now in seen:
+                assert now == (state != "lost"), f"{sid}: track {track_id} at frame {index}: matched_now {now} in state {state}"
+    coasting = [entry for sid in ("a", "b") for seen in tracks[sid].values() for entry in seen if entry[2] == "lost"]
+    assert coasting, "publish_coasting shows coasting tracks' predicted boxes"
+
+    order = {id(m): n for n, m in enumerate(messages)}
+    for sid in ("a", "b"):
+        (eos,) = [m for m in messages if m.type == "eos" and m.source_id == sid]
+        ended = [m for m in messages if m.type == "track" and m.source_id == sid]
+        confirmed = {track_id for track_id, seen in tracks[sid].items() if any(state == "confirmed" for _, _, state, _ in seen)}
+        assert sorted(m.header["track_id"] for m in ended) == sorted(confirmed), "one track message per confirmed track"
+        assert all(order[id(m)] < order[id(eos)] for m in ended), "a source's tracks end before its eos"
+        events = [m for m in messages if m.type in ("event", "track") and m.source_id == sid]
+        assert [m.header["seq"] for m in events] == list(range(len(events))), "events have their own gapless sequence"
+        crossings = [m for m in messages if m.type == "event" and m.source_id == sid and m.header["event"] == "cross"]
+        assert crossings, f"{sid}: someone crosses the middle of the road"
+        for crossing in crossings:
+            seen = [(index, box) for index, box, _, now in tracks[sid][crossing.header["track_id"]] if now]
+            first_x = (seen[0][1][0] + seen[0][1][2]) / 2
+            went_right = crossing.header["point"][0] > first_x
+            assert crossing.header["direction"] == ("backward" if went_right else "forward"), crossing.header
+        final = [m for m in messages if m.type == "heartbeat" and m.header["final"]][-1]
+        counts = final.header["analytics"][sid]["lines"]["middle"]
+        assert counts["forward"] + counts["backward"] == len(crossings)
+        assert final.header["analytics"][sid]["tracks"]["ended"] == len(ended)
+
+
+def test_infer_every_third_frame_publishes_the_others_as_predictions(start_daemon, free_port):
+    config = detector_config(source("bikes", "infer_every = 3"), free_port)
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+        daemon = start_daemon(config)
+        messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)
+        assert daemon.wait(30) == 0, daemon.stderr
+    results = results_of(messages, "bikes")
+    assert len(results) == 250, "every frame is published, inferred or not"
+    ids_by_frame = {}
+    for message in results:
+        index, header = message.header["frame"]["index"], message.header
+        assert header["inferred"] == (index % 3 == 0), index
+        if not header["inferred"]:
+            assert header["batch_size"] == 0
+            assert all(not d["matched_now"] and d["track_state"] == "confirmed" for d in header["detections"]), header["detections"]
+        ids_by_frame[index] = {d["track_id"] for d in header["detections"] if d["track_state"] == "confirmed"}
+    predicted = [index for index in ids_by_frame if index % 3 and ids_by_frame[index]]
+    assert predicted, "confirmed tracks are carried through the skipped frames"
+    for index in predicted:
+        assert ids_by_frame[index] <= ids_by_frame[index - index % 3], "a prediction continues a track of the last inferred frame"
+    (eos,) = [m for m in messages if m.type == "eos"]
+    assert eos.header["frames_published"] == eos.header["frames_captured"] - eos.header["frames_dropped"]
+
+
+def zones(edit_polygon: str) -> str:
+    return (
+        '[[zones]]\nname = "keep"\nsource = "bikes"\ncoordinates = "normalized"\npolygon = [[0, 0], [1, 0], [1, 1], [0, 1]]\nmin_frames = 2\n'
+        f'[[zones]]\nname = "edit"\nsource = "bikes"\npolygon = {edit_polygon}\nmin_frames = 2\n'
+    )
+
+
+def test_sighup_edits_a_zone_without_losing_the_other_zones_counters_or_the_tracks(start_daemon, free_port, tmp_path):
+    base = detector_config(source("bikes", "loop = true\npace = true"), free_port, wait_for_subscribers="2") + "\n[daemon]\nexit_when_sources_end = false\n"
+    whole = "[[0, 0], [640, 0], [640, 272], [0, 272]]"
+    corner = "[[0, 0], [4, 0], [4, 4], [0, 4]]"  # nobody stands in the top-left 4 pixels
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as subscriber:
+        daemon = start_daemon(base + zones(whole), name="live.toml")
+
+        def counted(messages) -> bool:
+            beats = [m for m in messages if m.type == "heartbeat" and m.header["analytics"].get("bikes")]
+            return bool(beats) and beats[-1].header["analytics"]["bikes"]["zones"]["edit"]["entered"] >= 2
+
+        before = collect(subscriber, counted, timeout=120, daemon=daemon)
+        counters = [m for m in before if m.type == "heartbeat"][-1].header["analytics"]["bikes"]["zones"]
+        assert counters["keep"]["entered"] >= 2
+        started = [m for m in before if m.type == "heartbeat"][-1].header["analytics"]["bikes"]["tracks"]["started"]
+
+        def mid_track(messages) -> bool:
+            """bikes.mp4 at 4.3-4.5 s: a cyclist tracked since 4.2 s stays in view until 5.4 s (its frames
+            104-136): the reload lands in the middle of its track."""
+            last = messages[-1] if messages else None
+            return last is not None and last.type == "result" and 4300 <= (last.header["frame"]["pts_ms"] or 0) <= 4500 and any(
+                d["track_state"] == "confirmed" and d["track_age"] >= 3 for d in last.header["detections"])
+
+        collect(subscriber, mid_track, timeout=120, daemon=daemon)
+        (tmp_path / "live.toml").write_text(base + zones(corner))
+        daemon.process.send_signal(signal.SIGHUP)
+
+        def reloaded(messages) -> bool:
+            return any(m.type == "heartbeat" and m.header["reload"]["count"] == 1 for m in messages)
+
+        after = collect(subscriber, reloaded, timeout=60, daemon=daemon)
+        reloaded_at = [m for m in after if m.type == "heartbeat"][-1].header["reload"]["reloaded_at"]
+        first_seen = {}  # track id -> capture time of its first result
+        for message in after:
+            if message.type == "result":
+                for detection in message.header["detections"]:
+                    first_seen.setdefault(detection["track_id"], message.header["timestamps"]["captured"])
+        carried = [message for message in after if message.type == "result" and message.header["timestamps"]["captured"] > reloaded_at
+                   and any(first_seen.get(d["track_id"], reloaded_at) < reloaded_at for d in message.header["detections"] if d["track_id"])]
+        assert carried, "a track that started before the reload goes on under its id after it"
+        later = collect(subscriber, lambda ms: counted_keep(ms, counters["keep"]["entered"]), timeout=120, daemon=daemon)
+        tracks = [m for m in later if m.type == "heartbeat"][-1].header["analytics"]["bikes"]["tracks"]
+        assert tracks["started"] > started, "the source's tracker was kept (a new one would count from 0)"
+        final_counters = [m for m in later if m.type == "heartbeat"][-1].header["analytics"]["bikes"]["zones"]
+        assert final_counters["keep"]["entered"] > counters["keep"]["entered"], "the unchanged zone counts on from where it was"
+        assert final_counters["edit"] == {"occupancy": 0, "entered": 0, "exited": 0, "dwells": 0}, "the edited zone is a new zone"
+        assert not [m for m in later if m.type == "event" and m.header.get("zone") == "edit" and m.header["event"] == "enter"]
+        daemon.terminate()
+        collect(subscriber, all_ended, timeout=60, daemon=daemon)
+        assert daemon.wait(30) == 0, daemon.stderr
+
+
+def counted_keep(messages, previous: int) -> bool:
+    beats = [m for m in messages if m.type == "heartbeat"]
+    return bool(beats) and beats[-1].header["analytics"]["bikes"]["zones"]["keep"]["entered"] > previous
