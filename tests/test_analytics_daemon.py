@@ -179,3 +179,25 @@ def test_sighup_edits_a_zone_without_losing_the_other_zones_counters_or_the_trac
 def counted_keep(messages, previous: int) -> bool:
     beats = [m for m in messages if m.type == "heartbeat"]
     return bool(beats) and beats[-1].header["analytics"]["bikes"]["zones"]["keep"]["entered"] > previous
+
+
+def test_tracks_alive_when_a_source_ends_end_with_it_before_its_eos(start_daemon, free_port):
+    """bikes.mp4 cut at frame 130, while cyclists are in view (frames 104-136): their tracks end with
+    reason end_of_stream, before the source's eos; a zone they were in gets its exits."""
+    zone = '[[zones]]\nname = "all"\nsource = "bikes"\ncoordinates = "normalized"\npolygon = [[0, 0], [1, 0], [1, 1], [0, 1]]\n'
+    config = detector_config(source("bikes", "max_frames = 130"), free_port, wait_for_subscribers="2") + "\n" + zone
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as subscriber:
+        daemon = start_daemon(config)
+        messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)
+        assert daemon.wait(30) == 0, daemon.stderr
+    (eos,) = [n for n, m in enumerate(messages) if m.type == "eos"]
+    at_end = [(n, m) for n, m in enumerate(messages) if m.type == "track" and m.header["reason"] == "end_of_stream"]
+    assert at_end, "tracks still alive at the end end with the source"
+    assert all(n < eos for n, _ in at_end)
+    for _, track in at_end:
+        assert track.header["last_frame"] <= 129 and track.header["frames"] >= 1 and track.header["path"]
+    exits = [m for m in messages if m.type == "event" and m.header["event"] == "exit" and m.header.get("reason") == "track_ended"]
+    assert {m.header["track_id"] for m in exits} <= {m.header["track_id"] for _, m in at_end} | {
+        m.header["track_id"] for m in messages if m.type == "track"}
+    final = [m for m in messages if m.type == "heartbeat" and m.header["final"]][-1]
+    assert final.header["analytics"]["bikes"]["zones"]["all"]["occupancy"] == 0, "nobody is left inside a zone of an ended source"

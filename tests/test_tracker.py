@@ -417,3 +417,82 @@ def test_a_lost_track_takes_a_low_score_detection():
     step(tracker, [], [], frame=1)  # missed: lost
     result = step(tracker, [box_at(101, 100)], [0.3], frame=2)  # back, weakly detected
     assert [(o.track_id, o.state, o.matched_now) for o in result.objects] == [(1, "confirmed", True)]
+
+
+# -- several sources in one tracker ----------------------------------------------------------------------
+def _moving_scene(rng, objects: int, frames: int):
+    """Per frame: boxes, scores and classes of ``objects`` boxes moving with noise, some missed."""
+    position = rng.uniform([0, 0], [600, 400], (objects, 2))
+    velocity = rng.normal(0, 4, (objects, 2))
+    size = rng.uniform([20, 40], [60, 120], (objects, 2))
+    classes = rng.integers(0, 2, objects)
+    sequence = []
+    for _ in range(frames):
+        position = position + velocity
+        centre = position + rng.normal(0, 1.5, (objects, 2))
+        seen = rng.random(objects) > 0.1
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)[seen]
+        sequence.append((boxes, rng.uniform(0.05, 1.0, objects)[seen], classes[seen]))
+    return sequence
+
+
+def _canonical(objects_by_frame, summaries):
+    """Objects and summaries with track ids renumbered by first appearance (a shared tracker numbers
+    across sources, one tracker per source from 1)."""
+    names: dict[int, int] = {}
+
+    def name(track_id: int) -> int:
+        return names.setdefault(track_id, len(names))
+
+    frames = [[(name(o.track_id), o.state, o.matched_now, o.detection, tuple(np.round(o.box, 6)), o.class_id, o.age, o.hits)
+               for o in objects] for objects in objects_by_frame]
+    ended = [(name(s.track_id), s.reason, s.first_frame, s.last_frame, s.frames, round(s.best_score, 9)) for s in summaries]
+    return frames, ended
+
+
+def test_one_tracker_over_several_sources_gives_each_what_its_own_tracker_would():
+    """Sources arrive in rounds of one frame each, some sources missing from a round, some frames skipped
+    by the model (infer_every): per source the same objects and summaries as a tracker of its own."""
+    from daemon.tracking.bytetrack import FrameDetections
+
+    rng = np.random.default_rng(7)
+    sources = {g: _moving_scene(rng, objects, 60) for g, objects in enumerate((5, 12, 0, 30))}
+    cfg = config(confirm_frames=2, lost_frames=5)
+    own = {g: ByteTracker(cfg) for g in sources}
+    shared = ByteTracker(cfg)
+    position = {g: 0 for g in sources}
+    own_out = {g: [] for g in sources}
+    shared_out = {g: [] for g in sources}
+    own_ended = {g: [] for g in sources}
+    shared_ended = {g: [] for g in sources}
+    while any(position[g] < len(seq) for g, seq in sources.items()):
+        members = [g for g in sources if position[g] < len(sources[g]) and rng.random() < 0.7]
+        frames = []
+        for g in members:
+            boxes, scores, classes = sources[g][position[g]]
+            inferred = position[g] % 4 != 3
+            frames.append(FrameDetections(g, boxes, scores, classes, position[g], position[g] / 25, inferred))
+            step_own = (own[g].update(boxes, scores, classes, position[g], position[g] / 25) if inferred
+                        else own[g].predict(position[g], position[g] / 25))
+            own_out[g].append(step_own.objects)
+            own_ended[g].extend(step_own.ended)
+            position[g] += 1
+        for frame, step_shared in zip(frames, shared.step(frames)):
+            shared_out[frame.group].append(step_shared.objects)
+            shared_ended[frame.group].extend(step_shared.ended)
+    for g in sources:
+        own_ended[g].extend(own[g].finish(99.0))
+        shared_ended[g].extend(shared.finish_group(g, 99.0))
+        assert _canonical(shared_out[g], shared_ended[g]) == _canonical(own_out[g], own_ended[g]), f"source {g}"
+    ids = [o.track_id for g in sources for objects in shared_out[g] for o in objects]
+    by_source = [{o.track_id for objects in shared_out[g] for o in objects} for g in sources]
+    assert sum(len(s) for s in by_source) == len(set(ids)), "no id is shared between sources"
+    assert len(shared) == 0
+
+
+def test_a_step_refuses_two_frames_of_one_source():
+    from daemon.tracking.bytetrack import FrameDetections
+
+    frame = FrameDetections(3, np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=int), 0, 0.0)
+    with pytest.raises(ValueError, match="one frame per group"):
+        ByteTracker(config()).step([frame, frame])

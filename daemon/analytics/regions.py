@@ -24,6 +24,7 @@ here is locked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Sequence
 
 import numpy as np
@@ -195,6 +196,11 @@ class RegionAnalytics:
                     new.keep(old, column, match[0])  # type: ignore[arg-type]
         self._zone_allowed = _class_table(self._zones.configs, self._labels)
         self._line_allowed = _class_table(self._lines.configs, self._labels)
+        # No class filter anywhere (the usual case): every observation counts, and the per-frame
+        # updates skip the [N, regions] "counts" masks (the same results: they would be all True).
+        self._zones_count_all = bool(self._zone_allowed.all())
+        self._lines_count_all = bool(self._line_allowed.all())
+        self._zones_dwell = bool(np.isfinite(self._zones.dwell_s).any())
         self._geometry_size: tuple[int, int] | None = None
         self._polygons: Polygons | None = None
         self._segments: Segments | None = None
@@ -293,9 +299,14 @@ class RegionAnalytics:
         if not confirmed or not (self._zones.configs or self._lines.configs):
             return events
         count = len(confirmed)
-        boxes = np.array([obj.box for obj in confirmed], dtype=np.float64).reshape(count, 4)
-        class_ids = np.fromiter((obj.class_id for obj in confirmed), dtype=np.int64, count=count)
-        slots = np.fromiter((self._slot(obj.track_id) for obj in confirmed), dtype=np.intp, count=count)
+        # Flat lists into numpy in one call each: cheaper than np.array over tuples or fromiter over a
+        # generator, and this runs for every object of every frame.
+        boxes = np.fromiter(chain.from_iterable([obj.box for obj in confirmed]), dtype=np.float64, count=4 * count).reshape(count, 4)
+        class_ids = np.array([obj.class_id for obj in confirmed], dtype=np.int64)
+        slot_list = list(map(self._slots.get, [obj.track_id for obj in confirmed]))
+        if None in slot_list:  # tracks seen for the first time get their slots, in the objects' order
+            slot_list = [self._slot(obj.track_id) if slot is None else slot for obj, slot in zip(confirmed, slot_list)]
+        slots = np.array(slot_list, dtype=np.intp)
         anchors = all_anchors(boxes)  # [3, N, 2]
         self._class_of[slots] = class_ids
         self._seen_tick[slots] = self._tick
@@ -314,10 +325,13 @@ class RegionAnalytics:
     ) -> list[dict[str, Any]]:
         zones = self._zones
         observed = points_in_polygons(anchors[zones.anchor], polygons).T  # [N, Z]
-        counts = self._zone_allowed[:, columns].T  # [N, Z]: the class counts for the zone
         inside, streak = zones.inside[slots], zones.streak[slots]
-        other_side = counts & (observed != inside)
-        streak = np.where(other_side, streak + 1, np.where(counts, 0, streak))
+        if self._zones_count_all:
+            counts = None
+            streak = np.where(observed != inside, streak + 1, 0)
+        else:
+            counts = self._zone_allowed[:, columns].T  # [N, Z]: the class counts for the zone
+            streak = np.where(counts & (observed != inside), streak + 1, np.where(counts, 0, streak))
         flip = streak >= zones.min_frames
         events: list[dict[str, Any]] = []
         if flip.any():
@@ -342,8 +356,10 @@ class RegionAnalytics:
             zones.dwelled[slots] = dwelled
             zones.inside[slots] = inside
         zones.streak[slots] = streak
-        if np.isfinite(zones.dwell_s).any():
-            due = counts & inside & ~zones.dwelled[slots] & (timestamp - zones.entered_at[slots] >= zones.dwell_s)
+        if self._zones_dwell:
+            due = inside & ~zones.dwelled[slots] & (timestamp - zones.entered_at[slots] >= zones.dwell_s)
+            if counts is not None:
+                due &= counts
             if due.any():
                 for column, row in zip(*np.nonzero(due.T)):
                     slot = int(slots[row])
@@ -361,15 +377,22 @@ class RegionAnalytics:
         lines = self._lines
         side, within = segment_sides(anchors[lines.anchor], segments)
         side, within = side.T, within.T  # [N, L]
-        counts = self._line_allowed[:, columns].T
         established, pending, streak = lines.established[slots], lines.pending[slots], lines.streak[slots]
-        valid = counts & within & (side != 0)  # an observation of a side, through the segment
+        valid = within & (side != 0)  # an observation of a side, through the segment
         # Out of the span (or exactly on the line): the run of observations is broken; reaching the other
-        # side out of the span means going round an end, which must not become a crossing later.
-        went_round = counts & ~within & (side != 0) & (established != 0) & (side != established)
-        established = np.where(went_round, 0, established).astype(np.int8)
-        streak = np.where(valid, np.where(side == pending, streak + 1, 1), np.where(counts, 0, streak))
-        pending = np.where(valid, side, np.where(counts, 0, pending)).astype(np.int8)
+        # side out of the span means going round an end, which must not become a crossing later. Sides
+        # are -1, 0 or +1: a negative product is two established, opposite sides.
+        went_round = ~within & (side * established < 0)
+        if self._lines_count_all:
+            streak = np.where(valid, np.where(side == pending, streak + 1, 1), 0)
+            pending = side * valid
+        else:
+            counts = self._line_allowed[:, columns].T
+            valid &= counts
+            went_round &= counts
+            streak = np.where(valid, np.where(side == pending, streak + 1, 1), np.where(counts, 0, streak))
+            pending = np.where(valid, side, np.where(counts, 0, pending)).astype(np.int8)
+        established[went_round] = 0  # a copy of the slots' rows, written back below
         settle = valid & (streak >= lines.min_frames) & (side != established)
         events: list[dict[str, Any]] = []
         if settle.any():

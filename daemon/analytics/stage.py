@@ -27,7 +27,7 @@ import numpy as np
 
 from ..analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
 from ..entities import EndOfStream, FrameResult
-from ..tracking.bytetrack import ByteTracker
+from ..tracking.bytetrack import ByteTracker, FrameDetections, TrackerStep
 from ..tracking.objects import TrackedObject, TrackSummary
 from .regions import RegionAnalytics
 
@@ -70,14 +70,15 @@ class AnalyticsSettings:
 
 
 class _Source:
-    """One tracked source: its tracker, its regions, and its tracker ids -> the instance's track ids."""
+    """One tracked source: its tracker group, its regions and its counters."""
 
-    def __init__(self, settings: AnalyticsSettings, source_id: str, tracked_classes: set[int] | None):
-        self.tracker = ByteTracker(settings.tracking, tracked_classes)
+    def __init__(self, settings: AnalyticsSettings, source_id: str, group: int):
+        self.group = group
         self.regions = RegionAnalytics(settings.zones.get(source_id, []), settings.lines.get(source_id, []), list(settings.labels))
-        self.ids: dict[int, int] = {}
         self.started = 0  # tracks this source started (tentative ones included)
+        self.active = 0  # tracks in its last frame's objects
         self.confirmed_ended = 0
+        self.newest_id = 0  # the highest track id it has published: a higher one is a new track
 
 
 class Analytics:
@@ -87,13 +88,22 @@ class Analytics:
         self._pending_lock = threading.Lock()
         self._infer_every = dict(settings.tracked)
         self._sources: dict[str, _Source] = {}
-        self._ids = itertools.count(1)
+        self._groups = itertools.count()  # a source's group in the tracker; never reused
+        self._tracker = self._new_tracker(settings, first_id=1)
         self._snapshot: dict[str, Any] = {}
+
+    @staticmethod
+    def _new_tracker(settings: AnalyticsSettings, first_id: int) -> ByteTracker:
+        """One tracker for every source (:class:`ByteTracker` says why), ids from ``first_id``."""
+        classes = settings.tracking.classes
+        tracked = None if classes is None else {i for i, label in enumerate(settings.labels) if label in set(classes)}
+        return ByteTracker(settings.tracking, tracked, first_id=first_id)
 
     # -- other threads ---------------------------------------------------------------------------------
     def reconfigure(self, settings: AnalyticsSettings) -> None:
         """New zones, lines or tracked sources from a reload: applied by the completer before its next
-        batch. Tracker settings that changed give a source a new tracker (its tracks end)."""
+        batch. Changed [tracking] settings (or labels) start tracking again: tracks end without
+        messages, counters start from zero, ids go on from where they were."""
         with self._pending_lock:
             self._pending = settings
         self._infer_every = dict(settings.tracked)
@@ -109,13 +119,27 @@ class Analytics:
 
     # -- the completer -----------------------------------------------------------------------------------
     def process(self, results: list[FrameResult]) -> list[AnalyticsMessage]:
-        """Track, annotate the detections of ``results`` in place, and return their events."""
+        """Track, annotate the detections of ``results`` in place, and return their events. The batch's
+        frames are tracked in rounds of one frame per source (a source's frames in their order), each
+        round in one :meth:`ByteTracker.step`."""
         self._apply_pending()
         messages: list[AnalyticsMessage] = []
+        rounds: list[list[tuple[_Source, FrameResult]]] = []
+        taken: dict[str, int] = {}
         for result in results:
-            source = self._source(result.frame.source_id)
-            if source is not None:
-                self._process_one(source, result, messages)
+            source_id = result.frame.source_id
+            source = self._source(source_id)
+            if source is None:
+                continue
+            k = taken.get(source_id, 0)
+            taken[source_id] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((source, result))
+        for members in rounds:
+            frames = [_frame_detections(source.group, result) for source, result in members]
+            for (source, result), step in zip(members, self._tracker.step(frames)):
+                self._annotate(source, result, step, messages)
         if results:
             self._refresh_snapshot()
         return messages
@@ -127,9 +151,9 @@ class Analytics:
             return []
         messages: list[AnalyticsMessage] = []
         now = time.time()
-        for summary in source.tracker.finish(now):
+        for summary in self._tracker.finish_group(source.group, now):
             self._ended(source, end.source_id, summary, summary.last_frame, now, None, messages)
-        source.ids.clear()
+        source.active = 0
         self._refresh_snapshot()
         return messages
 
@@ -140,65 +164,63 @@ class Analytics:
             return
         old = self._settings
         self._settings = settings
+        if settings.tracking != old.tracking or settings.labels != old.labels:
+            self._tracker = self._new_tracker(settings, first_id=self._tracker.next_id)
+            self._sources.clear()  # the next result of each tracked source starts it again
+            return
         for source_id in list(self._sources):
-            if source_id not in settings.tracked or settings.tracking != old.tracking or settings.labels != old.labels:
-                del self._sources[source_id]  # untracked now, or a new tracker: the next result starts one
+            source = self._sources[source_id]
+            if source_id not in settings.tracked:
+                self._tracker.drop_group(source.group)
+                del self._sources[source_id]
                 continue
-            self._sources[source_id].regions.reconfigure(settings.zones.get(source_id, []), settings.lines.get(source_id, []))
+            source.regions.reconfigure(settings.zones.get(source_id, []), settings.lines.get(source_id, []))
 
     def _source(self, source_id: str) -> _Source | None:
         source = self._sources.get(source_id)
         if source is None and source_id in self._settings.tracked:
-            classes = self._settings.tracking.classes
-            labels = self._settings.labels
-            tracked = None if classes is None else {i for i, label in enumerate(labels) if label in set(classes)}
-            source = self._sources[source_id] = _Source(self._settings, source_id, tracked)
+            source = self._sources[source_id] = _Source(self._settings, source_id, next(self._groups))
         return source
 
-    def _process_one(self, source: _Source, result: FrameResult, messages: list[AnalyticsMessage]) -> None:
+    def _annotate(self, source: _Source, result: FrameResult, step: TrackerStep, messages: list[AnalyticsMessage]) -> None:
+        """Write the frame's track fields into its detections (and the predicted ones it publishes), and
+        run its zones and lines."""
         frame = result.frame
         shape = frame.image.shape
         timestamp = frame.t_captured
         detections: list[dict[str, Any]] = result.results.get("detections", [])
-        if result.inferred:
-            count = len(detections)
-            boxes = np.array([d["box"] for d in detections], dtype=np.float32).reshape(count, 4)
-            scores = np.array([d["score"] for d in detections], dtype=np.float32)
-            classes = np.array([d["class_id"] for d in detections], dtype=np.int64)
-            step = source.tracker.update(boxes, scores, classes, frame.index, timestamp)
-        else:
-            step = source.tracker.predict(frame.index, timestamp)
-        live: dict[int, int] = {}
-        ids, inferred = source.ids, result.inferred
+        inferred = result.inferred
         coasting = self._settings.tracking.publish_coasting
         tracked = [False] * len(detections)
+        newest = source.newest_id
         for obj in step.objects:  # per object: plain assignments (this loop runs for every box of every frame)
-            track_id = ids.get(obj.track_id)
-            if track_id is None:
-                track_id = ids[obj.track_id] = next(self._ids)
+            track_id, index = obj.track_id, obj.detection
+            if track_id > newest:
+                newest = track_id
                 source.started += 1
-            live[obj.track_id] = track_id
-            if obj.detection is not None:
-                detection = detections[obj.detection]
+            if index is not None:
+                detection = detections[index]
                 detection["track_id"] = track_id
                 detection["track_state"] = obj.state
                 detection["matched_now"] = True
                 detection["track_age"] = obj.age
-                tracked[obj.detection] = True
+                tracked[index] = True
             elif (not inferred and obj.state == "confirmed") or (coasting and obj.state == "lost"):
                 fields = {"track_id": track_id, "track_state": obj.state, "matched_now": False, "track_age": obj.age}
                 detections.append(self._predicted(obj, fields, shape[1], shape[0]))
-        for index, done in enumerate(tracked):
-            if not done:
-                detection = detections[index]
-                detection["track_id"] = detection["track_state"] = detection["track_age"] = None
-                detection["matched_now"] = True
+        source.newest_id = newest
+        if False in tracked:  # most frames every detection has a track
+            for index, done in enumerate(tracked):
+                if not done:
+                    detection = detections[index]
+                    detection["track_id"] = detection["track_state"] = detection["track_age"] = None
+                    detection["matched_now"] = True
         for event in source.regions.update(step.objects, frame.index, timestamp, shape[1], shape[0]):
-            messages.append(self._event(source, frame.source_id, event, timestamp))
+            messages.append(AnalyticsMessage(frame.source_id, "event", event, timestamp))
         for summary in step.ended:
             self._ended(source, frame.source_id, summary, frame.index, timestamp, timestamp, messages)
-        if result.inferred:  # tracker ids absent from an inferred frame's objects are gone for good
-            source.ids = live
+        if inferred:
+            source.active = len(step.objects)
         result.results["detections"] = detections
 
     def _predicted(self, obj: TrackedObject, fields: dict[str, Any], width: int, height: int) -> dict[str, Any]:
@@ -210,20 +232,11 @@ class Analytics:
                round(min(max(x2, 0.0), width), 1), round(min(max(y2, 0.0), height), 1)]
         return {"label": label, "class_id": obj.class_id, "score": round(float(obj.score), 4), "box": box, **fields}
 
-    def _event(self, source: _Source, source_id: str, event: dict[str, Any], t_captured: float | None) -> AnalyticsMessage:
-        body = dict(event)
-        local = body.get("track_id")
-        if local is not None:
-            body["track_id"] = source.ids.get(local, local)
-        return AnalyticsMessage(source_id, "event", body, t_captured)
-
     def _ended(self, source: _Source, source_id: str, summary: TrackSummary, frame_index: int, timestamp: float,
                t_captured: float | None, messages: list[AnalyticsMessage]) -> None:
         for event in source.regions.track_ended(summary.track_id, timestamp, frame_index):
-            messages.append(self._event(source, source_id, event, t_captured))
-        track_id = source.ids.pop(summary.track_id, None)
-        if track_id is None:  # ended before it was ever published (cannot happen for confirmed tracks)
-            track_id = next(self._ids)
+            messages.append(AnalyticsMessage(source_id, "event", event, t_captured))
+        track_id = summary.track_id
         labels = self._settings.labels
         source.confirmed_ended += 1
         messages.append(AnalyticsMessage(source_id, "track", {
@@ -246,8 +259,26 @@ class Analytics:
         for source_id, source in self._sources.items():
             regions = source.regions.snapshot()
             snapshot[source_id] = {
-                "tracks": {"active": len(source.ids), "started": source.started, "ended": source.confirmed_ended},
+                "tracks": {"active": source.active, "started": source.started, "ended": source.confirmed_ended},
                 "zones": regions["zones"],
                 "lines": regions["lines"],
             }
         self._snapshot = snapshot
+
+
+def _frame_detections(group: int, result: FrameResult) -> FrameDetections:
+    """A result's detections as the tracker takes them (a skipped frame has none to give)."""
+    frame = result.frame
+    if not result.inferred:
+        return FrameDetections(group, _NO_BOXES, _NO_SCORES, _NO_CLASSES, frame.index, frame.t_captured, inferred=False)
+    detections = result.results.get("detections", [])
+    count = len(detections)
+    boxes = np.fromiter(itertools.chain.from_iterable([d["box"] for d in detections]), dtype=np.float64, count=4 * count).reshape(count, 4)
+    scores = np.fromiter([d["score"] for d in detections], dtype=np.float64, count=count)
+    classes = np.fromiter([d["class_id"] for d in detections], dtype=np.int64, count=count)
+    return FrameDetections(group, boxes, scores, classes, frame.index, frame.t_captured)
+
+
+_NO_BOXES = np.zeros((0, 4))
+_NO_SCORES = np.zeros(0)
+_NO_CLASSES = np.zeros(0, dtype=np.int64)

@@ -263,7 +263,7 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
                   nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
-                  hold_gil: bool = True, slots_per_stream: int = 2) -> dict:
+                  hold_gil: bool = True, slots_per_stream: int = 2, tracking: bool = False) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -273,6 +273,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
     host-path benchmark does). ``hold_gil``: the backend's enqueues keep the GIL (engine.hold_gil_for_enqueues).
     ``slots_per_stream``: the scheduler's slots per CUDA stream (the daemon's: 2, double buffering).
+    ``tracking``: every source tracked (ByteTrack, default [tracking]) on the completer, as the daemon does.
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
@@ -292,7 +293,14 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     run_dir = tempfile.mkdtemp(prefix="trtstream-gpu-bench-")
     publisher = Publisher(PublisherConfig(endpoints=[f"ipc://{run_dir}/bench.ipc"], send_hwm=1000, queue_size=100000), "0" * 32, {"id": "bench", "sha256": "0" * 64, "pipeline": "detection"}, stats, lambda: {})
     publisher.start()
-    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream, sink_many=publisher.submit_many)
+    analytics = None
+    if tracking:
+        from daemon.analytics.stage import Analytics, AnalyticsSettings
+        from daemon.analyticsconfig import TrackingConfig
+
+        analytics = Analytics(AnalyticsSettings(TrackingConfig(), {f"cam{i}": 1 for i in range(sources)}, {}, {}, tuple(unit.pipeline.labels)))
+    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream,
+                          sink_many=publisher.submit_many, analytics=analytics, sink_events=publisher.submit_events)
     scheduler.warm_up()
     stop = threading.Event()
     from daemon.pinned import PinnedImagePool
@@ -540,7 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                         "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
                         "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-gil-releasing and "
                         "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false), pipeline-gpu-prefilled-batched, "
-                        "pipeline-gpu-prefilled-3slots (three scheduler slots per stream)")
+                        "pipeline-gpu-prefilled-3slots (three scheduler slots per stream), pipeline-gpu-tracked and "
+                        "pipeline-gpu-prefilled-tracked (every source tracked: ByteTrack on the completer), "
+                        "pipeline-gpu-prefilled-32sources and pipeline-gpu-prefilled-32sources-tracked (32 sources)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -623,13 +633,19 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
             ("pipeline-gpu, prefilled, batched", dict(gpu_pre=True, pinned=True, prefilled=True, frame_transfer="batched")),
             ("pipeline-gpu, prefilled, 3 slots", dict(gpu_pre=True, pinned=True, prefilled=True, slots_per_stream=3)),
+            ("pipeline-gpu, tracked", dict(gpu_pre=True, pinned=True, tracking=True)),
+            ("pipeline-gpu, prefilled, tracked", dict(gpu_pre=True, pinned=True, prefilled=True, tracking=True)),
+            ("pipeline-gpu, prefilled, 32 sources", dict(gpu_pre=True, pinned=True, prefilled=True, sources=32)),
+            ("pipeline-gpu, prefilled, 32 sources, tracked", dict(gpu_pre=True, pinned=True, prefilled=True, sources=32, tracking=True)),
             ("pipeline-gpu, gil-releasing", dict(gpu_pre=True, pinned=True, hold_gil=False)),
             ("pipeline-gpu, prefilled, gil-releasing", dict(gpu_pre=True, pinned=True, prefilled=True, hold_gil=False)),
         )
         for name, options in variants:
             mode = name.replace(", ", "-").replace(" ", "")
             if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing",
-                                                                 "pipeline-gpu, prefilled, batched", "pipeline-gpu, prefilled, 3 slots")):
+                                                                 "pipeline-gpu, prefilled, batched", "pipeline-gpu, prefilled, 3 slots",
+                                                                 "pipeline-gpu, tracked", "pipeline-gpu, prefilled, tracked",
+                                                                 "pipeline-gpu, prefilled, 32 sources", "pipeline-gpu, prefilled, 32 sources, tracked")):
                 continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))
