@@ -195,12 +195,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, allowed: np.ndarray | None = None) 
     len(b)] bool is False). Most pairs of a frame do not
     overlap, so the areas, the union and the division (slow: the bulk of the time at a few hundred
     boxes) are computed only for the pairs that do."""
-    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)
-    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
-    w = np.minimum(ax2[:, None], bx2)
-    w -= np.maximum(ax1[:, None], bx1)
-    h = np.minimum(ay2[:, None], by2)
-    h -= np.maximum(ay1[:, None], by1)
+    w, h = _intersections(a, b)
     hit = (w > 0) & (h > 0)
     if allowed is not None:
         hit &= allowed
@@ -210,6 +205,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, allowed: np.ndarray | None = None) 
         rows, cols = np.divmod(overlap, w.shape[1])
         iou[rows, cols] = _iou(a, b, rows, cols, w.ravel()[overlap] * h.ravel()[overlap])
     return iou
+
+
+def _intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[len(a), len(b)] width and height of every pair's intersection (not positive where none)."""
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
+    w = np.minimum(ax2[:, None], bx2)
+    w -= np.maximum(ax1[:, None], bx1)
+    h = np.minimum(ay2[:, None], by2)
+    h -= np.maximum(ay1[:, None], by1)
+    return w, h
 
 
 def _iou(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, inter: np.ndarray) -> np.ndarray:
@@ -234,12 +240,7 @@ def overlapping_pairs(a: np.ndarray, b: np.ndarray, a_classes: np.ndarray, b_cla
             hit = np.flatnonzero((w > 0) & (h > 0) & (a_classes[rows] == b_classes[cols]))
             rows, cols = rows[hit], cols[hit]
             return rows, cols, _iou(a, b, rows, cols, w[hit] * h[hit])
-    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)
-    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
-    w = np.minimum(ax2[:, None], bx2)
-    w -= np.maximum(ax1[:, None], bx1)
-    h = np.minimum(ay2[:, None], by2)
-    h -= np.maximum(ay1[:, None], by1)
+    w, h = _intersections(a, b)
     hit = (w > 0) & (h > 0) & (a_classes[:, None] == b_classes)
     overlap = np.flatnonzero(hit)  # 10x faster than a 2-D np.nonzero
     rows, cols = np.divmod(overlap, len(b))
