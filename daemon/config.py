@@ -131,6 +131,11 @@ class SourceConfig(StrictModel):
         "Files and network streams: 'pyav' decodes with PyAV, each frame at its real size (OpenCV rescales a stream whose "
         "resolution changes to its first size)."
     )
+    decoder_threads: int = Field(
+        2, ge=0, le=64, description="OpenCV decoding threads per file or network source (FFmpeg's frame threads): 2 = three "
+        "threads beside the reader, 1 = decoding on the reader thread alone (many cameras), 0 = FFmpeg's own choice "
+        "(one per core plus one: 17 per camera on a 16-core machine).",
+    )
     loop: bool = Field(False, description="Files: start again at the end instead of ending.")
     pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
     drop_policy: DropPolicy = DropPolicy.AUTO
