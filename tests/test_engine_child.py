@@ -19,7 +19,7 @@ from daemon.engine.builders import OnnxRuntimeBuilder
 from daemon.engine.child import BuildCancelled, ChildProcessBuilder, in_child_process
 from daemon.errors import BackendError
 
-from .conftest import REPO, asset
+from .conftest import REPO, SCHEMA_PATH, asset
 from .slow_builds import FailingBuilder, slow_to_optimise_model
 
 
@@ -151,5 +151,16 @@ def test_closing_a_provider_ends_its_background_build(tmp_path):
     assert provider.close(timeout=60)
     assert time.monotonic() - closing < 5, "close waited for the build"
     assert not alive(child.pid) and provider.status()["state"] == "cancelled"
+    validate_engine_status(provider.status())  # heartbeats carry it (a stop during a build once sent one off-schema)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".tmp", ".onnx", ".json")]
     fallback.close()
+
+
+def validate_engine_status(status: dict) -> None:
+    """``status`` against the heartbeat's ``engine`` field in the published JSON Schema."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(status, {**schema["$defs"]["heartbeat"]["properties"]["engine"], "$defs": schema["$defs"]})
