@@ -21,6 +21,7 @@ import ctypes
 import functools
 import logging
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ __all__ = [
     "memcpy2d_dtod_async",
     "primary_context_handle",
     "set_device",
+    "ensure_context",
     "CudaGraph",
     "capture_graph",
     "driver_cuda_version",
@@ -406,12 +408,12 @@ def _host_pointer(array: np.ndarray) -> int:
 
 def memcpy_htod_async(dst_ptr: int, host_array: np.ndarray, stream: Stream) -> None:
     """Enqueue a copy of all of ``host_array`` (pinned, contiguous) to device address ``dst_ptr`` on ``stream``."""
-    cudart = _runtime()
-    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
     src = _host_pointer(host_array)
     if stream.hold_gil:
         cuda_enqueue.memcpy_htod(dst_ptr, src, host_array.nbytes, stream.handle)
         return
+    cudart = _runtime()
+    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
     cuda_call(cudart.cudaMemcpyAsync(dst_ptr, src, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(host to device)")
 
 
@@ -444,12 +446,12 @@ def memcpy_htod_batch_async(dst_ptrs: list[int], src_ptrs: list[int], sizes: lis
 
 def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> None:
     """Enqueue a copy from device address ``src_ptr`` into all of ``host_array`` (pinned, contiguous) on ``stream``."""
-    cudart = _runtime()
-    kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
     dst = _host_pointer(host_array)
     if stream.hold_gil:
         cuda_enqueue.memcpy_dtoh(dst, src_ptr, host_array.nbytes, stream.handle)
         return
+    cudart = _runtime()
+    kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
     cuda_call(cudart.cudaMemcpyAsync(dst, src_ptr, host_array.nbytes, kind, stream.raw), "cudaMemcpyAsync(device to host)")
 
 
@@ -472,6 +474,19 @@ def primary_context_handle(device: int = 0) -> int:
     context = cuda_call(driver.cuDevicePrimaryCtxRetain(handle), "cuDevicePrimaryCtxRetain")
     cuda_call(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
     return _native_handle(context)
+
+
+_context_bound = threading.local()
+
+
+def ensure_context() -> None:
+    """Make the runtime's primary context current on the calling thread, once per thread: driver API
+    calls (NVRTC kernel launches, :mod:`daemon.cuda_enqueue`) need a current context, which a runtime call
+    makes (``cudaFree(0)`` is the customary one)."""
+    if getattr(_context_bound, "done", False):
+        return
+    cuda_call(_runtime().cudaFree(0), "cudaFree(0) (context initialisation)")
+    _context_bound.done = True
 
 
 def set_device(index: int) -> None:

@@ -14,8 +14,8 @@ cuda-bindings' behaviour.
 
 Handles are plain ints (cuda-bindings' ``CUstream``/``cudaStream_t`` and friends convert with ``int()``;
 the runtime's handles are the driver's). The calls need the calling thread to have a current context,
-which any runtime call on that thread (``cudaSetDevice``) leaves behind; :func:`_ensure_context` makes
-sure once per thread.
+which any runtime call on that thread (``cudaSetDevice``) leaves behind; :func:`daemon.cuda.ensure_context`
+makes sure once per thread.
 """
 
 from __future__ import annotations
@@ -80,14 +80,12 @@ def unavailable_reason() -> str | None:
     return _load_error
 
 
-def _ensure_context() -> None:
-    if getattr(_thread, "ready", False):
-        return
-    from cuda.bindings import runtime
+def _bind_context() -> None:
+    """The first call on a thread: make a context current there (:func:`daemon.cuda.ensure_context`;
+    imported here, not at the top, because :mod:`daemon.cuda` imports this module)."""
+    from .cuda import ensure_context
 
-    err = runtime.cudaFree(0)[0]  # makes the runtime's primary context current on this thread
-    if int(err) != 0:
-        raise CudaEnqueueError(f"cudaFree(0) (context initialisation) failed: {err}")
+    ensure_context()
     _thread.ready = True
 
 
@@ -95,7 +93,8 @@ def _call(name: str, *args: Any) -> None:
     functions = _functions if _functions is not None else _load()
     if functions is None:
         raise CudaEnqueueError(f"{_LIBRARY} cannot be loaded: {_load_error}")
-    _ensure_context()
+    if not getattr(_thread, "ready", False):
+        _bind_context()
     result = functions[name](*args)
     if result != 0:
         text = ctypes.c_char_p()

@@ -9,17 +9,13 @@ copies and the inference on that stream.
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import cuda_enqueue
-from ..cuda import CudaError, Stream, cuda_call, device_properties
+from ..cuda import CudaError, Stream, cuda_call, device_properties, ensure_context
 
 __all__ = ["compile_ptx", "compile_module", "Module", "Kernel"]
-
-_bound = threading.local()
-
 
 def _driver() -> Any:
     from cuda.bindings import driver
@@ -47,16 +43,6 @@ def _nvrtc_call(result: Any, what: str, program: Any = None) -> Any:
     return values[0] if len(values) == 1 else (values or None)
 
 
-def _ensure_context() -> None:
-    """Make the runtime's primary context current on this thread (driver calls need a current context)."""
-    if getattr(_bound, "done", False):
-        return
-    from cuda.bindings import runtime
-
-    cuda_call(runtime.cudaFree(0), "cudaFree(0) (context initialisation)")
-    _bound.done = True
-
-
 @dataclass
 class Kernel:
     name: str
@@ -68,7 +54,7 @@ class Kernel:
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, args: Sequence[tuple[Any, Any]]) -> None:
         """``args``: (value, ctypes type) pairs in the kernel's parameter order; a value may already be a
         ctypes object (a Structure passed by value). The driver copies the parameters at launch."""
-        _ensure_context()
+        ensure_context()
         driver = _driver()
         holders = [value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else kind(value) for value, kind in args]
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
@@ -85,7 +71,7 @@ class Module:
     """A compiled, loaded CUDA module."""
 
     def __init__(self, image: bytes, names: Sequence[str]):
-        _ensure_context()
+        ensure_context()
         driver = _driver()
         self._module = cuda_call(driver.cuModuleLoadData(image), "cuModuleLoadData")
         self.kernels = {

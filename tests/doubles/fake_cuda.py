@@ -331,6 +331,9 @@ class FakeCuda:
         self.current_device = index
         self.calls.append(("cuda.set_device", (index,), {}))
 
+    def ensure_context(self) -> None:
+        self.calls.append(("cuda.ensure_context", (), {}))
+
     def capture_graph(self, stream: Any, enqueue: Any) -> Any:
         """Runs ``enqueue`` once (as capture would record it) and returns a graph that re-runs it."""
         stream._check()
