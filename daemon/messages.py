@@ -10,16 +10,22 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
 from . import SCHEMA_VERSION
 
-__all__ = ["HEARTBEAT_TOPIC", "source_topic", "heartbeat_topic", "encode_header", "decode_header", "SCHEMA_NAME"]
+__all__ = ["HEARTBEAT_TOPIC", "source_topic", "heartbeat_topic", "encode_header", "decode_header", "SCHEMA_NAME", "label_of"]
 
 SCHEMA_NAME = "trtstream"
 HEARTBEAT_TOPIC = "_heartbeat"
+
+
+def label_of(labels: Sequence[str], class_id: int) -> str:
+    """The ``label`` a message gives ``class_id``: its name, or ``class_<id>`` for one the labels do not
+    name (as pipelines name classes without labels), so results, events and track messages agree."""
+    return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"
 
 
 def source_topic(prefix: str, source_id: str) -> bytes:

@@ -43,6 +43,14 @@ __all__ = ["Publisher"]
 log = logging.getLogger("trtstream.publisher")
 
 _STOP = object()
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # a multipart message is queued whole or not at all
+# Subscribers only ever send subscriptions (1 byte + a topic of at most a few hundred bytes): a larger
+# inbound message is a confused or hostile peer, and libzmq disconnects it.
+MAX_INBOUND_BYTES = 4096
+# XPUB notices read per loop iteration (and at most every 20 ms once nobody waits): enough for any
+# real subscriber churn, few enough that a flood of them cannot delay the sends.
+MAX_NOTICES_PER_LOOP = 256
 
 
 class _Events:
@@ -52,15 +60,6 @@ class _Events:
 
     def __init__(self, messages: list[AnalyticsMessage]):
         self.messages = messages
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # a multipart message is queued whole or not at all
-# Subscribers only ever send subscriptions (1 byte + a topic of at most a few hundred bytes): a larger
-# inbound message is a confused or hostile peer, and libzmq disconnects it.
-MAX_INBOUND_BYTES = 4096
-# XPUB notices read per loop iteration (and at most every 20 ms once nobody waits): enough for any
-# real subscriber churn, few enough that a flood of them cannot delay the sends.
-MAX_NOTICES_PER_LOOP = 256
 
 
 class Publisher:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
 from ..entities import EndOfStream, FrameResult
+from ..messages import label_of
 from ..tracking.bytetrack import ByteTracker, FrameDetections, TrackerStep
 from ..tracking.objects import TrackedObject, TrackSummary
 from .regions import RegionAnalytics
@@ -225,8 +226,7 @@ class Analytics:
 
     def _predicted(self, obj: TrackedObject, fields: dict[str, Any], width: int, height: int) -> dict[str, Any]:
         """A track's predicted box as a detection, clipped to the frame like every published box."""
-        labels = self._settings.labels
-        label = labels[obj.class_id] if obj.class_id < len(labels) else f"class_{obj.class_id}"
+        label = label_of(self._settings.labels, obj.class_id)
         x1, y1, x2, y2 = (float(v) for v in obj.box)
         box = [round(min(max(x1, 0.0), width), 1), round(min(max(y1, 0.0), height), 1),
                round(min(max(x2, 0.0), width), 1), round(min(max(y2, 0.0), height), 1)]
@@ -237,12 +237,11 @@ class Analytics:
         for event in source.regions.track_ended(summary.track_id, timestamp, frame_index):
             messages.append(AnalyticsMessage(source_id, "event", event, t_captured))
         track_id = summary.track_id
-        labels = self._settings.labels
         source.confirmed_ended += 1
         messages.append(AnalyticsMessage(source_id, "track", {
             "track_id": track_id,
             "class_id": summary.class_id,
-            "label": labels[summary.class_id] if summary.class_id < len(labels) else f"class_{summary.class_id}",
+            "label": label_of(self._settings.labels, summary.class_id),
             "reason": summary.reason,
             "first_frame": summary.first_frame,
             "last_frame": summary.last_frame,
@@ -270,7 +269,7 @@ def _frame_detections(group: int, result: FrameResult) -> FrameDetections:
     """A result's detections as the tracker takes them (a skipped frame has none to give)."""
     frame = result.frame
     if not result.inferred:
-        return FrameDetections(group, _NO_BOXES, _NO_SCORES, _NO_CLASSES, frame.index, frame.t_captured, inferred=False)
+        return FrameDetections.skipped(group, frame.index, frame.t_captured)
     detections = result.results.get("detections", [])
     count = len(detections)
     boxes = np.fromiter(itertools.chain.from_iterable([d["box"] for d in detections]), dtype=np.float64, count=4 * count).reshape(count, 4)
@@ -278,7 +277,3 @@ def _frame_detections(group: int, result: FrameResult) -> FrameDetections:
     classes = np.fromiter([d["class_id"] for d in detections], dtype=np.int64, count=count)
     return FrameDetections(group, boxes, scores, classes, frame.index, frame.t_captured)
 
-
-_NO_BOXES = np.zeros((0, 4))
-_NO_SCORES = np.zeros(0)
-_NO_CLASSES = np.zeros(0, dtype=np.int64)

@@ -279,6 +279,11 @@ class FrameDetections:
     timestamp: float
     inferred: bool = True
 
+    @classmethod
+    def skipped(cls, group: int, frame_index: int, timestamp: float) -> "FrameDetections":
+        """A frame the model did not run on (``infer_every``): no detections, the tracks only move on."""
+        return cls(group, _NO_BOXES, _NO_SCORES, _NO_CLASSES, frame_index, timestamp, inferred=False)
+
 
 class ByteTracker:
     """Tracks of one or several sources ("groups"). ``tracked_classes``: the class ids to track (None:
@@ -314,7 +319,7 @@ class ByteTracker:
 
     def predict(self, frame_index: int, timestamp: float) -> TrackerStep:
         """A frame of a single-source tracker (group 0) the model did not run on (see :meth:`step`)."""
-        return self.step([FrameDetections(0, _NO_BOXES, _NO_SCORES, _NO_CLASSES, frame_index, timestamp, inferred=False)])[0]
+        return self.step([FrameDetections.skipped(0, frame_index, timestamp)])[0]
 
     def finish(self, timestamp: float) -> list[TrackSummary]:
         """A single-source tracker's source ended (see :meth:`finish_group`)."""
@@ -405,16 +410,17 @@ class ByteTracker:
             new = candidates[new_columns]
             self._start(new, cand_boxes[new_columns], cand_scores[new_columns], class_ids, det_groups, group_frame)
             detections = np.concatenate([detections, new])
-        return self._steps(frames, detections, offsets, ended)
+        # every track is this one frame's source's (a tracker of one source): kept and new tracks are too
+        return self._steps(frames, detections, offsets, ended, single=len(frames) == 1 and every)
 
     def _steps(self, frames: list[FrameDetections], detections: np.ndarray, offsets: dict[int, int],
-               ended: list[tuple[int, TrackSummary]]) -> list[TrackerStep]:
-        """Each frame's objects (its source's tracks, in row order) and ended tracks."""
+               ended: list[tuple[int, TrackSummary]], single: bool) -> list[TrackerStep]:
+        """Each frame's objects (its source's tracks, in row order) and ended tracks. ``single``: one frame,
+        and every track is its source's, so no rows need picking out."""
         tracks = self._tracks
         published = tracks.boxes
         if (detections < 0).any():  # coasting and predicted tracks are published at their predicted boxes
             published = np.where((detections < 0)[:, None], self._kalman.boxes(), published)
-        single = len(frames) == 1 and bool((tracks.groups == frames[0].group).all())  # a tracker of one source
         steps = []
         for frame in frames:
             if single:
