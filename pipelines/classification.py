@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from daemon.config import ClassificationConfig, PreprocessConfig
+from daemon.messages import label_of
 
 from .imageops import INTERPOLATION, Normalizer, ScratchPool, crop_geometry
 
@@ -95,7 +96,7 @@ class ClassificationPipeline:
         return {
             "classifications": [
                 {
-                    "label": self.labels[i] if i < len(self.labels) else f"class_{i}",
+                    "label": label_of(self.labels, int(i)),
                     "class_id": int(i),
                     "score": round(float(p), 4),
                 }

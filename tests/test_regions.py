@@ -216,7 +216,7 @@ def test_class_filters():
     events = run(analytics, path, track_id=3, class_id=1)
     assert [(e["event"], e["label"], e["class_id"]) for e in events] == [("enter", "car", 1), ("cross", "car", 1)]
     unfiltered = RegionAnalytics([zone(min_frames=1)], [], LABELS)
-    assert [e["label"] for e in run(unfiltered, [(200, 200)], track_id=2, class_id=7)] == ["7"]
+    assert [e["label"] for e in run(unfiltered, [(200, 200)], track_id=2, class_id=7)] == ["class_7"]
 
 
 def test_normalised_coordinates_scale_with_the_frame_size():

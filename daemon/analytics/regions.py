@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..analyticsconfig import LineConfig, ZoneConfig
+from ..messages import label_of
 from ..tracking.objects import TrackedObject
 from .geometry import ANCHOR_INDEX, Polygons, Segments, all_anchors, points_in_polygons, scale_points, segment_sides
 
@@ -237,7 +238,7 @@ class RegionAnalytics:
         self._free.extend(range(capacity - 1, old - 1, -1))
 
     def _label(self, class_id: int) -> str:
-        return self._labels[class_id] if 0 <= class_id < len(self._labels) else str(class_id)
+        return label_of(self._labels, class_id)
 
     def _head(self, event: str, key: str, name: str, slot: int, frame_index: int, timestamp: float, **first: Any) -> dict[str, Any]:
         """The fields every event starts with, in the order a subscriber sees them (``first``: fields
