@@ -86,11 +86,14 @@ class Publisher:
         self._on_published = on_published  # publisher thread, after each result was sent
         self._security = security
         self._authenticator = None
-        # SimpleQueue (C, lock-free put) of single items or whole batches; ``_backlog`` counts the results
-        # in it, so ``queue_size`` still bounds results, not batches.
+        # SimpleQueue (C, lock-free put) of single items or whole batches. The results in it are
+        # ``_queued - _taken``, so ``queue_size`` still bounds results, not batches. Each counter has one
+        # writer side and no lock is shared with the publisher thread: with a hundred reader threads under
+        # one GIL, a publisher switched out while holding such a lock would stall the completer behind it.
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._backlog = 0
-        self._backlog_lock = threading.Lock()
+        self._queued = 0  # submitters only, under _submit_lock
+        self._taken = 0  # the publisher thread only
+        self._submit_lock = threading.Lock()  # submitters among themselves (the completer; ends from others)
         self._next_subscription_check = 0.0
         self._model_cache: dict[str, Any] = {}
         self._model_cache_key: tuple | None = None
@@ -161,10 +164,10 @@ class Publisher:
         results, the batch's excess is dropped (counted)."""
         if not results:
             return
-        with self._backlog_lock:
-            room = self.config.queue_size - self._backlog
+        with self._submit_lock:
+            room = self.config.queue_size - (self._queued - self._taken)  # _taken only grows: room is never overstated
             taken = results if len(results) <= room else results[: max(room, 0)]
-            self._backlog += len(taken)
+            self._queued += len(taken)
         if len(taken) < len(results):
             self.stats.dropped_queue_full += len(results) - len(taken)
         if taken:
@@ -257,9 +260,8 @@ class Publisher:
                 for message in item.messages:
                     self._send(socket, self._analytics_message(message))
                 continue
-            with self._backlog_lock:
-                self._backlog -= len(item)
-                self.stats.queue_depth = self._backlog
+            self._taken += len(item)
+            self.stats.queue_depth = self._queued - self._taken
             for result in item:
                 parts, header = self._result_message(result)
                 if self._send(socket, parts, result.frame.source_id) and self._on_published is not None:

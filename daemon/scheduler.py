@@ -88,11 +88,13 @@ class Scheduler:
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
         self.stats = PipelineStats()
-        self._free: queue.Queue[Slot] = queue.Queue()
+        # SimpleQueues (C): no Python-level lock that a thread switched out by the GIL could hold while
+        # the other side waits on it (queue.Queue's mutex is taken in Python code).
+        self._free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
         for index in range(slots):
             self._free.put(backend.create_slot(index))
         self._slot_count = slots
-        self._inflight: queue.Queue[_InFlight | None] = queue.Queue()
+        self._inflight: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._abort = threading.Event()  # hard stop: give up on queued frames
         self._closing = threading.Event()  # no source will be added any more: end once all are drained
         self._pending_unit: ServingUnit | None = None

@@ -85,12 +85,17 @@ class NvdecProducer:
         except Exception as exc:
             raise SourceError(f"NVDEC cannot decode {path}: {exc}", retryable=False) from None
         self.fps = float(getattr(metadata, "average_fps", 0) or 0) or None
+        # The end is known from the container's index: asking SimpleDecoder for the frame past it prints
+        # "INVALID INDEX <n>" on every loop of every camera (0 = unknown: ask until it returns nothing).
+        self._frame_count = int(getattr(metadata, "num_frames", 0) or 0)
         self.width = self.height = 0
         self._pool: DeviceImagePool | None = None
         self._pool_size = pool_size
         self._index = 0
 
     def read(self):
+        if self._frame_count and self._index >= self._frame_count:
+            return None, None
         frames = self._decoder.get_batch_frames(1)
         if not frames:
             return None, None
