@@ -124,6 +124,8 @@ class Analytics:
         frames are tracked in rounds of one frame per source (a source's frames in their order), each
         round in one :meth:`ByteTracker.step`."""
         self._apply_pending()
+        if not self._sources and not self._settings.tracked:  # nothing tracked: no Python work per result
+            return []
         messages: list[AnalyticsMessage] = []
         rounds: list[list[tuple[_Source, FrameResult]]] = []
         taken: dict[str, int] = {}
@@ -159,6 +161,8 @@ class Analytics:
         return messages
 
     def _apply_pending(self) -> None:
+        if self._pending is None:  # the common case, without taking the lock (reading one attribute is atomic)
+            return
         with self._pending_lock:
             settings, self._pending = self._pending, None
         if settings is None:
