@@ -7,12 +7,13 @@ A producer opens one source and yields BGR frames; it knows nothing about queues
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import threading
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -177,7 +178,7 @@ def open_pyav(source: SourceConfig, kind: SourceKind, shown: str) -> PyAVProduce
         raise SourceError(f"decoder = 'pyav' needs PyAV (pip install 'trtstream[pyav]'), cannot open: {shown}", retryable=False) from None
     timeout = (source.reconnect.open_timeout_s, source.reconnect.read_timeout_s) if kind is SourceKind.STREAM else None
     try:
-        container = av.open(source.uri, mode="r", timeout=timeout)
+        container = av.open(source.uri, mode="r", timeout=timeout, options=rtsp_options(source))
     except (av.error.FFmpegError, OSError) as exc:
         raise SourceError(f"cannot open {kind.value} source: {shown} ({mask_text(str(exc))})", retryable=kind is not SourceKind.FILE) from None
     if not container.streams.video:
@@ -232,6 +233,39 @@ def decoder_threads(source: SourceConfig) -> list[int]:
     return [_N_THREADS, source.decoder_threads]
 
 
+def rtsp_options(source: SourceConfig) -> dict[str, str]:
+    """FFmpeg options for the source's RTSP transport (``sources[].rtsp_transport``; none for 'auto')."""
+    return {} if source.rtsp_transport == "auto" else {"rtsp_transport": source.rtsp_transport}
+
+
+_CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# What OpenCV itself sets when that variable is absent (cap_ffmpeg_impl.hpp): TCP first, then UDP.
+_OPENCV_DEFAULT_OPTIONS = "rtsp_flags;prefer_tcp"
+_capture_options_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def ffmpeg_capture_options(options: dict[str, str]) -> Iterator[None]:
+    """FFmpeg options for the OpenCV capture opened inside. OpenCV takes them only from the environment
+    (``OPENCV_FFMPEG_CAPTURE_OPTIONS``, read as a capture opens; its VideoCapture parameters have no
+    transport), so the variable is set for the open, such opens are serialised, and what the user had
+    set stays (ours come after it: FFmpeg lets a later key win). Afterwards the variable is put back,
+    or, where there was none, set to what OpenCV uses without one: never removed, because removing a
+    variable rearranges the environment under another thread's ``getenv`` (a file capture opening),
+    while replacing one swaps a single pointer. Without options nothing is touched."""
+    if not options:
+        yield
+        return
+    ours = "|".join(f"{key};{value}" for key, value in options.items())
+    with _capture_options_lock:
+        before = os.environ.get(_CAPTURE_OPTIONS)
+        os.environ[_CAPTURE_OPTIONS] = f"{before}|{ours}" if before else ours
+        try:
+            yield
+        finally:
+            os.environ[_CAPTURE_OPTIONS] = before if before is not None else _OPENCV_DEFAULT_OPTIONS
+
+
 def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, pinned_frames: int = 0) -> FrameProducer:
     """Open a source, or raise SourceError (URI masked) saying whether a retry may help. ``pinned_frames``:
     the size of the pinned frame pool for OpenCV sources (0: ordinary memory)."""
@@ -263,7 +297,8 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             int(source.reconnect.read_timeout_s * 1000),
         ]
-        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source))
+        with ffmpeg_capture_options(rtsp_options(source)):
+            capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source))
     elif kind is SourceKind.USB:
         device = source.uri.removeprefix("usb:")
         capture = cv2.VideoCapture(int(device) if device.isdigit() else device)

@@ -136,6 +136,11 @@ class SourceConfig(StrictModel):
         "threads beside the reader, 1 = decoding on the reader thread alone (many cameras), 0 = FFmpeg's own choice "
         "(one per core plus one: 17 per camera on a 16-core machine).",
     )
+    rtsp_transport: Literal["auto", "tcp", "udp"] = Field(
+        "auto", description="RTSP sources: how RTP travels. 'tcp' interleaved in the RTSP connection (through NAT and "
+        "firewalls, no loss), 'udp' (lowest latency, loses packets under load), 'auto' = FFmpeg's choice as OpenCV "
+        "opens it (TCP first, then UDP).",
+    )
     loop: bool = Field(False, description="Files: start again at the end instead of ending.")
     pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
     drop_policy: DropPolicy = DropPolicy.AUTO
@@ -192,6 +197,8 @@ class SourceConfig(StrictModel):
             raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
         if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'pyav' applies to files and network streams")
+        if self.rtsp_transport != "auto" and not self.uri.lower().startswith(("rtsp://", "rtsps://")):
+            raise ValueError("rtsp_transport applies to rtsp:// and rtsps:// sources only")
         return self
 
 
