@@ -473,6 +473,11 @@ class PublisherConfig(StrictModel):
     linger_ms: int = Field(1000, ge=0, le=60000, description="How long to flush messages at exit.")
     heartbeat_interval_s: float = Field(2.0, gt=0, le=3600)
     queue_size: int = Field(1024, ge=1, le=1_000_000, description="Results waiting for the publisher thread.")
+    queue_full_wait_s: float = Field(
+        1.0, ge=0, le=60, description="With queue_size results waiting, how long inference waits for room before "
+        "results are dropped: waiting sheds overload at the sources (live cameras drop their oldest frames) instead of "
+        "after inference. 0 = drop at once.",
+    )
     thumbnail: ThumbnailConfig = Field(default_factory=ThumbnailConfig)
     wait_for_subscribers: int = Field(
         0, ge=0, le=1000, description="Start reading sources only once this many subscriptions arrived (batch jobs, tests). "

@@ -207,7 +207,10 @@ class StatsCollector(Collector):
         dropped.add_metric(["socket"], stats.dropped_socket)
         depth = GaugeMetricFamily("trtstream_publisher_queue_depth", "Results waiting for the publisher thread.")
         depth.add_metric([], stats.queue_depth)
-        return [sent, dropped, depth]
+        waits = CounterMetricFamily("trtstream_publisher_queue_full_waits",
+                                    "Hand-overs of results that waited for room in the publisher's queue (overload shed at the sources).")  # fmt: skip
+        waits.add_metric([], stats.queue_full_waits)
+        return [sent, dropped, depth, waits]
 
     def _backend(self) -> list[Metric]:
         info = self._inputs.backend()

@@ -94,6 +94,10 @@ class Publisher:
         self._queued = 0  # submitters only, under _submit_lock
         self._taken = 0  # the publisher thread only
         self._submit_lock = threading.Lock()  # submitters among themselves (the completer; ends from others)
+        # A submitter waiting for room (queue full) is woken through _room; the publisher thread takes that
+        # lock only while someone waits (the flag is a plain attribute it reads without a lock).
+        self._room = threading.Condition(threading.Lock())
+        self._waiting_for_room = False
         self._next_subscription_check = 0.0
         self._model_cache: dict[str, Any] = {}
         self._model_cache_key: tuple | None = None
@@ -153,21 +157,38 @@ class Publisher:
         self._model_info = model_info
 
     def submit(self, item: FrameResult | EndOfStream) -> None:
-        """Queue a result or end-of-stream; never blocks. A full queue drops results (counted), never ends."""
+        """Queue a result (as :meth:`submit_many`) or an end-of-stream (never waits, never dropped)."""
         if isinstance(item, EndOfStream):
             self._queue.put(item)  # ends are rare and must arrive
         else:
             self.submit_many([item])
 
     def submit_many(self, results: list[FrameResult]) -> None:
-        """Queue a batch of results with one queue operation; never blocks. Over ``queue_size`` waiting
-        results, the batch's excess is dropped (counted)."""
+        """Queue a batch of results with one queue operation. Over ``queue_size`` waiting results it waits
+        up to ``queue_full_wait_s`` for room, and only then drops the batch's excess (counted). Waiting
+        is how overload is shed at the door: the completer holds its slot, the batcher stops taking
+        frames, and live sources drop their oldest frames (counted per camera) instead of this queue
+        throwing away results the GPU has already computed."""
         if not results:
             return
+        deadline = None
         with self._submit_lock:
-            room = self.config.queue_size - (self._queued - self._taken)  # _taken only grows: room is never overstated
+            while True:
+                room = self.config.queue_size - (self._queued - self._taken)  # _taken only grows: room is never overstated
+                if room >= len(results) or not self._thread.is_alive() or self.config.queue_full_wait_s == 0:
+                    break
+                now = time.monotonic()
+                deadline = deadline or now + self.config.queue_full_wait_s
+                if now >= deadline:
+                    break
+                self._waiting_for_room = True
+                with self._room:  # short waits: a notify between the check and the wait is only a little late
+                    self._room.wait(min(0.02, deadline - now))
+            self._waiting_for_room = False
             taken = results if len(results) <= room else results[: max(room, 0)]
             self._queued += len(taken)
+        if deadline is not None:
+            self.stats.queue_full_waits += 1
         if len(taken) < len(results):
             self.stats.dropped_queue_full += len(results) - len(taken)
         if taken:
@@ -262,6 +283,9 @@ class Publisher:
                 continue
             self._taken += len(item)
             self.stats.queue_depth = self._queued - self._taken
+            if self._waiting_for_room:
+                with self._room:
+                    self._room.notify_all()
             for result in item:
                 parts, header = self._result_message(result)
                 if self._send(socket, parts, result.frame.source_id) and self._on_published is not None:

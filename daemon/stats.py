@@ -145,6 +145,7 @@ class PublisherStats:
     dropped_queue_full: int = 0  # the publisher thread could not keep up
     dropped_socket: int = 0  # ZeroMQ refused the message (would block)
     queue_depth: int = 0
+    queue_full_waits: int = 0  # hand-overs that waited for room (publisher.queue_full_wait_s): overload shed upstream
 
     def snapshot(self) -> dict:
         return {
@@ -152,4 +153,5 @@ class PublisherStats:
             "dropped_queue_full": self.dropped_queue_full,
             "dropped_socket": self.dropped_socket,
             "queue_depth": self.queue_depth,
+            "queue_full_waits": self.queue_full_waits,
         }

@@ -7,6 +7,7 @@ publisher thread each own one counter), so this is what checks that the two stil
 
 from __future__ import annotations
 
+import threading
 import time
 
 import zmq
@@ -74,3 +75,57 @@ def test_queue_size_bounds_results_and_the_room_comes_back_as_they_are_sent(free
             _until(lambda: publisher.stats.queue_depth == 0, "the queue empty again")
         finally:
             publisher.stop()
+
+
+def test_a_full_queue_makes_inference_wait_for_room_and_drops_only_after_queue_full_wait_s(free_port):
+    """``publisher.queue_full_wait_s``: overload is shed before inference, not after it. The publisher
+    thread is held inside its own ``on_published`` hook (after the first send) so its queue fills."""
+    sources = {"cam1": SourceStats("cam1", "synthetic:320x240@100", "synthetic", state="running")}
+    hold = threading.Event()
+    held = threading.Event()
+
+    def on_published(result, header):
+        held.set()
+        hold.wait(30)
+
+    def publisher_with(wait_s: float) -> Publisher:
+        return Publisher(
+            PublisherConfig(endpoints=[f"tcp://127.0.0.1:{free_port}"], queue_size=4, queue_full_wait_s=wait_s, heartbeat_interval_s=60, linger_ms=0),
+            "f" * 32, MODEL_INFO, sources, lambda: {}, context=zmq.Context(), on_published=on_published,
+        )  # fmt: skip
+
+    publisher = publisher_with(30)
+    publisher.start()
+    try:
+        publisher.submit_many(_results(0, 1))
+        assert held.wait(10), "the publisher thread never sent the first result"
+        publisher.submit_many(_results(1, 4))  # fills the queue: 4 waiting
+        submitter = threading.Thread(target=publisher.submit_many, args=(_results(5, 2),))
+        submitter.start()
+        _until(lambda: publisher._waiting_for_room, "the hand-over waiting for room")
+        assert submitter.is_alive() and publisher.stats.dropped_queue_full == 0
+        hold.set()  # the publisher goes on: room comes back, the waiting hand-over goes in whole
+        submitter.join(10)
+        assert not submitter.is_alive()
+        _until(lambda: sources["cam1"].frames_published == 7, "all 7 results sent")
+        assert publisher.stats.dropped_queue_full == 0 and publisher.stats.queue_full_waits == 1
+    finally:
+        hold.set()
+        publisher.stop()
+
+    sources["cam1"].frames_published = 0
+    hold.clear()
+    held.clear()
+    publisher = publisher_with(0.2)
+    publisher.start()
+    try:
+        publisher.submit_many(_results(0, 1))
+        assert held.wait(10)
+        publisher.submit_many(_results(1, 4))
+        started = time.monotonic()
+        publisher.submit_many(_results(5, 2))  # no room within 0.2 s: dropped, counted
+        assert time.monotonic() - started >= 0.2
+        assert publisher.stats.dropped_queue_full == 2 and publisher.stats.queue_full_waits == 1
+    finally:
+        hold.set()
+        publisher.stop()
