@@ -40,7 +40,7 @@ from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import open_producer
 from .sources import SourceReader, SourceState
-from .stats import SourceStats
+from .stats import OverloadMeter, SourceStats
 
 __all__ = ["Daemon", "EXIT_SOURCES_FAILED"]
 
@@ -69,6 +69,7 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
         self._analytics: Analytics | None = None
+        self._overload = OverloadMeter()  # read by the heartbeat's builder only (the publisher thread)
         self._mux = Multiplexer()
         self._readers: dict[str, SourceReader] = {}
         self.source_stats: dict[str, SourceStats] = {}  # written by the main thread only; other threads copy before iterating
@@ -472,16 +473,18 @@ class Daemon:
     def _build_heartbeat(self) -> dict[str, Any]:
         scheduler = self._scheduler
         info = scheduler.backend.info if scheduler else None
+        # list() copies the values in one step under the GIL; iterating the live dict here (the publisher
+        # thread) while a reload adds a source (main thread) raised "dictionary changed size" and ended
+        # the publisher thread (issue 11).
+        sources = list(self.source_stats.values())
         return {
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "version": __version__,
             "backend": info.describe() if info else None,
             "engine": self._provider.status() if self._provider else None,
             "pipeline": scheduler.stats.snapshot() if scheduler else None,
-            # list() copies the values in one step under the GIL; iterating the live dict here (the publisher
-            # thread) while a reload adds a source (main thread) raised "dictionary changed size" and ended
-            # the publisher thread (issue 11).
-            "sources": [stats.snapshot() for stats in list(self.source_stats.values())],
+            "sources": [stats.snapshot() for stats in sources],
+            "overload": self._overload.reading(sources),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
         }

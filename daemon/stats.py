@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,36 @@ class RateMeter:
         rate = (count - self._last_count) / elapsed if elapsed > 0 else 0.0
         self._last_count, self._last_time = count, now
         return round(rate, 2)
+
+
+class OverloadMeter:
+    """Whether the daemon keeps up, between two readings (heartbeats): the frames its sources dropped
+    because the pipeline did not take them in time, against the frames they captured, over every
+    source. Drops happen at the sources by design (a full publisher queue makes inference wait, see
+    ``publisher.queue_full_wait_s``), so this one fraction says how far over its capacity the daemon is
+    run. Its only reader is the heartbeat's builder (the publisher thread)."""
+
+    THRESHOLD = 0.01  # more than 1 % of the frames dropped: overloaded
+
+    def __init__(self) -> None:
+        self._captured = 0
+        self._dropped = 0
+        self._time = time.monotonic()
+
+    def reading(self, sources: list["SourceStats"]) -> dict[str, Any]:
+        captured = sum(s.frames_captured for s in sources)
+        dropped = sum(s.frames_dropped for s in sources)
+        now = time.monotonic()
+        elapsed = now - self._time
+        new_captured = max(0, captured - self._captured)  # a source removed by a reload takes its counts along
+        new_dropped = max(0, dropped - self._dropped)
+        self._captured, self._dropped, self._time = captured, dropped, now
+        fraction = min(1.0, new_dropped / new_captured) if new_captured else 0.0
+        return {
+            "overloaded": fraction > self.THRESHOLD,
+            "dropped_fraction": round(fraction, 4),
+            "dropped_per_s": round(new_dropped / elapsed, 2) if elapsed > 0 else 0.0,
+        }
 
 
 @dataclass
