@@ -330,14 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="benchmarks measured side by side in one run: 'bench cpu [...]' or 'bench gpu [...]' "
+        help="benchmarks measured side by side in one run: 'bench cpu [...]', 'bench gpu [...]' or 'bench decode [...]' "
         "(default: gpu when this machine can; 'bench cpu --help' lists the options)",
         description="Benchmarks measured side by side in one run. 'trtstream bench cpu': ONNX Runtime "
         "engine-only against the whole daemon, alternating rounds. 'trtstream bench gpu': engine-only, naive "
-        "and pipeline modes on an NVIDIA GPU. Without a target: gpu when this machine can run it, else cpu. "
-        "'trtstream bench cpu --help' and 'trtstream bench gpu --help' list each one's options.",
+        "and pipeline modes on an NVIDIA GPU. 'trtstream bench decode': the machine's decode ceiling with N "
+        "parallel OpenCV captures and no inference. Without a target: gpu when this machine can run it, else cpu. "
+        "'trtstream bench cpu --help' (gpu, decode) lists each one's options.",
     )
-    bench.add_argument("target", nargs="?", choices=["cpu", "gpu"])
+    bench.add_argument("target", nargs="?", choices=["cpu", "gpu", "decode"])
 
     from .engine.commands import add_engine_commands
 
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(argv: list[str]) -> int:
     """``trtstream bench [cpu|gpu] [options]``: the options belong to the benchmark, so they are passed on
     unparsed (argparse would claim them)."""
-    target = argv[0] if argv[:1] and argv[0] in ("cpu", "gpu") else None
+    target = argv[0] if argv[:1] and argv[0] in ("cpu", "gpu", "decode") else None
     rest = argv[1:] if target else argv
     if target is None and {"-h", "--help"} & set(rest):
         build_parser().parse_args(["bench", "--help"])  # both benchmarks named, not the one this machine picks; exits 0
@@ -369,6 +370,8 @@ def cmd_bench(argv: list[str]) -> int:
         target = "gpu" if torch_usable() else "cpu"
     if target == "gpu":
         from .bench.gpu import main as bench_main
+    elif target == "decode":
+        from .bench.decode import main as bench_main
     else:
         from .bench.cpu import main as bench_main
     return bench_main(rest)

@@ -57,6 +57,17 @@ class FrameQueue:
             self._mux.not_empty.notify()
             return True
 
+    def is_full(self) -> bool:
+        """Whether a frame put now would push out the oldest (read without the lock: a reader asking a
+        moment early or late only converts one frame more or one fewer)."""
+        return len(self._frames) >= self.capacity
+
+    def count_skipped(self) -> None:
+        """A frame the reader went past without converting it (the queue was full): dropped like one
+        pushed out, and counted with them."""
+        with self._mux.lock:
+            self.dropped += 1
+
     def close(self, reason: str, detail: str | None = None) -> None:
         """No more frames; the batcher reports the end once the queued frames are taken."""
         with self._mux.lock:

@@ -18,7 +18,7 @@ from typing import Callable
 
 from .backoff import Backoff
 from .capture import FrameProducer, open_producer
-from .config import SourceConfig, SourceKind
+from .config import DropPolicy, SourceConfig, SourceKind
 from .entities import Frame, release_image
 from .errors import SourceError
 from .framequeue import FrameQueue
@@ -160,12 +160,19 @@ class SourceReader:
         paced_start: float | None = None
         paced_count = 0
         got_any = False
+        skips = self.config.skip_when_full and self.queue.policy is DropPolicy.DROP_OLDEST
         while not self._stop.is_set():
             if self.config.max_frames is not None and self._next_index >= self.config.max_frames:
                 self._set_state(SourceState.ENDED)
                 return "max_frames", None
-            image, pts = producer.read()
-            if image is None:
+            skipped = skips and got_any and self.queue.is_full()  # this frame would only push out another: drop it unconverted
+            if skipped:
+                image, pts = None, None
+                ended = not producer.skip()
+            else:
+                image, pts = producer.read()
+                ended = image is None
+            if ended:
                 if is_file:
                     if self.config.loop and got_any and producer.rewind():
                         got_any = False
@@ -177,7 +184,8 @@ class SourceReader:
                 got_any = True
                 self._set_state(SourceState.RUNNING)
                 self._backoff.reset()
-            self._note_size(image)
+            if not skipped:
+                self._note_size(image)
             if pace_interval is not None:
                 now = time.monotonic()
                 if paced_start is None:
@@ -186,6 +194,12 @@ class SourceReader:
                 paced_count += 1
                 if due > now and self._stop.wait(due - now):
                     break
+            if skipped:
+                self._next_index += 1  # it was captured (and dropped): indexes count what the camera sent
+                self.queue.count_skipped()
+                self.stats.frames_captured += 1
+                self.stats.frames_dropped = self.queue.dropped
+                continue
             frame = Frame(self.config.id, self._next_index, pts, image, time.time(), time.monotonic())
             self._next_index += 1
             if not self.queue.put(frame, self._stop):

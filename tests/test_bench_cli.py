@@ -32,7 +32,24 @@ def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side():
     assert "warning: one round shows no spread" in done.stdout
 
 
-@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_bench_decode_measures_converting_and_going_past_frames_side_by_side():
+    """The decode ceiling on the real sample clip (two captures): frames/s and CPU per frame for read()
+    and for grab() in one run, and their CPU ratio as printed."""
+    done = bench("decode", "--clip", str(REPO / "assets" / "media" / "bikes.mp4"), "--captures", "1,2", "--seconds", "0.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if re.match(r"\s+\d+\s", line)]
+    assert [row[0] for row in rows] == ["1", "2"], done.stdout
+    for _, read_fps, read_cpu, grab_fps, grab_cpu, ratio in rows:
+        assert float(read_fps) > 0 and float(grab_fps) > 0
+        assert float(ratio) == pytest.approx(float(grab_cpu) / float(read_cpu), abs=0.01)
+
+
+def test_bench_decode_names_a_missing_clip_in_one_line(tmp_path):
+    done = bench("decode", "--clip", str(tmp_path / "none.mp4"), timeout=60)
+    assert done.returncode == 2 and done.stdout.strip().count("\n") == 0 and "none.mp4: no such file" in done.stdout
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu", "decode"])
 def test_bench_help_names_the_subcommand(target):
     done = bench(target, "--help", timeout=60)
     assert done.returncode == 0, done.stderr

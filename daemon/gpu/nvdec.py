@@ -116,6 +116,14 @@ class NvdecProducer:
         self._index += 1
         return DeviceImage(self._pool, buffer, width, height), pts
 
+    def skip(self) -> bool:
+        """Decoded like any frame (NVDEC has no cheaper way past one), and its buffer given back."""
+        image, _ = self.read()
+        if image is None:
+            return False
+        image.release()
+        return True
+
     def rewind(self) -> bool:
         self._decoder.seek_to_index(0)
         self._index = 0

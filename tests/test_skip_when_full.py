@@ -1,0 +1,68 @@
+"""``sources[].skip_when_full``: a live source whose queue is full goes past frames without converting
+them (OpenCV ``grab()`` without ``retrieve()``) and counts them as dropped: drop before decoding, not
+after (issue 13, item 2). Real OpenCV decoding of the real sample clip, real reader threads."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.capture import OpenCVProducer
+from daemon.config import SourceConfig, SourceKind
+from daemon.framequeue import Multiplexer
+from daemon.sources import SourceReader
+from daemon.stats import SourceStats
+
+from .conftest import asset
+
+
+def test_opencv_skip_goes_past_one_frame_without_delivering_it():
+    clip = str(asset("media/bikes.mp4"))
+    skipping = OpenCVProducer(cv2.VideoCapture(clip), SourceKind.FILE)
+    reading = OpenCVProducer(cv2.VideoCapture(clip), SourceKind.FILE)
+    try:
+        first, _ = skipping.read()
+        assert skipping.skip() and skipping.skip()
+        after, pts = skipping.read()
+        expected = [reading.read()[0] for _ in range(4)]
+        np.testing.assert_array_equal(first, expected[0])
+        np.testing.assert_array_equal(after, expected[3])  # frames 1 and 2 were gone past
+        assert pts == pytest.approx(3 * 40.0)  # 25 fps: the position moved on with the skips
+    finally:
+        skipping.close()
+        reading.close()
+
+
+def _run_unconsumed(skip_when_full: bool, frames: int = 20):
+    """A paced file (a live source: drop_oldest) with a queue of 2 that nobody takes from, until it has
+    captured ``frames`` frames; returns (queued frame indexes, stats)."""
+    config = SourceConfig.model_validate({"id": "cam", "uri": str(asset("media/bikes.mp4")), "pace": True, "queue_size": 2,
+                                          "skip_when_full": skip_when_full})  # fmt: skip
+    mux = Multiplexer()
+    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy)
+    stats = SourceStats(config.id, config.uri, "file")
+    reader = SourceReader(config, queue, stats)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while stats.frames_captured < frames:
+        assert time.monotonic() < deadline, f"only {stats.frames_captured} frames captured in 30 s"
+        time.sleep(0.01)
+    reader.stop()
+    assert reader.join(10)
+    batch = mux.next_batch(16, 0, None)
+    return [f.index for f in batch.frames], stats
+
+
+def test_a_full_queue_drops_before_converting_and_counts_every_drop():
+    indexes, stats = _run_unconsumed(skip_when_full=True)
+    assert indexes == [0, 1], "the frames that found room; every later one was gone past unconverted"
+    assert stats.frames_dropped == stats.frames_captured - 2
+
+
+def test_without_skipping_every_frame_is_converted_and_the_queue_keeps_the_newest():
+    indexes, stats = _run_unconsumed(skip_when_full=False)
+    assert indexes[0] > 1 and indexes == [indexes[0], indexes[0] + 1], indexes
+    assert stats.frames_dropped == stats.frames_captured - 2
