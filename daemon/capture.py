@@ -333,5 +333,5 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
         raise SourceError(f"unknown source kind {kind}", retryable=False)
     if not capture.isOpened():
         capture.release()
-        raise SourceError(f"cannot open {kind.value} source: {shown}", retryable=kind is not SourceKind.FILE)
+        raise SourceError(f"cannot open {kind.value} source: {shown}", retryable=not source.ends_by_itself)
     return OpenCVProducer(capture, kind, pinned_frames)

@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "engine-only against the whole daemon, alternating rounds. 'trtstream bench gpu': engine-only, naive "
         "and pipeline modes on an NVIDIA GPU. 'trtstream bench decode': the machine's decode ceiling with N "
         "parallel OpenCV captures and no inference. Without a target: gpu when this machine can run it, else cpu. "
-        "'trtstream bench cpu --help' (gpu, decode) lists each one's options.",
+        "'trtstream bench cpu --help', 'trtstream bench gpu --help' and 'trtstream bench decode --help' list each one's options.",
     )
     bench.add_argument("target", nargs="?", choices=["cpu", "gpu", "decode"])
 

@@ -99,6 +99,35 @@ def resolve_source_kind(uri: str, kind: str = "auto") -> SourceKind:
     return SourceKind.FILE
 
 
+# GStreamer source elements that deliver a camera's or the network's frames as they come: a pipeline that
+# starts from one of them is live (its end is a camera gone away, to reconnect to).
+_LIVE_GSTREAMER_SOURCES = frozenset({
+    "rtspsrc", "rtspclientsink", "udpsrc", "tcpclientsrc", "tcpserversrc", "souphttpsrc", "srtsrc", "srtclientsrc",
+    "rtmpsrc", "rtmp2src", "hlsdemux", "v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc", "libcamerasrc",
+    "pipewiresrc", "ximagesrc", "aravissrc", "pylonsrc", "tcambin", "uvch264src", "webrtcbin", "ndisrc",
+})  # fmt: skip
+
+
+def gstreamer_pipeline_is_live(pipeline: str) -> bool:
+    """Whether a GStreamer pipeline's frames come from a camera or the network: one of its elements is a
+    live source, an ``uridecodebin``/``urisourcebin``/``playbin`` is given a network URI, or a source is
+    set ``is-live=true``. Finite otherwise (``videotestsrc num-buffers=60``, ``filesrc``)."""
+    for element in (part.strip() for part in pipeline.split("!")):
+        words = element.split()
+        if not words:
+            continue
+        if words[0] in _LIVE_GSTREAMER_SOURCES:
+            return True
+        settings = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        if settings.get("is-live", "").strip("\"'").lower() in ("true", "1", "yes"):
+            return True
+        if words[0] in ("uridecodebin", "uridecodebin3", "urisourcebin", "playbin", "playbin3"):
+            uri = settings.get("uri", "").strip("\"'").lower()
+            if uri.startswith(("rtsp", "rtmp", "http", "udp", "tcp", "srt", "v4l2")):
+                return True
+    return False
+
+
 class ReconnectConfig(StrictModel):
     """Exponential backoff with jitter between attempts to (re)open a live source."""
 
@@ -141,6 +170,11 @@ class SourceConfig(StrictModel):
         "firewalls, no loss), 'udp' (lowest latency, loses packets under load), 'auto' = FFmpeg's choice as OpenCV "
         "opens it (TCP first, then UDP).",
     )
+    live: bool | None = Field(
+        None, description="GStreamer pipelines: true = a camera (reconnect when it stops, drop the oldest frames when "
+        "behind), false = finite (its end is an end-of-stream; no frame dropped). Unset: live when the pipeline starts "
+        "from a camera or the network (rtspsrc, v4l2src, nvarguscamerasrc, udpsrc, souphttpsrc, … or is-live=true).",
+    )
     loop: bool = Field(False, description="Files: start again at the end instead of ending.")
     pace: bool = Field(False, description="Files: deliver at the file's native frame rate, like a camera.")
     drop_policy: DropPolicy = DropPolicy.AUTO
@@ -166,8 +200,20 @@ class SourceConfig(StrictModel):
 
     @property
     def is_live(self) -> bool:
-        """Live sources produce frames whether or not we keep up; paced files behave the same way."""
-        return self.resolved_kind is not SourceKind.FILE or self.pace
+        """Live sources produce frames whether or not we keep up; paced files behave the same way. A
+        GStreamer pipeline is live when ``live`` says so or, unset, when it starts from a camera or the
+        network (:func:`gstreamer_pipeline_is_live`)."""
+        kind = self.resolved_kind
+        if kind is SourceKind.GSTREAMER:
+            return self.live if self.live is not None else gstreamer_pipeline_is_live(self.uri)
+        return kind is not SourceKind.FILE or self.pace
+
+    @property
+    def ends_by_itself(self) -> bool:
+        """Its end is an end (``eos`` with end_of_file), not a camera gone away to reconnect to: files,
+        and GStreamer pipelines that are not live (``videotestsrc num-buffers=60 …``, ``filesrc …``)."""
+        kind = self.resolved_kind
+        return kind is SourceKind.FILE or (kind is SourceKind.GSTREAMER and not self.is_live)
 
     @property
     def effective_drop_policy(self) -> DropPolicy:
@@ -203,6 +249,8 @@ class SourceConfig(StrictModel):
             raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
         if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'pyav' applies to files and network streams")
+        if self.live is not None and self.resolved_kind is not SourceKind.GSTREAMER:
+            raise ValueError("live applies to GStreamer pipelines only (other sources are live or not by their kind)")
         if self.rtsp_transport != "auto" and not self.uri.lower().startswith(("rtsp://", "rtsps://")):
             raise ValueError("rtsp_transport applies to rtsp:// and rtsps:// sources only")
         return self

@@ -154,7 +154,7 @@ class SourceReader:
 
     def _read_frames(self, producer: FrameProducer) -> tuple[str, str | None] | None:
         """Read until the end, an error or stop. None means 'reconnect'; otherwise the end reason."""
-        is_file = self.config.resolved_kind is SourceKind.FILE
+        ends_by_itself = self.config.ends_by_itself  # files and finite GStreamer pipelines: their end is an end
         paced = self.config.pace or self.config.resolved_kind is SourceKind.SYNTHETIC  # a test pattern acts as a camera
         pace_interval = 1.0 / producer.fps if paced and producer.fps else None
         paced_start: float | None = None
@@ -173,7 +173,7 @@ class SourceReader:
                 image, pts = producer.read()
                 ended = image is None
             if ended:
-                if is_file:
+                if ends_by_itself:
                     if self.config.loop and got_any and producer.rewind():
                         got_any = False
                         continue

@@ -302,3 +302,16 @@ def daemon_under_notify_socket(tmp_path: Path, config: Path, *, watchdog_usec: i
             process.kill()
             process.communicate()
         notify.close()
+
+
+@pytest.fixture
+def gstreamer():
+    """Skip (or, under TRTSTREAM_REQUIRE_GSTREAMER=1, fail) unless this OpenCV has GStreamer: the pip
+    wheel has none; ``TRTSTREAM_OPENCV=system scripts/setup`` builds a venv on the system OpenCV."""
+    from daemon.capture import gstreamer_available
+
+    if not gstreamer_available():
+        message = "this OpenCV has no GStreamer (the pip wheel); TRTSTREAM_OPENCV=system scripts/setup builds a venv on the system OpenCV"
+        if os.environ.get("TRTSTREAM_REQUIRE_GSTREAMER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)

@@ -61,7 +61,7 @@ def test_bench_help_without_a_target_names_both_benchmarks():
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: trtstream bench ")
     text = " ".join(done.stdout.split())  # argparse wraps the description
-    assert "trtstream bench cpu --help" in text and "trtstream bench gpu --help" in text
+    assert "trtstream bench cpu --help" in text and "trtstream bench gpu --help" in text and "trtstream bench decode --help" in text
 
 
 def test_bench_cpu_names_a_missing_config_in_one_line():
