@@ -37,6 +37,7 @@ from .messages import base_header, encode_header, heartbeat_topic, source_topic
 from .opsconfig import SecurityConfig
 from .security import bind_endpoints
 from .stats import PublisherStats, SourceStats
+from .threadname import name_this_thread
 
 __all__ = ["Publisher"]
 
@@ -208,6 +209,7 @@ class Publisher:
 
     # -- publisher thread --------------------------------------------------------------------------
     def _run(self) -> None:
+        name_this_thread()
         try:
             self._refuse_ipc_in_use()
         except PublisherError as exc:

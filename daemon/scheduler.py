@@ -27,6 +27,7 @@ from .errors import BackendError
 from .framequeue import Multiplexer
 from .serving import ServingUnit
 from .stats import PipelineStats, SourceStats
+from .threadname import name_this_thread
 
 __all__ = ["Scheduler"]
 
@@ -186,6 +187,7 @@ class Scheduler:
 
     # -- batcher -------------------------------------------------------------------------------------
     def _batch_loop(self) -> None:
+        name_this_thread()
         try:
             while not self._abort.is_set():
                 if self._pending_unit is not None:
@@ -262,6 +264,7 @@ class Scheduler:
 
     # -- completer -----------------------------------------------------------------------------------
     def _complete_loop(self) -> None:
+        name_this_thread()
         try:
             while True:
                 item = self._inflight.get()

@@ -24,6 +24,7 @@ from .errors import SourceError
 from .framequeue import FrameQueue
 from .redact import mask_text
 from .stats import SourceStats
+from .threadname import name_this_thread
 
 __all__ = ["SourceState", "SourceReader"]
 
@@ -96,6 +97,7 @@ class SourceReader:
         self._log.log(level, "source %s: %s%s", self.config.id, state.value, f" ({detail})" if detail else "")
 
     def _run(self) -> None:
+        name_this_thread()
         reason, detail = "shutdown", None
         try:
             reason, detail = self._loop()

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["rss_mib", "process_sample", "gpu_used_mib", "thread_clocks", "slope_per_minute"]
+__all__ = ["rss_mib", "process_sample", "gpu_used_mib", "thread_clocks", "thread_cpu_by_role", "slope_per_minute"]
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -29,6 +29,25 @@ def process_sample(pid: int) -> dict[str, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def thread_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds so far of another process's threads, summed by role: the thread name up to its first
+    ':' (``capture:cam007`` counts as ``capture``), from /proc/PID/task/*/stat (utime + stime). Native
+    threads that name themselves (FFmpeg's, CUDA's) keep their own names; two readings' difference over
+    the seconds between them says which threads the time went to."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    roles: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        role = name.split(":", 1)[0]
+        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return roles
 
 
 def thread_clocks(wanted: Callable[[str], bool]) -> dict[str, int]:
