@@ -34,14 +34,17 @@ class FrameProducer(Protocol):
     width: int
     height: int
 
-    def read(self) -> tuple[np.ndarray | None, float | None]:
-        """The next BGR frame and its position in the file in ms (:func:`file_pts_ms`; None for live
-        sources, which have no position), or (None, None) at end or on error."""
+    def grab(self) -> bool:
+        """Take the next frame from the source (decoded as far as the codec needs to go on), without
+        converting or copying it out; False at the end or on an error. The reader grabs, then decides:
+        a frame a full queue would only drop is never retrieved (``sources[].skip_when_full``)."""
 
-    def skip(self) -> bool:
-        """Go past the next frame without delivering it (a live source whose queue is full: the frame
-        would only be dropped); False at end or on error, as ``read`` returning None. Producers that
-        cannot do it cheaper read the frame and let it go."""
+    def retrieve(self) -> tuple[Any, float | None]:
+        """The grabbed frame (BGR, or a device image for NVDEC) and its position in the file in ms
+        (:func:`file_pts_ms`; None for live sources, which have no position), or (None, None) on error."""
+
+    def read(self) -> tuple[Any, float | None]:
+        """``grab`` then ``retrieve``: (None, None) at the end or on an error."""
 
     def rewind(self) -> bool:
         """Go back to the first frame (files); False when not possible."""
@@ -90,9 +93,18 @@ class OpenCVProducer:
         self._pinned_frames = pinned_frames
         self._pool = None
 
+    def grab(self) -> bool:
+        """FFmpeg decodes the packet (the codec needs it as a reference); the picture is neither converted
+        to BGR nor copied out until ``retrieve``: a frame never retrieved costs 0.73-0.75 of one that is
+        (1080p, ``trtstream bench decode``)."""
+        return bool(self._capture.grab())
+
     def read(self) -> tuple[np.ndarray | None, float | None]:
+        return self.retrieve() if self.grab() else (None, None)
+
+    def retrieve(self) -> tuple[np.ndarray | None, float | None]:
         target = self._pool.take() if self._pool is not None else None
-        ok, image = self._capture.read(target) if target is not None else self._capture.read()
+        ok, image = self._capture.retrieve(target) if target is not None else self._capture.retrieve()
         if target is not None and (image is None or image.ctypes.data != target.ctypes.data):
             target.release()  # OpenCV allocated instead (no frame, or another size/format)
         if not ok or image is None:
@@ -117,12 +129,6 @@ class OpenCVProducer:
         except Exception as exc:  # out of pinned memory: decode into ordinary memory, as without a GPU
             log.warning("no pinned frame buffers (%s); decoding into ordinary memory", exc)
             self._pinned_frames, self._pool = 0, None
-
-    def skip(self) -> bool:
-        """``grab()`` without ``retrieve()``: FFmpeg decodes the packet (the codec needs it as a reference)
-        but the picture is neither converted to BGR nor copied out, about a third of a 1080p frame's CPU
-        (docs/benchmarks.md)."""
-        return bool(self._capture.grab())
 
     def rewind(self) -> bool:
         return bool(self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
@@ -156,26 +162,27 @@ class PyAVProducer:
         self.width = int(self._stream.codec_context.width)
         self.height = int(self._stream.codec_context.height)
         self._frames = container.decode(self._stream)
+        self._grabbed: Any = None  # the frame grab() decoded, until retrieve()
+
+    def grab(self) -> bool:
+        """The next frame decoded (not yet converted to BGR)."""
+        try:
+            self._grabbed = next(self._frames)
+        except (StopIteration, *self._errors):
+            self._grabbed = None
+        return self._grabbed is not None
 
     def read(self) -> tuple[np.ndarray | None, float | None]:
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            return None, None
-        except self._errors:
+        return self.retrieve() if self.grab() else (None, None)
+
+    def retrieve(self) -> tuple[np.ndarray | None, float | None]:
+        frame, self._grabbed = self._grabbed, None
+        if frame is None:
             return None, None
         image = frame.to_ndarray(format="bgr24")
         self.height, self.width = image.shape[:2]
         pts = file_pts_ms(frame.time * 1000) if self._kind is SourceKind.FILE and frame.time is not None else None
         return image, pts
-
-    def skip(self) -> bool:
-        """The frame decoded (the codec needs it) but not converted to BGR."""
-        try:
-            next(self._frames)
-        except (StopIteration, *self._errors):
-            return False
-        return True
 
     def rewind(self) -> bool:
         try:
@@ -219,20 +226,23 @@ class SyntheticProducer:
         columns = (np.arange(width) * len(bars)) // width
         self._background = np.ascontiguousarray(np.broadcast_to(bars[columns][None], (height, width, 3)))
 
+    def grab(self) -> bool:
+        self._index += 1
+        return True
+
     def read(self) -> tuple[np.ndarray | None, None]:
-        """The next pattern frame; no pts: a synthetic source stands in for a camera (it is paced and
+        self.grab()
+        return self.retrieve()
+
+    def retrieve(self) -> tuple[np.ndarray | None, None]:
+        """The grabbed pattern frame; no pts: a synthetic source stands in for a camera (it is paced and
         drops its oldest frames like one), and live sources have no position (``frame.pts_ms`` null)."""
         image = self._background.copy()
         size = max(8, min(self.width, self.height) // 4)
-        x = (self._index * 7) % max(1, self.width - size)
+        x = ((self._index - 1) * 7) % max(1, self.width - size)
         y = (self.height - size) // 2
         image[y : y + size, x : x + size] = 255
-        self._index += 1
         return image, None
-
-    def skip(self) -> bool:
-        self._index += 1
-        return True
 
     def rewind(self) -> bool:
         self._index = 0

@@ -527,6 +527,11 @@ class PublisherConfig(StrictModel):
     linger_ms: int = Field(1000, ge=0, le=60000, description="How long to flush messages at exit.")
     heartbeat_interval_s: float = Field(2.0, gt=0, le=3600)
     queue_size: int = Field(1024, ge=1, le=1_000_000, description="Results waiting for the publisher thread.")
+    hold_gil_for_sends: bool = Field(
+        True, description="Send results without releasing Python's GIL (ctypes.PyDLL on pyzmq's libzmq; the sends never "
+        "block): with a reader thread per camera, every release costs the publisher a wait behind them. false: pyzmq's "
+        "sends, which release it. See daemon/zmq_send.py.",
+    )
     queue_full_wait_s: float = Field(
         1.0, ge=0, le=60, description="With queue_size results waiting, how long inference waits for room before "
         "results are dropped: waiting sheds overload at the sources (live cameras drop their oldest frames) instead of "

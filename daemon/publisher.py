@@ -38,6 +38,7 @@ from .opsconfig import SecurityConfig
 from .security import bind_endpoints
 from .stats import PublisherStats, SourceStats
 from .threadname import name_this_thread
+from .zmq_send import GilHoldingSender, sender_for
 
 __all__ = ["Publisher"]
 
@@ -97,6 +98,7 @@ class Publisher:
         self._submit_lock = threading.Lock()  # submitters among themselves (the completer; ends from others)
         # A submitter waiting for room (queue full) is woken through _room; the publisher thread takes that
         # lock only while someone waits (the flag is a plain attribute it reads without a lock).
+        self._sender: GilHoldingSender | None = None  # the publisher thread's, once its socket exists
         self._room = threading.Condition(threading.Lock())
         self._waiting_for_room = False
         self._next_subscription_check = 0.0
@@ -173,10 +175,11 @@ class Publisher:
         if not results:
             return
         deadline = None
+        need = min(len(results), self.config.queue_size)  # a hand-over larger than the whole queue waits for an empty one
         with self._submit_lock:
             while True:
                 room = self.config.queue_size - (self._queued - self._taken)  # _taken only grows: room is never overstated
-                if room >= len(results) or not self._thread.is_alive() or self.config.queue_full_wait_s == 0:
+                if room >= need or not self._thread.is_alive() or self.config.queue_full_wait_s == 0:
                     break
                 now = time.monotonic()
                 deadline = deadline or now + self.config.queue_full_wait_s
@@ -224,6 +227,7 @@ class Publisher:
         socket.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         socket.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         socket.setsockopt(zmq.LINGER, self.config.linger_ms)
+        self._sender = sender_for(socket) if self.config.hold_gil_for_sends else None
         security = self._security or SecurityConfig()
         curve = security.curve
         try:  # ipc plain with its file mode, then tcp under CURVE when enabled
@@ -321,8 +325,13 @@ class Publisher:
                     self._subscribed.set()
 
     def _send(self, socket: zmq.Socket, parts: list[bytes], source_id: str | None = None) -> bool:
+        sender = self._sender
         try:
-            if len(parts) == 2:  # the common case, without send_multipart's per-part flag arithmetic
+            if len(parts) == 2 and sender is not None and type(parts[0]) is bytes and type(parts[1]) is bytes:
+                if not sender.send(parts[0], _NOBLOCK_MORE):  # keeps the GIL (daemon/zmq_send.py says why)
+                    raise zmq.Again()
+                sender.send(parts[1], _NOBLOCK)  # the first part was taken: so is the rest (multipart is atomic)
+            elif len(parts) == 2:  # the common case, without send_multipart's per-part flag arithmetic
                 socket.send(parts[0], _NOBLOCK_MORE)
                 socket.send(parts[1], _NOBLOCK)
             else:

@@ -167,14 +167,16 @@ class SourceReader:
             if self.config.max_frames is not None and self._next_index >= self.config.max_frames:
                 self._set_state(SourceState.ENDED)
                 return "max_frames", None
-            skipped = skips and got_any and self.queue.is_full()  # this frame would only push out another: drop it unconverted
-            if skipped:
-                image, pts = None, None
-                ended = not producer.skip()
-            else:
-                image, pts = producer.read()
-                ended = image is None
-            if ended:
+            if pace_interval is not None and paced_start is not None:  # paced: each frame is due before it is read (or gone past)
+                now = time.monotonic()
+                due = paced_start + paced_count * pace_interval
+                paced_count += 1
+                if due > now and self._stop.wait(due - now):
+                    break
+            grabbed = producer.grab()  # a camera's grab waits for its next frame: decide after it, on the queue as it is then
+            skipped = grabbed and skips and got_any and self.queue.is_full()  # it would only push out another: never converted
+            image, pts = producer.retrieve() if grabbed and not skipped else (None, None)
+            if not skipped and image is None:
                 if ends_by_itself:
                     if self.config.loop and got_any and producer.rewind():
                         got_any = False
@@ -188,14 +190,9 @@ class SourceReader:
                 self._backoff.reset()
             if not skipped:
                 self._note_size(image)
-            if pace_interval is not None:
-                now = time.monotonic()
-                if paced_start is None:
-                    paced_start = now
-                due = paced_start + paced_count * pace_interval
-                paced_count += 1
-                if due > now and self._stop.wait(due - now):
-                    break
+            if pace_interval is not None and paced_start is None:  # the first frame: the clock starts now
+                paced_start = time.monotonic()
+                paced_count = 1
             if skipped:
                 self._next_index += 1  # it was captured (and dropped): indexes count what the camera sent
                 self.queue.count_skipped()

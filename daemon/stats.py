@@ -66,23 +66,30 @@ class OverloadMeter:
     THRESHOLD = 0.01  # more than 1 % of the frames dropped: overloaded
 
     def __init__(self) -> None:
-        self._captured = 0
-        self._dropped = 0
+        # id(SourceStats) -> (that object, captured, dropped) at the last reading; holding the object keeps
+        # its id from being reused by a new source's stats before the next reading
+        self._last: dict[int, tuple["SourceStats", int, int]] = {}
         self._time = time.monotonic()
 
     def reading(self, sources: list["SourceStats"]) -> dict[str, Any]:
-        captured = sum(s.frames_captured for s in sources)
-        dropped = sum(s.frames_dropped for s in sources)
+        """Per source, what it captured and dropped since the last reading (a source started or restarted
+        by a reload has new stats: counted from zero), summed."""
+        new_captured = new_dropped = 0
+        last: dict[int, tuple["SourceStats", int, int]] = {}
+        for source in sources:
+            captured, dropped = source.frames_captured, source.frames_dropped
+            _, before_captured, before_dropped = self._last.get(id(source), (source, 0, 0))
+            new_captured += captured - before_captured
+            new_dropped += dropped - before_dropped
+            last[id(source)] = (source, captured, dropped)
         now = time.monotonic()
         elapsed = now - self._time
-        new_captured = max(0, captured - self._captured)  # a source removed by a reload takes its counts along
-        new_dropped = max(0, dropped - self._dropped)
-        self._captured, self._dropped, self._time = captured, dropped, now
-        fraction = min(1.0, new_dropped / new_captured) if new_captured else 0.0
+        self._last, self._time = last, now
+        fraction = min(1.0, new_dropped / new_captured) if new_captured > 0 else 0.0
         return {
             "overloaded": fraction > self.THRESHOLD,
             "dropped_fraction": round(fraction, 4),
-            "dropped_per_s": round(new_dropped / elapsed, 2) if elapsed > 0 else 0.0,
+            "dropped_per_s": round(max(new_dropped, 0) / elapsed, 2) if elapsed > 0 else 0.0,
         }
 
 

@@ -44,3 +44,20 @@ def test_a_camera_the_model_keeps_up_with_is_not_overloaded(start_daemon, free_p
     beats = _run(start_daemon, free_port, "synthetic:320x240@4", beats=4)
     for beat in beats[1:]:
         assert beat.header["overload"] == {"overloaded": False, "dropped_fraction": 0.0, "dropped_per_s": 0.0}, beat.header["overload"]
+
+
+def test_a_source_restarted_by_a_reload_is_counted_from_zero():
+    """A reload that restarts a source gives it new stats (counters from zero): the meter must count what
+    the new one did, not the fall of the totals."""
+    from daemon.stats import OverloadMeter, SourceStats
+
+    meter = OverloadMeter()
+    old, steady = SourceStats("cam", "x", "stream"), SourceStats("other", "y", "stream")
+    old.frames_captured, old.frames_dropped = 100, 50
+    steady.frames_captured = 100
+    meter.reading([old, steady])
+    new = SourceStats("cam", "x", "stream")
+    new.frames_captured, new.frames_dropped = 10, 5
+    steady.frames_captured = 110
+    reading = meter.reading([new, steady])
+    assert reading["dropped_fraction"] == 0.25 and reading["overloaded"], reading  # 5 of the 20 frames since

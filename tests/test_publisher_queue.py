@@ -129,3 +129,19 @@ def test_a_full_queue_makes_inference_wait_for_room_and_drops_only_after_queue_f
     finally:
         hold.set()
         publisher.stop()
+
+
+def test_a_hand_over_larger_than_the_whole_queue_does_not_wait_for_room_it_can_never_have(free_port):
+    sources = {"cam1": SourceStats("cam1", "synthetic:320x240@100", "synthetic", state="running")}
+    publisher = Publisher(PublisherConfig(endpoints=[f"tcp://127.0.0.1:{free_port}"], queue_size=4, queue_full_wait_s=30,
+                                          heartbeat_interval_s=60, linger_ms=0),
+                          "f" * 32, MODEL_INFO, sources, lambda: {}, context=zmq.Context())  # fmt: skip
+    publisher.start()
+    try:
+        started = time.monotonic()
+        publisher.submit_many(_results(0, 8))
+        assert time.monotonic() - started < 5, "waited for room a queue of 4 never has for 8"
+        assert publisher.stats.dropped_queue_full == 4 and publisher.stats.queue_full_waits == 0
+        _until(lambda: sources["cam1"].frames_published == 4, "the 4 that fit sent")
+    finally:
+        publisher.stop()

@@ -347,6 +347,7 @@ def test_a_curve_daemon_end_to_end(start_daemon, free_port, tmp_path):
 id = "synth"
 uri = "synthetic:320x240@200"
 max_frames = 8
+drop_policy = "block"  # every one of the 8 frames, however fast the pattern runs
 
 [model]
 path = "{asset('models/yolov3_tiny_320.onnx')}"

@@ -172,14 +172,15 @@ class Analytics:
         if settings.tracking != old.tracking or settings.labels != old.labels:
             self._tracker = self._new_tracker(settings, first_id=self._tracker.next_id)
             self._sources.clear()  # the next result of each tracked source starts it again
-            return
-        for source_id in list(self._sources):
-            source = self._sources[source_id]
-            if source_id not in settings.tracked:
-                self._tracker.drop_group(source.group)
-                del self._sources[source_id]
-                continue
-            source.regions.reconfigure(settings.zones.get(source_id, []), settings.lines.get(source_id, []))
+        else:
+            for source_id in list(self._sources):
+                source = self._sources[source_id]
+                if source_id not in settings.tracked:
+                    self._tracker.drop_group(source.group)
+                    del self._sources[source_id]
+                    continue
+                source.regions.reconfigure(settings.zones.get(source_id, []), settings.lines.get(source_id, []))
+        self._refresh_snapshot()  # heartbeats stop showing sources no longer tracked, even if none is left to process
 
     def _source(self, source_id: str) -> _Source | None:
         source = self._sources.get(source_id)

@@ -43,7 +43,8 @@ def measure(clip: Path, captures: int, decoder_threads: int, seconds: float, con
         while not stop.is_set():
             result = step()
             if not (result[0] if convert else result):
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                if not capture.set(cv2.CAP_PROP_POS_FRAMES, 0) or not capture.grab():  # the end, or a clip it cannot decode
+                    return
                 continue
             counts[index] += 1
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trtstream bench decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=next((c for c in CLIPS if c.is_file()), CLIPS[-1]))
     cores = os.cpu_count() or 1
-    parser.add_argument("--captures", default=",".join(str(n) for n in sorted({1, cores, 2 * cores})))
+    parser.add_argument("--captures", default=",".join(str(n) for n in sorted({1, min(cores, 16), min(2 * cores, 32)})))
     parser.add_argument("--decoder-threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
@@ -82,5 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     for captures in (int(n) for n in args.captures.split(",")):
         read_fps, read_cpu = measure(args.clip, captures, args.decoder_threads, args.seconds, convert=True)
         grab_fps, grab_cpu = measure(args.clip, captures, args.decoder_threads, args.seconds, convert=False)
-        print(f"{captures:>8}  {read_fps:>9.1f}  {read_cpu:>12.2f}  {grab_fps:>9.1f}  {grab_cpu:>12.2f}  {grab_cpu / read_cpu:>19.3f}", flush=True)
+        ratio = grab_cpu / read_cpu if read_cpu > 0 else float("nan")
+        print(f"{captures:>8}  {read_fps:>9.1f}  {read_cpu:>12.2f}  {grab_fps:>9.1f}  {grab_cpu:>12.2f}  {ratio:>19.3f}", flush=True)
     return 0

@@ -244,7 +244,29 @@ def profiled(target: Callable[[], None], name: str, directory: Path) -> Callable
     return run
 
 
-def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path | None) -> list[dict[str, float]]:
+def contending(count: int) -> Callable[[], None]:
+    """``count`` threads that release and retake the GIL without pause, as a hundred camera readers do in
+    their native calls (a decode, a copy, a queue wait); returns the function that stops them."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            time.sleep(0)
+
+    threads = [threading.Thread(target=loop, name=f"contender{i}", daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+
+    def end() -> None:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+
+    return end
+
+
+def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path | None,
+        hold_gil_for_sends: bool = True) -> list[dict[str, float]]:  # fmt: skip
     frames = decode_frames(FRAMES)
     model = ModelConfig(path=MODEL, pipeline="detection", labels=LABELS.read_text().split("\n")[:80], detection=DetectionConfig(pad_value=127))
     engine = EngineConfig(preprocess="gpu", max_batch=batch, max_frame_size=(frames[0].shape[1], frames[0].shape[0]))
@@ -262,7 +284,8 @@ def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path
     run_dir = tempfile.mkdtemp(prefix="trtstream-host-bench-")
     endpoint = f"ipc://{run_dir}/bench.ipc"
     publisher = Publisher(
-        PublisherConfig(endpoints=[endpoint], send_hwm=10000, queue_size=100000, wait_for_subscribers=1), "0" * 32,
+        PublisherConfig(endpoints=[endpoint], send_hwm=10000, queue_size=100000, wait_for_subscribers=1,
+                        hold_gil_for_sends=hold_gil_for_sends), "0" * 32,
         unit.model_info, stats, lambda: {},
     )  # fmt: skip
     scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=6, sink_many=publisher.submit_many)
@@ -336,11 +359,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measured round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None, help="write one cProfile pstats file per thread here (slows it down)")
+    parser.add_argument("--contenders", type=int, default=0,
+                        help="threads that release and retake the GIL without pause beside the pipeline (camera readers' stand-ins)")
+    parser.add_argument("--compare-sends", action="store_true",
+                        help="run it twice: publisher sends holding the GIL (the default) and pyzmq's, which release it")
     args = parser.parse_args(argv)
-    print(f"host path, YOLOv3-tiny rows, batch {args.batch}, {args.sources} sources, {os.cpu_count()} CPUs; GPU: a benchmark stand-in")
-    measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile)
-    median = {key: statistics.median(row[key] for row in measured) for key in measured[0]}
-    print("median  " + format_row(median))
+    print(f"host path, YOLOv3-tiny rows, batch {args.batch}, {args.sources} sources, {os.cpu_count()} CPUs; GPU: a benchmark stand-in"
+          + (f"; {args.contenders} GIL-contending threads" if args.contenders else ""))  # fmt: skip
+    end_contention = contending(args.contenders)
+    try:
+        medians = {}
+        for hold in (True, False) if args.compare_sends else (True,):
+            if args.compare_sends:
+                print(f"-- publisher sends {'holding the GIL' if hold else 'releasing the GIL (pyzmq)'}")
+            measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile, hold_gil_for_sends=hold)
+            medians[hold] = {key: statistics.median(row[key] for row in measured) for key in measured[0]}
+            print("median  " + format_row(medians[hold]))
+    finally:
+        end_contention()
+    if args.compare_sends:
+        print(f"results/s holding / releasing: {medians[True]['results_s'] / medians[False]['results_s']:.3f}")
     return 0
 
 

@@ -91,15 +91,29 @@ class NvdecProducer:
         self.width = self.height = 0
         self._pool: DeviceImagePool | None = None
         self._pool_size = pool_size
-        self._index = 0
+        self._index = 0  # frames grabbed since the start (or the last rewind)
+        self._grabbed = None
+
+    def grab(self) -> bool:
+        """The next frame decoded by NVDEC (in the decoder's own surface, until ``retrieve`` copies it)."""
+        if self._frame_count and self._index >= self._frame_count:
+            self._grabbed = None
+        else:
+            frames = self._decoder.get_batch_frames(1)
+            self._grabbed = frames[0] if frames else None
+        if self._grabbed is None:
+            return False
+        self._index += 1
+        return True
 
     def read(self):
-        if self._frame_count and self._index >= self._frame_count:
+        return self.retrieve() if self.grab() else (None, None)
+
+    def retrieve(self):
+        frame, self._grabbed = self._grabbed, None
+        if frame is None:
             return None, None
-        frames = self._decoder.get_batch_frames(1)
-        if not frames:
-            return None, None
-        planes = [plane.__cuda_array_interface__ for plane in frames[0].cuda()]
+        planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
         height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
         if self._pool is None:
             self.width, self.height = width, height
@@ -112,17 +126,8 @@ class NvdecProducer:
         cuda.memcpy2d_dtod_async(buffer.ptr, width, int(planes[0]["data"][0]), y_pitch, width, height, self._stream)
         cuda.memcpy2d_dtod_async(buffer.ptr + width * height, width, int(planes[1]["data"][0]), uv_pitch, width, height // 2, self._stream)
         self._stream.synchronize()  # the copy is complete before the frame is queued
-        pts = file_pts_ms(self._index * 1000.0 / self.fps) if self.fps else None
-        self._index += 1
+        pts = file_pts_ms((self._index - 1) * 1000.0 / self.fps) if self.fps else None
         return DeviceImage(self._pool, buffer, width, height), pts
-
-    def skip(self) -> bool:
-        """Decoded like any frame (NVDEC has no cheaper way past one), and its buffer given back."""
-        image, _ = self.read()
-        if image is None:
-            return False
-        image.release()
-        return True
 
     def rewind(self) -> bool:
         self._decoder.seek_to_index(0)
