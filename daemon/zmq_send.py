@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 LOADER = ctypes.PyDLL  # functions called with the GIL held (ctypes.CDLL's release it)
 DONTWAIT, SNDMORE = zmq.DONTWAIT, zmq.SNDMORE  # libzmq's own values (1, 2), as pyzmq defines them
 
-_lock = threading.Lock()
-_functions: tuple[Any, Any] | None = None
-_load_error: str | None = None
 
 
 def _loaded_libzmq() -> str:
@@ -51,27 +48,23 @@ def _loaded_libzmq() -> str:
     raise OSError("pyzmq's libzmq is not a shared library this process has loaded")
 
 
-def _load() -> tuple[Any, Any] | None:
-    global _functions, _load_error
-    if _functions is not None or _load_error is not None:
-        return _functions
-    with _lock:
-        if _functions is None and _load_error is None:
-            try:
-                library = LOADER(_loaded_libzmq())
-                send, error = library.zmq_send, library.zmq_errno
-                send.argtypes, send.restype = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-                error.argtypes, error.restype = [], ctypes.c_int
-                _functions = (send, error)
-            except (OSError, AttributeError) as exc:
-                _load_error = str(exc)
-    return _functions
+@functools.cache
+def _bound() -> tuple[tuple[Any, Any] | None, str | None]:
+    """``(zmq_send, zmq_errno)`` bound once, or None and why not. (Two threads asking first may both bind:
+    the same library, the same functions.)"""
+    try:
+        library = LOADER(_loaded_libzmq())
+        send, error = library.zmq_send, library.zmq_errno
+    except (OSError, AttributeError) as exc:
+        return None, str(exc)
+    send.argtypes, send.restype = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    error.argtypes, error.restype = [], ctypes.c_int
+    return (send, error), None
 
 
 def unavailable_reason() -> str | None:
     """Why the GIL-holding sends cannot be used here, or None."""
-    _load()
-    return _load_error
+    return _bound()[1]
 
 
 class GilHoldingSender:
@@ -95,8 +88,8 @@ class GilHoldingSender:
 
 def sender_for(socket: zmq.Socket) -> GilHoldingSender | None:
     """A GIL-holding sender for ``socket``, or None where libzmq cannot be bound that way (logged once)."""
-    functions = _load()
+    functions, reason = _bound()
     if functions is None:
-        log.info("ZeroMQ sends release the GIL (pyzmq's): %s", _load_error)
+        log.info("ZeroMQ sends release the GIL (pyzmq's): %s", reason)
         return None
     return GilHoldingSender(socket, functions)

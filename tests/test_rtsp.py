@@ -158,20 +158,28 @@ def daemon_on(start_daemon, port: int, config: str):
             assert daemon.wait(30) == 0, daemon.stderr
 
 
+def one_served_one_refused(start_daemon, port: int, sources: dict[str, tuple[str, str]]):
+    """The daemon on two sources, the first served and the second refused by the camera: run until the
+    first has 5 results and the second has reported why it failed; the second never has a result.
+    Returns (the stopped daemon, its messages)."""
+    served, refused = sources
+    with daemon_on(start_daemon, port, camera_config(sources, port)) as (daemon, subscriber):
+        messages = collect(
+            subscriber,
+            lambda ms: len(results(ms, served)) >= 5 and last_states(ms).get(refused, {}).get("last_error"),
+            timeout=90, daemon=daemon,
+        )  # fmt: skip
+    assert not results(messages, refused)
+    return daemon, messages
+
+
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_rtp_over_the_transport_asked_for_against_a_server_that_accepts_only_that_one(rtsp_camera, start_daemon, free_port, transport):
     """The server refuses the other transport (461 Unsupported transport at SETUP), so frames prove the
     transport asked for was used; the source asking for the other one fails, retries, and hurts nobody."""
     other = {"tcp": "udp", "udp": "tcp"}[transport]
     camera = rtsp_camera("--transport", transport)
-    config = camera_config({"right": (camera.url(), transport), "wrong": (camera.url(), other)}, free_port)
-    with daemon_on(start_daemon, free_port, config) as (daemon, subscriber):
-        messages = collect(
-            subscriber,
-            lambda ms: len(results(ms, "right")) >= 5 and last_states(ms).get("wrong", {}).get("last_error"),
-            timeout=90, daemon=daemon,
-        )  # fmt: skip
-    assert not results(messages, "wrong")
+    _, messages = one_served_one_refused(start_daemon, free_port, {"right": (camera.url(), transport), "wrong": (camera.url(), other)})
     wrong = last_states(messages)["wrong"]
     assert wrong["state"] in ("backoff", "connecting"), wrong
     assert "cannot open stream source: rtsp://127.0.0.1" in wrong["last_error"], wrong
@@ -181,17 +189,10 @@ def test_rtp_over_the_transport_asked_for_against_a_server_that_accepts_only_tha
 
 def test_basic_auth_serves_with_the_right_password_and_never_shows_it(rtsp_camera, start_daemon, free_port):
     camera = rtsp_camera("--user", "admin", "--password", PASSWORD)
-    config = camera_config(
+    daemon, messages = one_served_one_refused(
+        start_daemon, free_port,
         {"authorised": (camera.url(f"admin:{PASSWORD}@"), "auto"), "refused": (camera.url("admin:not-the-password@"), "auto")},
-        free_port,
     )  # fmt: skip
-    with daemon_on(start_daemon, free_port, config) as (daemon, subscriber):
-        messages = collect(
-            subscriber,
-            lambda ms: len(results(ms, "authorised")) >= 5 and last_states(ms).get("refused", {}).get("last_error"),
-            timeout=90, daemon=daemon,
-        )  # fmt: skip
-    assert not results(messages, "refused")
     states = last_states(messages)
     assert states["authorised"]["uri"] == camera.url("admin:***@")
     assert states["refused"]["uri"] == camera.url("admin:***@")
