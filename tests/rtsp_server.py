@@ -57,7 +57,14 @@ def main() -> int:
     factory.set_protocols(transports[args.transport])
     factory.set_shared(True)  # one camera: every client (and every reconnect) sees the same media
     valves: list[Gst.Element] = []
-    factory.connect("media-configure", lambda _factory, media: valves.append(media.get_element().get_by_name("valve")))
+    stalled = [False]
+
+    def media_configured(_factory, media) -> None:
+        valve = media.get_element().get_by_name("valve")
+        valve.set_property("drop", stalled[0])  # a client that reconnects to a stalled camera finds it stalled too
+        valves.append(valve)
+
+    factory.connect("media-configure", media_configured)
     if args.user:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
@@ -82,6 +89,7 @@ def main() -> int:
     loop = GLib.MainLoop()
 
     def apply(command: str) -> bool:
+        stalled[0] = command == "stall"
         for valve in valves:
             valve.set_property("drop", command == "stall")
         print(f"valves {len(valves)}", flush=True)  # for a failing test's message: how many media it reached
