@@ -38,14 +38,25 @@ DONTWAIT, SNDMORE = zmq.DONTWAIT, zmq.SNDMORE  # libzmq's own values (1, 2), as 
 
 
 def _loaded_libzmq() -> str:
-    """The path of the libzmq this process has mapped (pyzmq's, bundled in its wheel or the system's)."""
+    """The path of the libzmq pyzmq uses, among the libraries this process has mapped: the one bundled in
+    pyzmq's wheel (``pyzmq.libs/``) when there is one, else the only libzmq mapped. Two copies and neither
+    pyzmq's own: refused, since a socket of one given to the other would crash the process."""
     if not sys.platform.startswith("linux"):
         raise OSError("finding the loaded libzmq needs /proc/self/maps (Linux)")
+    mapped = []
     for line in Path("/proc/self/maps").read_text().splitlines():
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if "/libzmq" in path:
-            return path
-    raise OSError("pyzmq's libzmq is not a shared library this process has loaded")
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and "/libzmq" in fields[5] and fields[5] not in mapped:
+            mapped.append(fields[5])
+    bundled = str(Path(zmq.__file__).resolve().parent.parent / "pyzmq.libs") + "/"
+    ours = [path for path in mapped if path.startswith(bundled)]
+    if len(ours) == 1:
+        return ours[0]
+    if len(mapped) == 1:
+        return mapped[0]
+    if not mapped:
+        raise OSError("pyzmq's libzmq is not a shared library this process has loaded")
+    raise OSError(f"several libzmq copies are loaded ({', '.join(mapped)}) and none is pyzmq's own")
 
 
 @functools.cache
