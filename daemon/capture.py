@@ -22,7 +22,7 @@ from .config import SourceConfig, SourceKind, parse_synthetic_uri
 from .errors import SourceError
 from .redact import mask_text, mask_url
 
-__all__ = ["FrameProducer", "open_producer", "gstreamer_available", "file_pts_ms"]
+__all__ = ["FrameProducer", "open_producer", "read_frame", "gstreamer_available", "file_pts_ms"]
 
 log = logging.getLogger("trtstream.capture")
 
@@ -43,13 +43,16 @@ class FrameProducer(Protocol):
         """The grabbed frame (BGR, or a device image for NVDEC) and its position in the file in ms
         (:func:`file_pts_ms`; None for live sources, which have no position), or (None, None) on error."""
 
-    def read(self) -> tuple[Any, float | None]:
-        """``grab`` then ``retrieve``: (None, None) at the end or on an error."""
-
     def rewind(self) -> bool:
         """Go back to the first frame (files); False when not possible."""
 
     def close(self) -> None: ...
+
+
+def read_frame(producer: FrameProducer) -> tuple[Any, float | None]:
+    """``grab`` then ``retrieve``: the next frame and its position, or (None, None) at the end or on an
+    error (for callers that keep every frame; the reader grabs and decides before it retrieves)."""
+    return producer.retrieve() if producer.grab() else (None, None)
 
 
 PTS_DECIMALS = 3  # microseconds: finer than any frame interval, coarse enough to drop binary noise
@@ -98,9 +101,6 @@ class OpenCVProducer:
         to BGR nor copied out until ``retrieve``: a frame never retrieved costs 0.73-0.75 of one that is
         (1080p, ``trtstream bench decode``)."""
         return bool(self._capture.grab())
-
-    def read(self) -> tuple[np.ndarray | None, float | None]:
-        return self.retrieve() if self.grab() else (None, None)
 
     def retrieve(self) -> tuple[np.ndarray | None, float | None]:
         target = self._pool.take() if self._pool is not None else None
@@ -172,9 +172,6 @@ class PyAVProducer:
             self._grabbed = None
         return self._grabbed is not None
 
-    def read(self) -> tuple[np.ndarray | None, float | None]:
-        return self.retrieve() if self.grab() else (None, None)
-
     def retrieve(self) -> tuple[np.ndarray | None, float | None]:
         frame, self._grabbed = self._grabbed, None
         if frame is None:
@@ -230,10 +227,6 @@ class SyntheticProducer:
         self._index += 1
         return True
 
-    def read(self) -> tuple[np.ndarray | None, None]:
-        self.grab()
-        return self.retrieve()
-
     def retrieve(self) -> tuple[np.ndarray | None, None]:
         """The grabbed pattern frame; no pts: a synthetic source stands in for a camera (it is paced and
         drops its oldest frames like one), and live sources have no position (``frame.pts_ms`` null)."""
@@ -257,13 +250,14 @@ class SyntheticProducer:
 _N_THREADS = getattr(cv2, "CAP_PROP_N_THREADS", None)
 
 
-def decoder_threads(source: SourceConfig) -> list[int]:
-    """The capture parameters that bound FFmpeg's decoding threads (``sources[].decoder_threads``): by
-    default FFmpeg starts one per core plus one for every capture, 33 threads per camera were measured in
-    the daemon on a 16-core machine, and a hundred cameras then fight over the cores they share."""
-    if _N_THREADS is None or source.decoder_threads == 0:
+def decoder_threads(count: int) -> list[int]:
+    """The capture parameters that bound FFmpeg's decoding threads to ``count`` (``sources[].decoder_threads``;
+    0: FFmpeg's own choice): by default FFmpeg starts one per core plus one for every capture, 33 threads per
+    camera were measured in the daemon on a 16-core machine, and a hundred cameras then fight over the cores
+    they share."""
+    if _N_THREADS is None or count == 0:
         return []
-    return [_N_THREADS, source.decoder_threads]
+    return [_N_THREADS, count]
 
 
 def rtsp_options(source: SourceConfig) -> dict[str, str]:
@@ -319,7 +313,7 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
     if kind is SourceKind.FILE:
         if not os.path.isfile(source.uri):
             raise SourceError(f"file not found: {shown}", retryable=False)
-        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, decoder_threads(source))
+        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, decoder_threads(source.decoder_threads))
         if not capture.isOpened():  # not FFmpeg's (a build whose files go through another backend): any backend
             capture.release()
             capture = cv2.VideoCapture(source.uri)
@@ -331,7 +325,7 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
             int(source.reconnect.read_timeout_s * 1000),
         ]
         with ffmpeg_capture_options(rtsp_options(source)):
-            capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source))
+            capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source.decoder_threads))
     elif kind is SourceKind.USB:
         device = source.uri.removeprefix("usb:")
         capture = cv2.VideoCapture(int(device) if device.isdigit() else device)

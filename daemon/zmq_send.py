@@ -36,7 +36,6 @@ LOADER = ctypes.PyDLL  # functions called with the GIL held (ctypes.CDLL's relea
 DONTWAIT, SNDMORE = zmq.DONTWAIT, zmq.SNDMORE  # libzmq's own values (1, 2), as pyzmq defines them
 
 
-
 def _loaded_libzmq() -> str:
     """The path of the libzmq pyzmq uses, among the libraries this process has mapped: the one bundled in
     pyzmq's wheel (``pyzmq.libs/``) when there is one, else the only libzmq mapped. Two copies and neither

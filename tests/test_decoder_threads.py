@@ -8,7 +8,7 @@ import os
 import cv2
 import pytest
 
-from daemon.capture import open_producer
+from daemon.capture import open_producer, read_frame
 from daemon.config import SourceConfig
 
 from .conftest import asset
@@ -22,7 +22,7 @@ def opened(decoder_threads: int):
     """A producer on bikes.mp4 after its first frame, and the threads it added to this process."""
     before = threads()
     producer = open_producer(SourceConfig(id="bikes", uri=str(asset("media/bikes.mp4")), decoder_threads=decoder_threads))
-    image, _ = producer.read()
+    image, _ = read_frame(producer)
     assert image is not None
     return producer, threads() - before
 

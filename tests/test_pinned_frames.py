@@ -32,28 +32,28 @@ def _live(fake) -> int:
 
 
 def test_opencv_decodes_into_the_pool_and_frames_equal_an_ordinary_decode(fake):
-    from daemon.capture import OpenCVProducer
+    from daemon.capture import OpenCVProducer, read_frame
     from daemon.pinned import PinnedImage
 
     producer = OpenCVProducer(cv2.VideoCapture(str(asset("media/bikes.mp4"))), SourceKind.FILE, pinned_frames=3)
     reference = cv2.VideoCapture(str(asset("media/bikes.mp4")))
-    first, _ = producer.read()  # sizes the pool
+    first, _ = read_frame(producer)  # sizes the pool
     assert not isinstance(first, PinnedImage) and _live(fake) == 3
     ok, want = reference.read()
     np.testing.assert_array_equal(first, want)
     addresses = {buffer.ptr for buffer in fake.pinned}
     images = []
     for _ in range(3):
-        image, _ = producer.read()
+        image, _ = read_frame(producer)
         ok, want = reference.read()
         assert isinstance(image, PinnedImage) and image.ctypes.data in addresses, "decoded in place, not copied"
         np.testing.assert_array_equal(image, want)
         images.append(image)
-    overflow, _ = producer.read()  # all three in use: ordinary memory, no wait
+    overflow, _ = read_frame(producer)  # all three in use: ordinary memory, no wait
     assert not isinstance(overflow, PinnedImage) and producer._pool.misses == 1
     images[0].release()
     images[0].release()  # a second release is harmless
-    again, _ = producer.read()
+    again, _ = read_frame(producer)
     assert isinstance(again, PinnedImage) and again.ctypes.data == images[0].ctypes.data
     producer.close()
     assert _live(fake) == 3, "the three busy buffers outlive close"

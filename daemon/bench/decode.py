@@ -23,6 +23,8 @@ from pathlib import Path
 
 import cv2
 
+from daemon.capture import decoder_threads as decoder_thread_params
+
 REPO = Path(__file__).resolve().parents[2]
 CLIPS = (REPO / ".cache" / "bikes_1080p30.mp4", REPO / "assets" / "media" / "bikes.mp4")
 
@@ -30,7 +32,7 @@ CLIPS = (REPO / ".cache" / "bikes_1080p30.mp4", REPO / "assets" / "media" / "bik
 def measure(clip: Path, captures: int, decoder_threads: int, seconds: float, convert: bool) -> tuple[float, float]:
     """(frames per second over all captures, process CPU ms per frame) for ``captures`` parallel
     captures that ``read()`` (convert) or only ``grab()`` every frame."""
-    params = [cv2.CAP_PROP_N_THREADS, decoder_threads] if hasattr(cv2, "CAP_PROP_N_THREADS") and decoder_threads else []
+    params = decoder_thread_params(decoder_threads)  # as the daemon opens a file
     opened = [cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG, params) for _ in range(captures)]
     if not all(capture.isOpened() for capture in opened):
         raise SystemExit(f"bench decode: OpenCV cannot open {clip}")

@@ -329,12 +329,13 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
 
     def feed_nvdec(index: int) -> None:
         """An NVDEC source as the daemon runs it (pooled device images), looping, unpaced."""
+        from daemon.capture import read_frame
         from daemon.gpu.nvdec import NvdecProducer
 
         producer, queue, n = NvdecProducer(str(nvdec_clip), batch * 2 + 32, stop), queues[index], 0
         try:
             while not stop.is_set():
-                image, pts = producer.read()
+                image, pts = read_frame(producer)
                 if image is None:
                     if stop.is_set() or not producer.rewind():
                         break

@@ -106,9 +106,6 @@ class NvdecProducer:
         self._index += 1
         return True
 
-    def read(self):
-        return self.retrieve() if self.grab() else (None, None)
-
     def retrieve(self):
         frame, self._grabbed = self._grabbed, None
         if frame is None:

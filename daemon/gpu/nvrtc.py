@@ -17,6 +17,7 @@ from ..cuda import CudaError, Stream, cuda_call, device_properties, ensure_conte
 
 __all__ = ["compile_ptx", "compile_module", "Module", "Kernel"]
 
+
 def _driver() -> Any:
     from cuda.bindings import driver
 
