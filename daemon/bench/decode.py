@@ -86,5 +86,5 @@ def main(argv: list[str] | None = None) -> int:
         read_fps, read_cpu = measure(args.clip, captures, args.decoder_threads, args.seconds, convert=True)
         grab_fps, grab_cpu = measure(args.clip, captures, args.decoder_threads, args.seconds, convert=False)
         ratio = grab_cpu / read_cpu if read_cpu > 0 else float("nan")
-        print(f"{captures:>8}  {read_fps:>9.1f}  {read_cpu:>12.2f}  {grab_fps:>9.1f}  {grab_cpu:>12.2f}  {ratio:>19.3f}", flush=True)
+        print(f"{captures:>8}  {read_fps:>9.1f}  {read_cpu:>12.3f}  {grab_fps:>9.1f}  {grab_cpu:>12.3f}  {ratio:>19.3f}", flush=True)
     return 0
