@@ -354,6 +354,14 @@ class Stream(_Resource):
     def synchronize(self) -> None:
         cuda_call(_runtime().cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
 
+    def wait_event(self, event: "Event") -> None:
+        """Work queued here after this call waits, on the GPU, for what was recorded before ``event``
+        (another stream's copy, say); the host does not wait."""
+        if self.hold_gil:
+            cuda_enqueue.stream_wait_event(self.handle, event.handle)
+            return
+        cuda_call(_runtime().cudaStreamWaitEvent(self.raw, event.raw, 0), "cudaStreamWaitEvent")
+
     def _free(self) -> None:
         cuda_call(_runtime().cudaStreamDestroy(self.raw), "cudaStreamDestroy")
 
@@ -386,8 +394,11 @@ class Event(_Resource):
     def synchronize(self) -> None:
         cuda_call(_runtime().cudaEventSynchronize(self.raw), "cudaEventSynchronize")
 
-    def query(self) -> bool:
-        """True when all work recorded before the event is done; False while it is still running."""
+    def query(self, hold_gil: bool = False) -> bool:
+        """True when all work recorded before the event is done; False while it is still running.
+        ``hold_gil``: ask without giving up the GIL (the driver answers at once)."""
+        if hold_gil and cuda_enqueue.available():
+            return cuda_enqueue.event_query(self.handle)
         cudart = _runtime()
         result = cudart.cudaEventQuery(self.raw)
         err = result[0] if isinstance(result, tuple) else result
@@ -404,6 +415,9 @@ def _host_pointer(array: np.ndarray) -> int:
     if not array.flags.c_contiguous:
         raise ValueError("async copies need a C-contiguous host array (a row slice of a pinned buffer is)")
     return int(array.ctypes.data)
+
+
+_copy_params = threading.local()  # one CUDA_MEMCPY2D per thread for memcpy2d_dtod_async's GIL-holding path
 
 
 def memcpy_htod_async(dst_ptr: int, host_array: np.ndarray, stream: Stream) -> None:
@@ -456,7 +470,14 @@ def memcpy_dtoh_async(host_array: np.ndarray, src_ptr: int, stream: Stream) -> N
 
 
 def memcpy2d_dtod_async(dst_ptr: int, dst_pitch: int, src_ptr: int, src_pitch: int, width_bytes: int, rows: int, stream: Stream) -> None:
-    """Enqueue a pitched device-to-device copy of ``rows`` rows of ``width_bytes`` bytes on ``stream``."""
+    """Enqueue a pitched device-to-device copy of ``rows`` rows of ``width_bytes`` bytes on ``stream``
+    (keeping the GIL on a ``hold_gil`` stream: an NVDEC reader makes one or two per frame)."""
+    if stream.hold_gil:
+        params = getattr(_copy_params, "value", None)
+        if params is None:
+            params = _copy_params.value = cuda_enqueue.Memcpy2D()
+        cuda_enqueue.memcpy2d_dtod(params, dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, rows, stream.handle)
+        return
     cudart = _runtime()
     kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
     cuda_call(

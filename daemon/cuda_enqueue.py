@@ -26,17 +26,38 @@ from typing import Any
 
 from .errors import BackendError
 
-__all__ = ["LOADER", "available", "unavailable_reason", "memcpy_htod", "memcpy_dtoh", "launch_kernel", "event_record", "graph_launch"]
+__all__ = ["LOADER", "available", "unavailable_reason", "memcpy_htod", "memcpy_dtoh", "memcpy2d_dtod", "Memcpy2D", "launch_kernel",
+           "event_record", "event_query", "stream_wait_event", "graph_launch"]
 
 LOADER = ctypes.PyDLL  # functions called with the GIL held (ctypes.CDLL's release it)
 _LIBRARY = "libcuda.so.1"
 
 _u64, _uint, _ptr, _size = ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p, ctypes.c_size_t
+_MEMORYTYPE_DEVICE = 2  # CU_MEMORYTYPE_DEVICE
+_NOT_READY = 600  # CUDA_ERROR_NOT_READY: what cuEventQuery answers while the work is still running
+
+
+class Memcpy2D(ctypes.Structure):
+    """The driver's ``CUDA_MEMCPY2D`` (cuda.h), for device-to-device copies. A caller keeps one per thread
+    and sets only the addresses per copy (:func:`memcpy2d_dtod`): the driver reads it during the call."""
+
+    _fields_ = [
+        ("srcXInBytes", _size), ("srcY", _size), ("srcMemoryType", ctypes.c_int), ("srcHost", _ptr), ("srcDevice", _u64),
+        ("srcArray", _ptr), ("srcPitch", _size),
+        ("dstXInBytes", _size), ("dstY", _size), ("dstMemoryType", ctypes.c_int), ("dstHost", _ptr), ("dstDevice", _u64),
+        ("dstArray", _ptr), ("dstPitch", _size),
+        ("WidthInBytes", _size), ("Height", _size),
+    ]  # fmt: skip
+
+
 _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "cuMemcpyHtoDAsync_v2": (_u64, _ptr, _size, _ptr),
     "cuMemcpyDtoHAsync_v2": (_ptr, _u64, _size, _ptr),
     "cuLaunchKernel": (_ptr, _uint, _uint, _uint, _uint, _uint, _uint, _uint, _ptr, _ptr, _ptr),
+    "cuMemcpy2DAsync_v2": (ctypes.POINTER(Memcpy2D), _ptr),
     "cuEventRecord": (_ptr, _ptr),
+    "cuEventQuery": (_ptr,),
+    "cuStreamWaitEvent": (_ptr, _ptr, _uint),
     "cuGraphLaunch": (_ptr, _ptr),
     "cuGetErrorName": (ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)),
 }
@@ -89,17 +110,19 @@ def _bind_context() -> None:
     _thread.ready = True
 
 
-def _call(name: str, *args: Any) -> None:
+def _call(name: str, *args: Any, allowed: int = 0) -> int:
+    """The call's CUDA result: 0, or ``allowed`` (a status that is an answer, not an error)."""
     functions = _functions if _functions is not None else _load()
     if functions is None:
         raise CudaEnqueueError(f"{_LIBRARY} cannot be loaded: {_load_error}")
     if not getattr(_thread, "ready", False):
         _bind_context()
     result = functions[name](*args)
-    if result != 0:
+    if result != 0 and result != allowed:
         text = ctypes.c_char_p()
         functions["cuGetErrorName"](result, ctypes.byref(text))
         raise CudaEnqueueError(f"{name} failed: {(text.value or b'CUDA error').decode()} ({result})")
+    return result
 
 
 def memcpy_htod(dst: int, src: int, nbytes: int, stream: int) -> None:
@@ -110,12 +133,30 @@ def memcpy_dtoh(dst: int, src: int, nbytes: int, stream: int) -> None:
     _call("cuMemcpyDtoHAsync_v2", dst, src, nbytes, stream)
 
 
+def memcpy2d_dtod(params: Memcpy2D, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int, stream: int) -> None:
+    """A pitched device-to-device copy through ``params`` (the caller's own, reused: no allocation per copy)."""
+    params.srcMemoryType = params.dstMemoryType = _MEMORYTYPE_DEVICE
+    params.srcDevice, params.srcPitch, params.dstDevice, params.dstPitch = src, src_pitch, dst, dst_pitch
+    params.WidthInBytes, params.Height = width, rows
+    _call("cuMemcpy2DAsync_v2", ctypes.byref(params), stream)
+
+
 def launch_kernel(function: int, grid: tuple[int, int, int], block: tuple[int, int, int], stream: int, params: int, shared: int = 0) -> None:
     _call("cuLaunchKernel", function, *grid, *block, shared, stream, params, None)
 
 
 def event_record(event: int, stream: int) -> None:
     _call("cuEventRecord", event, stream)
+
+
+def event_query(event: int) -> bool:
+    """Whether the work recorded before ``event`` is done (never waits)."""
+    return _call("cuEventQuery", event, allowed=_NOT_READY) == 0
+
+
+def stream_wait_event(stream: int, event: int) -> None:
+    """Work queued on ``stream`` after this waits, on the GPU, for ``event``'s recorded work (the host never waits)."""
+    _call("cuStreamWaitEvent", stream, event, 0)
 
 
 def graph_launch(graph_exec: int, stream: int) -> None:

@@ -23,12 +23,15 @@ class PooledImage(abc.ABC):
 class DeviceFrame(PooledImage):
     """A decoded frame in device memory, NV12: the luma plane at ``y_ptr`` (``height`` rows of ``pitch``
     bytes) and the interleaved chroma plane at ``uv_ptr``. ``shape`` is (height, width, 3), the frame's
-    size as pipelines see it. Only a backend with ``capabilities.device_frames`` takes it."""
+    size as pipelines see it. Only a backend with ``capabilities.device_frames`` takes it. ``ready``: an
+    event (:class:`daemon.cuda.Event`) recorded after the frame was written on its producer's stream,
+    which a consumer's stream waits for before reading it; None when it was written already."""
 
     width: int
     height: int
     pitch: int
     shape: tuple[int, int, int]
+    ready: Any = None
 
     @property
     @abc.abstractmethod

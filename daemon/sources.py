@@ -144,6 +144,18 @@ class SourceReader:
         self._set_state(SourceState.BACKOFF, f"{why}; retrying in {delay:.1f}s")
         return not self._stop.wait(delay)
 
+    def _sleep_unless_stopped(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds, or less if stopped (True then). A paced reader sleeps once per frame:
+        ``time.sleep`` is one C call, where ``Event.wait`` runs a Python-level ``Condition`` (a lock made
+        per call) on the GIL that a hundred readers share. Stop is seen within 50 ms."""
+        end = time.monotonic() + delay
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05))
+        return True
+
     def _note_size(self, image) -> None:
         """Log once at info when the frame size changes (a camera reconfigured, a file of joined clips).
         Each frame carries its own size to the pipelines, which letterbox it by that size, and to the
@@ -171,7 +183,7 @@ class SourceReader:
                 now = time.monotonic()
                 due = paced_start + paced_count * pace_interval
                 paced_count += 1
-                if due > now and self._stop.wait(due - now):
+                if due > now and self._sleep_unless_stopped(due - now):
                     break
             grabbed = producer.grab()  # a camera's grab waits for its next frame: decide after it, on the queue as it is then
             skipped = grabbed and skips and got_any and self.queue.is_full()  # it would only push out another: never converted

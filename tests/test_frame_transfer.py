@@ -7,7 +7,9 @@ on a real GPU is tests/test_gpu_tensorrt.py's."""
 from __future__ import annotations
 
 import ctypes
+import threading
 
+import numpy as np
 import pytest
 
 from daemon.config import DetectionConfig, EngineConfig, ModelConfig
@@ -141,3 +143,55 @@ def test_the_runtime_makes_its_streams_as_engine_hold_gil_for_enqueues_says(tmp_
 
 def test_the_default_holds_the_gil_for_enqueues():
     assert EngineConfig().hold_gil_for_enqueues is True
+
+
+def test_nvdec_frames_are_waited_for_on_the_gpu_before_the_preprocessing_launch(tmp_path, monkeypatch):
+    """An NVDEC reader does not wait for the copy of its frame (daemon/gpu/nvdec.py): the batch's stream
+    waits for each staged frame's ``ready`` event, before the launch that reads them; a frame written
+    already (``ready`` None) adds no wait, and the waits do not carry over to the next batch."""
+    import daemon.gpu.decode as decode
+    import daemon.gpu.nvdec as nvdec
+    import daemon.gpu.preprocess as preprocess
+
+    fakes = Fakes("10.16", tmp_path)
+    monkeypatch.setattr(nvdec, "cuda", fakes.cuda)
+    monkeypatch.setattr(decode, "DetectionDecoder", SilentDecoder)
+    launched_after: list[int] = []
+
+    class OrderRecordingPreprocessor(RecordingPreprocessor):
+        def batch(self, stream, table_ptr, rows, dst_ptr, width, height):
+            launched_after.append(len(fakes.calls))
+            super().batch(stream, table_ptr, rows, dst_ptr, width, height)
+
+    monkeypatch.setattr(preprocess, "GpuPreprocessor", OrderRecordingPreprocessor)
+    RecordingPreprocessor.fake, RecordingPreprocessor.launches = fakes.cuda, []
+    engine = dict(streams=1, max_batch=4)
+    fakes.build(fakes.builder(**engine))
+    backend = fakes.builder(**engine).load(fakes.plan_path)
+    model = ModelConfig(path=fakes.model_path, pipeline="detection", labels=["a"] * 80, detection=DetectionConfig(pad_value=127))
+    unit = build_unit(model, EngineConfig(preprocess="gpu", max_frame_size=(64, 48), max_batch=4), backend)
+    pool = nvdec.DeviceImagePool(3, 64 * 48 * 3 // 2)
+    stop = threading.Event()
+    frames = [nvdec.DeviceImage(pool, pool.take(stop), 64, 48) for _ in range(3)]
+    frames[1].ready = None  # written already
+    slot = backend.create_slot(0)
+    for row, frame in enumerate(frames):
+        backend.stage(slot, row, frame, unit.pipeline)
+    mark = len(fakes.calls)
+    backend.submit(slot, 3)
+    stream = fakes.cuda.streams[0].handle
+    waits = [(index, args) for index, (name, args, _) in enumerate(fakes.calls) if index >= mark and name == "cuda.Stream.wait_event"]
+    assert [args for _, args in waits] == [(stream, frames[0].ready.id), (stream, frames[2].ready.id)]
+    assert len(launched_after) == 1 and all(index < launched_after[0] for index, _ in waits), "the waits come before the launch"
+    (jobs,) = RecordingPreprocessor.launches
+    assert [job.src for job in jobs] == [frame.y_ptr for frame in frames]
+    backend.wait(slot)
+    pinned_image = np.zeros((48, 64, 3), np.uint8)
+    backend.stage(slot, 0, pinned_image, unit.pipeline)
+    mark = len(fakes.calls)
+    backend.submit(slot, 1)
+    assert not [name for name, _, _ in fakes.calls[mark:] if name == "cuda.Stream.wait_event"], "the next batch waits for nothing old"
+    for frame in frames:
+        frame.release()
+    pool.close()
+    backend.close()

@@ -20,6 +20,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -143,8 +144,8 @@ class Analytics:
             frames = [_frame_detections(source.group, result) for source, result in members]
             for (source, result), step in zip(members, self._tracker.step(frames)):
                 self._annotate(source, result, step, messages)
-        if results:
-            self._refresh_snapshot()
+        if taken:
+            self._refresh_snapshot(taken)
         return messages
 
     def end(self, end: EndOfStream) -> list[AnalyticsMessage]:
@@ -258,9 +259,15 @@ class Analytics:
             "path": [[round(float(x), 1), round(float(y), 1)] for x, y in summary.path],
         }, t_captured))
 
-    def _refresh_snapshot(self) -> None:
-        snapshot = {}
-        for source_id, source in self._sources.items():
+    def _refresh_snapshot(self, changed: Iterable[str] | None = None) -> None:
+        """Publish a new snapshot (replaced whole: readers on other threads see one or the other). After a
+        batch only the sources it touched are rebuilt (``changed``): with 96 cameras, rebuilding all
+        of them per batch was a visible share of the completer's GIL time."""
+        snapshot = {} if changed is None else dict(self._snapshot)
+        for source_id in self._sources if changed is None else changed:
+            source = self._sources.get(source_id)
+            if source is None:
+                continue
             regions = source.regions.snapshot()
             snapshot[source_id] = {
                 "tracks": {"active": source.active, "started": source.started, "ended": source.confirmed_ended},

@@ -7,6 +7,13 @@ per-source pool, because the decoder reuses its own surfaces; the :class:`Device
 pool when the batch that used it has completed (or when the queue drops it). An empty pool is
 backpressure: the reader waits, exactly as a full queue makes it wait. When the source closes (end,
 reload, reconnect) its idle buffers are freed at once and the others as their frames come back.
+
+The reader never waits for its copy. The copy is queued keeping the GIL (one call when the decoder's
+planes are contiguous, as they are), an event is recorded after it, and whoever reads the frame makes
+its own stream wait for that event on the GPU (:attr:`DeviceImage.ready`); before the next decode the
+reader only asks whether the copy is done (it is, a frame interval later). A GIL profile of 96 cameras
+on the H200 (docs/benchmarks.md) had the two cuda-bindings copies and the synchronize after them, each
+giving the GIL up and queueing to take it back, among the readers' largest costs.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from ..capture import file_pts_ms
 from ..entities import DeviceFrame
 from ..errors import SourceError
 
-__all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "nvdec_available"]
+__all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "Surface", "nvdec_available"]
 
 
 def nvdec_available() -> bool:
@@ -30,12 +37,27 @@ def nvdec_available() -> bool:
     return True
 
 
-class DeviceImage(DeviceFrame):
-    """One NV12 frame in device memory: Y plane (height x width) then interleaved UV (height/2 x width)."""
+class Surface:
+    """A pool entry: a frame's device buffer and the event recorded after the copy into it."""
 
-    def __init__(self, pool: "DeviceImagePool", buffer: cuda.DeviceBuffer, width: int, height: int):
+    def __init__(self, nbytes: int):
+        self.buffer = cuda.DeviceBuffer(nbytes)
+        self.copied = cuda.Event()
+
+    def close(self) -> None:
+        self.copied.close()
+        self.buffer.close()
+
+
+class DeviceImage(DeviceFrame):
+    """One NV12 frame in device memory: Y plane (height x width) then interleaved UV (height/2 x width).
+    ``ready``: the event after which it is there (a reader's stream waits for it)."""
+
+    def __init__(self, pool: "DeviceImagePool", surface: Surface, width: int, height: int):
         self._pool = pool
-        self.buffer = buffer
+        self.surface = surface
+        self.buffer = surface.buffer
+        self.ready = surface.copied
         self.width, self.height = width, height
         self.pitch = width
         self.shape = (height, width, 3)  # the frame's size as the pipelines see it
@@ -54,15 +76,15 @@ class DeviceImage(DeviceFrame):
         """Give the buffer back (idempotent): the frame was dropped, or its batch has completed."""
         if not self._released:
             self._released = True
-            self._pool.give_back(self.buffer)
+            self._pool.give_back(self.surface)
 
 
-class DeviceImagePool(BufferPool[cuda.DeviceBuffer]):
-    """A fixed set of device buffers for one source's decoded frames (readers take with their stop
-    event: an empty pool makes them wait)."""
+class DeviceImagePool(BufferPool[Surface]):
+    """A fixed set of device buffers (with their copy events) for one source's decoded frames (readers
+    take with their stop event: an empty pool makes them wait)."""
 
     def __init__(self, count: int, nbytes: int):
-        super().__init__((cuda.DeviceBuffer(nbytes) for _ in range(count)), lambda buffer: buffer.close())
+        super().__init__((Surface(nbytes) for _ in range(count)), lambda surface: surface.close())
 
 
 class NvdecProducer:
@@ -74,7 +96,8 @@ class NvdecProducer:
         except Exception as exc:
             raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
         self._stop = stop
-        self._stream = cuda.Stream()
+        self._stream = cuda.Stream(hold_gil=True)  # copies and event records keep the GIL (module docstring)
+        self._last_copy: cuda.Event | None = None
         context = cuda.primary_context_handle(gpu)
         try:
             self._decoder = nvc.SimpleDecoder(
@@ -96,6 +119,7 @@ class NvdecProducer:
 
     def grab(self) -> bool:
         """The next frame decoded by NVDEC (in the decoder's own surface, until ``retrieve`` copies it)."""
+        self._await_last_copy()
         if self._frame_count and self._index >= self._frame_count:
             self._grabbed = None
         else:
@@ -115,16 +139,29 @@ class NvdecProducer:
         if self._pool is None:
             self.width, self.height = width, height
             self._pool = DeviceImagePool(self._pool_size, width * height * 3 // 2)
-        buffer = self._pool.take(self._stop)
-        if buffer is None:
+        surface = self._pool.take(self._stop)
+        if surface is None:
             return None, None
+        dst = surface.buffer.ptr
+        y_ptr, uv_ptr = int(planes[0]["data"][0]), int(planes[1]["data"][0])
         y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
         uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
-        cuda.memcpy2d_dtod_async(buffer.ptr, width, int(planes[0]["data"][0]), y_pitch, width, height, self._stream)
-        cuda.memcpy2d_dtod_async(buffer.ptr + width * height, width, int(planes[1]["data"][0]), uv_pitch, width, height // 2, self._stream)
-        self._stream.synchronize()  # the copy is complete before the frame is queued
+        if uv_pitch == y_pitch and uv_ptr == y_ptr + y_pitch * height:  # one allocation, chroma after luma: one copy
+            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height + height // 2, self._stream)
+        else:
+            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
+            cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
+        surface.copied.record(self._stream)
+        self._last_copy = surface.copied
         pts = file_pts_ms((self._index - 1) * 1000.0 / self.fps) if self.fps else None
-        return DeviceImage(self._pool, buffer, width, height), pts
+        return DeviceImage(self._pool, surface, width, height), pts
+
+    def _await_last_copy(self) -> None:
+        """The decoder may reuse the surface the last frame was copied from: that copy must be done. A
+        frame interval later it is, and the question keeps the GIL; an unpaced reader may wait here."""
+        event, self._last_copy = self._last_copy, None
+        if event is not None and not event.query(hold_gil=True):
+            event.synchronize()
 
     def rewind(self) -> bool:
         self._decoder.seek_to_index(0)
@@ -133,6 +170,7 @@ class NvdecProducer:
 
     def close(self) -> None:
         self._decoder = None
+        self._last_copy = None
         self._stream.synchronize()
         if self._pool is not None:
             self._pool.close()

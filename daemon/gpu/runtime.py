@@ -135,6 +135,7 @@ class _SlotState:
     used: int = 0  # bytes of the staging area in use (table included)
     host_end: int = 0  # end of what the bulk copy moves (table and frames copied into staging_host)
     pinned_copies: list = field(default_factory=list)  # (row, offset, PinnedImage): sent from where they were decoded
+    device_waits: list = field(default_factory=list)  # events of staged NVDEC frames (DeviceFrame.ready) the stream waits for
     graphs: dict[int, CapturedBatch] = field(default_factory=dict)  # batch size -> captured batch, ascending
 
 
@@ -415,9 +416,13 @@ class DeviceRuntime:
             cuda.memcpy_htod_async(state.device_in[name].ptr, host[:batch_size], stream)
 
     def _preprocess(self, state: _SlotState, stream: Any, batch_size: int) -> None:
-        """One launch that letterboxes every staged row into the model's input (GPU preprocessing)."""
+        """One launch that letterboxes every staged row into the model's input (GPU preprocessing), after
+        the copies of the NVDEC frames among them (their readers do not wait for those: the GPU does)."""
         if self._preprocessor is None or not state.rows:
             return
+        for event in state.device_waits:
+            stream.wait_event(event)
+        state.device_waits.clear()
         spec = self.info.inputs[self._image_input]
         height, width = spec.shape[2:4]
         self._preprocessor.batch(stream, state.staging_device.ptr, batch_size, state.device_in[spec.name].ptr, width, height)
@@ -484,12 +489,15 @@ def stage_frame(state: _SlotState, row: int, image: Any, pipeline: Any, job: typ
     if row == 0:
         state.rows, state.used, state.host_end = 0, table_bytes, table_bytes
         state.pinned_copies.clear()
+        state.device_waits.clear()
     if row != state.rows:
         raise BackendError(f"rows must be staged in order (got {row}, expected {state.rows})")
     shape = image.shape
     meta, geometry = pipeline.plan(shape)
     if not isinstance(image, np.ndarray) and isinstance(image, DeviceFrame):  # NVDEC: read where it was decoded
         state.table[row] = job.nv12(image.y_ptr, image.uv_ptr, image.width, image.height, image.pitch, image.height >= 720, geometry)
+        if image.ready is not None:
+            state.device_waits.append(image.ready)
     else:
         offset, nbytes = state.used, image.nbytes
         if offset + nbytes > state.staging_host.nbytes or nbytes > frame_bytes:

@@ -130,6 +130,11 @@ class _Stream(_Owned):
         self._check()
         self._fake.calls.append(("cuda.Stream.synchronize", (self.handle,), {}))
 
+    def wait_event(self, event: "_Event") -> None:
+        self._check()
+        event._check()
+        self._fake.calls.append(("cuda.Stream.wait_event", (self.handle, event.id), {}))
+
     def _check(self) -> None:
         if self._closed:
             raise CudaError("cudaErrorInvalidResourceHandle (400): the stream is destroyed", 400)
@@ -159,7 +164,7 @@ class _Event(_Owned):
         self._check()
         self._fake.calls.append(("cuda.Event.synchronize", (self.id,), {}))
 
-    def query(self) -> bool:
+    def query(self, hold_gil: bool = False) -> bool:
         self._check()
         self._fake.calls.append(("cuda.Event.query", (self.id,), {}))
         return True
