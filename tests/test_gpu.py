@@ -359,6 +359,47 @@ def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_dae
     assert {m.header["model"]["backend"] for m in results} == {"torch"}
 
 
+def test_nvdec_frames_reach_another_stream_through_their_ready_event():
+    """The NVDEC reader does not wait for the copy of its frame (daemon/gpu/nvdec.py): a consumer stream
+    that waits for each frame's ``ready`` event reads exactly the NV12 bytes PyNvVideoCodec decoded (a
+    second decoder of the same clip, read back after a device synchronize)."""
+    import threading
+
+    nvc = pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    import cupy
+
+    from daemon import cuda
+    from daemon.gpu.nvdec import NvdecProducer
+
+    from .conftest import REPO
+
+    clip = REPO / ".cache" / "bikes_1080p30.mp4"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
+    producer = NvdecProducer(str(clip), 3, threading.Event())
+    reference_stream, consumer = cuda.Stream(), cuda.Stream()
+    reference = nvc.SimpleDecoder(str(clip), gpu_id=0, cuda_context=cuda.primary_context_handle(0), cuda_stream=reference_stream.handle,
+                                  use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
+    try:
+        for index in range(45):
+            assert producer.grab(), f"frame {index}"
+            image, _ = producer.retrieve()
+            consumer.wait_event(image.ready)
+            nbytes = image.width * image.height * 3 // 2
+            memory = cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(image.y_ptr, nbytes, image), 0)
+            got = cupy.ndarray((image.height * 3 // 2, image.width), cupy.uint8, memory).get(stream=cupy.cuda.ExternalStream(consumer.handle))
+            image.release()
+            (frame,) = reference.get_batch_frames(1)
+            cupy.cuda.runtime.deviceSynchronize()
+            y, uv = (cupy.asarray(plane).reshape(plane.shape[0], -1)[:, : image.width].get() for plane in frame.cuda())
+            expected = np.concatenate([y[: image.height], uv[: image.height // 2]])
+            assert np.array_equal(got, expected), f"frame {index}: {int((got != expected).sum())} bytes differ"
+    finally:
+        producer.close()
+        for stream in (reference_stream, consumer):
+            stream.close()
+
+
 def test_enqueues_that_hold_the_gil_give_the_outputs_of_those_that_release_it():
     """``engine.hold_gil_for_enqueues``: the same batch queued through libcuda with the GIL held (copies,
     kernel launches, the model's graph launched from torch's instantiated graph, the event) and through
