@@ -391,13 +391,23 @@ def test_nvdec_frames_reach_another_stream_through_their_ready_event():
             image.release()
             (frame,) = reference.get_batch_frames(1)
             cupy.cuda.runtime.deviceSynchronize()
-            y, uv = (cupy.asarray(plane).reshape(plane.shape[0], -1)[:, : image.width].get() for plane in frame.cuda())
+            y, uv = (_pitched_plane_to_host(cupy, plane, image.width) for plane in frame.cuda())
             expected = np.concatenate([y[: image.height], uv[: image.height // 2]])
             assert np.array_equal(got, expected), f"frame {index}: {int((got != expected).sum())} bytes differ"
     finally:
         producer.close()
         for stream in (reference_stream, consumer):
             stream.close()
+
+
+def _pitched_plane_to_host(cupy, plane, width: int) -> np.ndarray:
+    """A decoder plane (its ``__cuda_array_interface__``: rows of ``pitch`` bytes) as ``rows x width`` bytes
+    on the host; cupy.asarray refuses PyNvVideoCodec's interface, whose shape is a list."""
+    interface = plane.__cuda_array_interface__
+    rows = int(interface["shape"][0])
+    pitch = int(interface["strides"][0]) if interface.get("strides") else width
+    memory = cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(int(interface["data"][0]), rows * pitch, plane), 0)
+    return cupy.ndarray((rows, pitch), cupy.uint8, memory).get()[:, :width]
 
 
 def test_enqueues_that_hold_the_gil_give_the_outputs_of_those_that_release_it():
