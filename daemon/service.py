@@ -26,6 +26,7 @@ from .engine.cache import EngineLeases
 from .engine.child import BuildCancelled
 from .engine.lifecycle import EngineProvider
 from .config import Config
+from .gil import apply_switch_interval
 from .control import ControlServer, LatestResults, default_control_endpoint
 from .metrics import Metrics, MetricsInputs
 from .notify import Notifier, extending_timeout, status_line
@@ -92,6 +93,8 @@ class Daemon:
 
     def run(self) -> int:
         config = self.config
+        apply_switch_interval(config.daemon.switch_interval_ms)
+        log.info("GIL switch interval %g ms (daemon.switch_interval_ms)", config.daemon.switch_interval_ms)
         if self._stop_requested("before the model loaded"):
             return 0
         self._provider = provider = EngineProvider(config.model, config.engine, leases=self._engine_leases, stop=self._stop)
@@ -381,6 +384,9 @@ class Daemon:
             new = new.model_copy(update={"publisher": old.publisher})
         if new.logging != old.logging:
             logging.getLogger().setLevel(new.logging.level)
+        if new.daemon.switch_interval_ms != old.daemon.switch_interval_ms:
+            apply_switch_interval(new.daemon.switch_interval_ms)
+            log.info("reload: GIL switch interval %g ms (daemon.switch_interval_ms)", new.daemon.switch_interval_ms)
         if self._analytics is not None and self._scheduler is not None:  # zones, lines, tracking: applied between two batches
             self._analytics.reconfigure(AnalyticsSettings.from_config(new, _labels_of(self._scheduler.unit)))
         self.config = new

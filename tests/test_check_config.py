@@ -127,6 +127,7 @@ def test_a_directory_as_file_source_is_refused_and_a_disabled_source_is_not_chec
         ("[publisher]\nheartbeat_interval_s = nan", "publisher.heartbeat_interval_s", "nan"),
         ("[watchdog]\nstall_s = inf", "watchdog.stall_s", "inf"),
         ("[daemon]\ndrain_timeout_s = nan", "daemon.drain_timeout_s", "nan"),
+        ("[daemon]\nswitch_interval_ms = inf", "daemon.switch_interval_ms", "inf"),
     ],
 )
 def test_nan_and_infinity_are_refused_in_float_settings(tmp_path, capsys, extra, key, value):
@@ -222,3 +223,8 @@ def test_the_installed_command_exits_2_with_one_line(tmp_path):
         assert result.stderr.strip().splitlines() == [
             f"trtstream: error: {path}: model.preprocess.mean[0]: Input should be a finite number (got nan)"
         ]
+
+
+def test_a_switch_interval_of_zero_is_refused_with_its_key(tmp_path, capsys):
+    path = write_config(tmp_path, source("synthetic:64x64"), extra="[daemon]\nswitch_interval_ms = 0")
+    assert_one_error(path, capsys, "daemon.switch_interval_ms", "greater than 0")

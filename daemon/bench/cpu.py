@@ -30,6 +30,7 @@ from daemon.backends import create_backend
 from daemon.bench.rounds import RoundsVerdict, judge_rounds
 from daemon.config import load_config
 from daemon.errors import UserError
+from daemon.gil import apply_switch_interval
 from daemon.service import Daemon
 from daemon.serving import build_unit
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=500, help="frames per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    apply_switch_interval()  # the daemon's GIL switch interval (daemon/gil.py): its pipeline, measured as it runs
     import logging
 
     logging.basicConfig(level=logging.WARNING)

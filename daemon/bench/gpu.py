@@ -41,6 +41,7 @@ import numpy as np
 
 from daemon.bench.compare import iou
 from daemon.bench.resources import gpu_used_mib, rss_mib, slope_per_minute, thread_clocks
+from daemon.gil import apply_switch_interval
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: assets/ and configs/ live here
 MODEL = REPO / "assets" / "models" / "yolov3_tiny_416.onnx"
@@ -560,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", type=Path, default=VIDEO)
     parser.add_argument("--labels", type=Path, default=LABELS)
     args = parser.parse_args(argv)
+    apply_switch_interval()  # the daemon's GIL switch interval (daemon/gil.py): its pipeline, measured as it runs
     from daemon.backends.torch import torch_usable
 
     if not torch_usable():

@@ -46,6 +46,7 @@ from daemon.bufferpool import BufferPool
 from daemon.config import DetectionConfig, DropPolicy, EngineConfig, ModelConfig, PublisherConfig
 from daemon.entities import Frame
 from daemon.framequeue import Multiplexer
+from daemon.gil import apply_switch_interval
 from daemon.gpu.runtime import _align, _SlotState, stage_frame
 from daemon.pinned import PinnedImage
 from daemon.publisher import Publisher
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-sends", action="store_true",
                         help="run it twice: publisher sends holding the GIL (the default) and pyzmq's, which release it")
     args = parser.parse_args(argv)
+    apply_switch_interval()  # the daemon's GIL switch interval (daemon/gil.py): its pipeline, measured as it runs
     print(f"host path, YOLOv3-tiny rows, batch {args.batch}, {args.sources} sources, {os.cpu_count()} CPUs; GPU: a benchmark stand-in"
           + (f"; {args.contenders} GIL-contending threads" if args.contenders else ""))  # fmt: skip
     end_contention = contending(args.contenders)
