@@ -299,6 +299,13 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
     kind = source.resolved_kind
     shown = mask_url(source.uri)
     if source.decoder == "nvdec":
+        if kind is SourceKind.STREAM:  # demuxed in a process of its own (daemon/demux.py says why), decoded here
+            from .demux import PacketStream
+            from .gpu.nvdec import NvdecStreamProducer
+
+            packets = PacketStream(source.uri, open_timeout_s=source.reconnect.open_timeout_s,
+                                   read_timeout_s=source.reconnect.read_timeout_s, rtsp_transport=source.rtsp_transport)
+            return NvdecStreamProducer(packets, source.queue_size + 32, stop or threading.Event())
         if not os.path.isfile(source.uri):
             raise SourceError(f"file not found: {shown}", retryable=False)
         from .gpu.nvdec import NvdecProducer

@@ -245,8 +245,8 @@ class SourceConfig(StrictModel):
             parse_synthetic_uri(self.uri)
         if (self.loop or self.pace) and self.resolved_kind is not SourceKind.FILE:
             raise ValueError("loop and pace apply to file sources only")
-        if self.decoder == "nvdec" and self.resolved_kind is not SourceKind.FILE:
-            raise ValueError("decoder = 'nvdec' applies to file sources only (for now)")
+        if self.decoder == "nvdec" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
+            raise ValueError("decoder = 'nvdec' applies to files and network streams (rtsp://, http(s)://, ...)")
         if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'pyav' applies to files and network streams")
         if self.live is not None and self.resolved_kind is not SourceKind.GSTREAMER:

@@ -359,6 +359,39 @@ def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_dae
     assert {m.header["model"]["backend"] for m in results} == {"torch"}
 
 
+def test_the_daemon_serves_an_http_mpeg_ts_camera_through_nvdec(start_daemon, free_port):
+    """A network camera on NVDEC (issue 13, item 1): daemon/bench/tsserver.py serves bikes as MPEG-TS over
+    HTTP from its own process; the daemon's demuxer process (PyNvVideoCodec's demuxer on this machine)
+    hands the packets over, NVDEC decodes them into device memory, GPU preprocessing reads them there."""
+    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    from daemon.client import ResultSubscriber
+
+    from .conftest import REPO, collect, detector_config
+    from .test_http_ts import TsCamera
+
+    clip = REPO / ".cache" / "bikes.ts"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: scripts/gpu-carry makes it")
+    camera = TsCamera(clip).start()
+    try:
+        config = detector_config(
+            f'[[sources]]\nid = "ts"\nuri = "{camera.url}"\ndecoder = "nvdec"\n[sources.reconnect]\nopen_timeout_s = 10\nread_timeout_s = 5\n',
+            free_port, engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"',
+        ) + "\n[daemon]\nexit_when_sources_end = false\n"  # fmt: skip
+        with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+            daemon = start_daemon(config)
+            messages = collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 60, timeout=120, daemon=daemon)
+            daemon.terminate()
+            assert daemon.wait(60) == 0, daemon.stderr
+    finally:
+        camera.stop()
+    results = [m for m in messages if m.type == "result"]
+    assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(640, 272)}
+    indexes = [m.header["frame"]["index"] for m in results]
+    assert indexes == sorted(set(indexes)), "frames in order, none twice"
+    assert {"person", "bicycle"} & {d["label"] for m in results for d in m.header["detections"]}
+
+
 def test_nvdec_frames_reach_another_stream_through_their_ready_event():
     """The NVDEC reader does not wait for the copy of its frame (daemon/gpu/nvdec.py): a consumer stream
     that waits for each frame's ``ready`` event reads exactly the NV12 bytes PyNvVideoCodec decoded (a

@@ -109,12 +109,14 @@ def test_nvdec_without_pynvvideocodec_fails_that_source_with_a_clear_reason():
     assert frames == [] and ends[0].reason == "error" and "PyNvVideoCodec" in ends[0].detail
 
 
-def test_nvdec_is_for_file_sources():
+def test_nvdec_is_for_files_and_network_streams():
     from daemon.config import parse_config
     from daemon.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="decoder = 'nvdec' applies to file sources only"):
-        parse_config({"sources": [{"id": "c", "uri": "rtsp://h/s", "decoder": "nvdec"}], "model": {"path": "m", "pipeline": "detection"}})
+    with pytest.raises(ConfigError, match=r"sources\[0\].*decoder = 'nvdec' applies to files and network streams"):
+        parse_config({"sources": [{"id": "c", "uri": "usb:0", "decoder": "nvdec"}], "model": {"path": "m", "pipeline": "detection"}})
+    config = parse_config({"sources": [{"id": "c", "uri": "rtsp://h/s", "decoder": "nvdec"}], "model": {"path": "m", "pipeline": "detection"}})
+    assert config.sources[0].decoder == "nvdec"
 
 
 def test_pyav_is_for_files_and_network_streams():

@@ -18,7 +18,12 @@ giving the GIL up and queueing to take it back, among the readers' largest costs
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
+from typing import Any
+
+import numpy as np
 
 from .. import cuda
 from ..bufferpool import BufferPool
@@ -26,7 +31,9 @@ from ..capture import file_pts_ms
 from ..entities import DeviceFrame
 from ..errors import SourceError
 
-__all__ = ["DeviceImage", "DeviceImagePool", "NvdecProducer", "Surface", "nvdec_available"]
+__all__ = ["DeviceImage", "DeviceImagePool", "FrameCopier", "NvdecProducer", "NvdecStreamProducer", "Surface", "nvdec_available"]
+
+log = logging.getLogger(__name__)
 
 
 def nvdec_available() -> bool:
@@ -87,6 +94,64 @@ class DeviceImagePool(BufferPool[Surface]):
         super().__init__((Surface(nbytes) for _ in range(count)), lambda surface: surface.close())
 
 
+class FrameCopier:
+    """Copies decoded frames out of a decoder's surfaces into one source's pool (module docstring): one
+    owner, the source's reader thread. The pool is made at the first frame, at its size."""
+
+    def __init__(self, pool_size: int, stop: threading.Event):
+        self._stop = stop
+        self._stream = cuda.Stream(hold_gil=True)  # copies and event records keep the GIL (module docstring)
+        self._last_copy: cuda.Event | None = None
+        self._pool: DeviceImagePool | None = None
+        self._pool_size = pool_size
+        self._frame_bytes = 0
+
+    @property
+    def stream(self) -> cuda.Stream:
+        return self._stream
+
+    def await_last_copy(self) -> None:
+        """The decoder may reuse the surface the last frame was copied from: that copy must be done. A
+        frame interval later it is, and the question keeps the GIL; an unpaced reader may wait here."""
+        event, self._last_copy = self._last_copy, None
+        if event is not None and not event.query(hold_gil=True):
+            event.synchronize()
+
+    def copy(self, frame: Any) -> DeviceImage | None:
+        """``frame`` (PyNvVideoCodec's, NV12 planes) into a pool buffer; None when stopped while the pool
+        was empty."""
+        planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
+        height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
+        nbytes = width * height * 3 // 2
+        if self._pool is None or nbytes != self._frame_bytes:  # the first frame, or a camera that changed its size
+            if self._pool is not None:
+                self._pool.close()  # idle buffers now, busy ones when their batch is done
+            self._pool, self._frame_bytes = DeviceImagePool(self._pool_size, nbytes), nbytes
+        surface = self._pool.take(self._stop)
+        if surface is None:
+            return None
+        dst = surface.buffer.ptr
+        y_ptr, uv_ptr = int(planes[0]["data"][0]), int(planes[1]["data"][0])
+        y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
+        uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
+        if uv_pitch == y_pitch and uv_ptr == y_ptr + y_pitch * height:  # one allocation, chroma after luma: one copy
+            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height + height // 2, self._stream)
+        else:
+            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
+            cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
+        surface.copied.record(self._stream)
+        self._last_copy = surface.copied
+        return DeviceImage(self._pool, surface, width, height)
+
+    def close(self) -> None:
+        """After the decoder is gone: the copies finish, idle buffers are freed now, busy ones on return."""
+        self._last_copy = None
+        self._stream.synchronize()
+        if self._pool is not None:
+            self._pool.close()
+        self._stream.close()
+
+
 class NvdecProducer:
     """A file decoded by NVDEC (``sources[].decoder = "nvdec"``)."""
 
@@ -95,31 +160,28 @@ class NvdecProducer:
             import PyNvVideoCodec as nvc
         except Exception as exc:
             raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
-        self._stop = stop
-        self._stream = cuda.Stream(hold_gil=True)  # copies and event records keep the GIL (module docstring)
-        self._last_copy: cuda.Event | None = None
+        self._copier = FrameCopier(pool_size, stop)
         context = cuda.primary_context_handle(gpu)
         try:
             self._decoder = nvc.SimpleDecoder(
-                path, gpu_id=gpu, cuda_context=context, cuda_stream=self._stream.handle, use_device_memory=True,
+                path, gpu_id=gpu, cuda_context=context, cuda_stream=self._copier.stream.handle, use_device_memory=True,
                 output_color_type=nvc.OutputColorType.NATIVE,
             )  # fmt: skip
             metadata = self._decoder.get_stream_metadata()
         except Exception as exc:
+            self._copier.close()
             raise SourceError(f"NVDEC cannot decode {path}: {exc}", retryable=False) from None
         self.fps = float(getattr(metadata, "average_fps", 0) or 0) or None
         # The end is known from the container's index: asking SimpleDecoder for the frame past it prints
         # "INVALID INDEX <n>" on every loop of every camera (0 = unknown: ask until it returns nothing).
         self._frame_count = int(getattr(metadata, "num_frames", 0) or 0)
         self.width = self.height = 0
-        self._pool: DeviceImagePool | None = None
-        self._pool_size = pool_size
         self._index = 0  # frames grabbed since the start (or the last rewind)
         self._grabbed = None
 
     def grab(self) -> bool:
         """The next frame decoded by NVDEC (in the decoder's own surface, until ``retrieve`` copies it)."""
-        self._await_last_copy()
+        self._copier.await_last_copy()
         if self._frame_count and self._index >= self._frame_count:
             self._grabbed = None
         else:
@@ -134,34 +196,12 @@ class NvdecProducer:
         frame, self._grabbed = self._grabbed, None
         if frame is None:
             return None, None
-        planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
-        height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
-        if self._pool is None:
-            self.width, self.height = width, height
-            self._pool = DeviceImagePool(self._pool_size, width * height * 3 // 2)
-        surface = self._pool.take(self._stop)
-        if surface is None:
+        image = self._copier.copy(frame)
+        if image is None:
             return None, None
-        dst = surface.buffer.ptr
-        y_ptr, uv_ptr = int(planes[0]["data"][0]), int(planes[1]["data"][0])
-        y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
-        uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
-        if uv_pitch == y_pitch and uv_ptr == y_ptr + y_pitch * height:  # one allocation, chroma after luma: one copy
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height + height // 2, self._stream)
-        else:
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
-            cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
-        surface.copied.record(self._stream)
-        self._last_copy = surface.copied
+        self.width, self.height = image.width, image.height
         pts = file_pts_ms((self._index - 1) * 1000.0 / self.fps) if self.fps else None
-        return DeviceImage(self._pool, surface, width, height), pts
-
-    def _await_last_copy(self) -> None:
-        """The decoder may reuse the surface the last frame was copied from: that copy must be done. A
-        frame interval later it is, and the question keeps the GIL; an unpaced reader may wait here."""
-        event, self._last_copy = self._last_copy, None
-        if event is not None and not event.query(hold_gil=True):
-            event.synchronize()
+        return image, pts
 
     def rewind(self) -> bool:
         self._decoder.seek_to_index(0)
@@ -170,8 +210,88 @@ class NvdecProducer:
 
     def close(self) -> None:
         self._decoder = None
-        self._last_copy = None
-        self._stream.synchronize()
-        if self._pool is not None:
-            self._pool.close()
-        self._stream.close()
+        self._copier.close()
+
+
+# FFmpeg's codec names (the demuxer's header) -> PyNvVideoCodec's cudaVideoCodec member names
+_NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8", "mpeg2video": "MPEG2", "mpeg4": "MPEG4",
+                 "mjpeg": "JPEG", "vc1": "VC1"}
+
+
+class NvdecStreamProducer:
+    """A network camera decoded by NVDEC (``decoder = "nvdec"`` on an rtsp/http(s)/... URL): packets from a
+    demuxer process (:mod:`daemon.demux`: PyNvVideoCodec's demuxer keeps the GIL while it waits for the
+    network, so never in the daemon's interpreter), decoded here by PyNvVideoCodec's decoder, copied out
+    as :class:`NvdecProducer` does. A stall (no packet within the read timeout) or the demuxer's end
+    reads as "no frame": the reader reconnects with its backoff."""
+
+    def __init__(self, packets: Any, pool_size: int, stop: threading.Event, gpu: int = 0):
+        """``packets``: a :class:`daemon.demux.PacketStream`, its header read (closed with this producer)."""
+        try:
+            import PyNvVideoCodec as nvc
+        except Exception as exc:
+            packets.close()
+            raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
+        header = packets.header
+        codec = getattr(nvc.cudaVideoCodec, _NVDEC_CODECS.get(header.codec, ""), None)
+        if codec is None:
+            packets.close()
+            raise SourceError(f"NVDEC does not decode {header.codec!r} streams (use decoder = 'opencv')", retryable=False)
+        self._nvc = nvc
+        self._packets = packets
+        self._copier = FrameCopier(pool_size, stop)
+        try:
+            self._decoder = nvc.CreateDecoder(gpuid=gpu, codec=codec, cudacontext=cuda.primary_context_handle(gpu),
+                                              cudastream=self._copier.stream.handle, usedevicememory=True)
+        except Exception as exc:
+            self._copier.close()
+            packets.close()
+            raise SourceError(f"NVDEC cannot decode this {header.codec} stream: {exc}", retryable=False) from None
+        self.fps = header.fps
+        self.width, self.height = header.width, header.height
+        self._prefix = header.extradata  # out-of-band parameter sets, in front of the first packet
+        self._decoded: collections.deque = collections.deque()
+        self._grabbed = None
+
+    def grab(self) -> bool:
+        self._copier.await_last_copy()
+        while not self._decoded:
+            try:
+                packet = self._packets.read()
+            except SourceError as exc:
+                log.warning("%s", exc)
+                packet = None
+            if packet is None:
+                self._grabbed = None
+                return False
+            self._decoded.extend(self._decode(self._prefix + packet.data if self._prefix else packet.data))
+            self._prefix = b""
+        self._grabbed = self._decoded.popleft()
+        return True
+
+    def _decode(self, data: bytes) -> list:
+        """One packet through NVDEC: the frames it completed (none, one, or more with reordering)."""
+        payload = np.frombuffer(data, np.uint8)  # alive until Decode returns: the parser copies what it needs
+        packet = self._nvc.PacketData()
+        packet.bsl_data = payload.ctypes.data
+        packet.bsl = payload.size
+        return list(self._decoder.Decode(packet))
+
+    def retrieve(self):
+        frame, self._grabbed = self._grabbed, None
+        if frame is None:
+            return None, None
+        image = self._copier.copy(frame)
+        if image is None:
+            return None, None
+        self.width, self.height = image.width, image.height
+        return image, None  # a camera's frames carry no file position
+
+    def rewind(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._decoded.clear()
+        self._decoder = None
+        self._copier.close()
+        self._packets.close()

@@ -1,0 +1,327 @@
+"""Network streams demuxed in a child process, their compressed packets handed to the daemon over a pipe.
+
+Why a process: PyNvVideoCodec's demuxer keeps the GIL while it waits for network data
+(``scripts/probe-gil``: on an HTTP server that answered and then sent nothing, no other Python thread ran
+again within 22 s). One stalled camera must never stall the others, so a network source decoded by NVDEC
+is demuxed by ``python -m daemon.demux`` — one small process per camera, which may block as it likes —
+and the daemon's reader only reads packets from a pipe (``select`` and ``os.read`` release the GIL) and
+gives them to its decoder. The child dies with the daemon (``PR_SET_PDEATHSIG``).
+
+The child demuxes with PyAV when it is installed (FFmpeg's own options: timeouts, RTSP transport), else
+with PyNvVideoCodec's demuxer (what a GPU box has). It takes its settings as one JSON line on stdin, never
+on its command line, where any local user could read a camera's password in ``ps``.
+
+Wire format on the child's stdout: ``MAGIC``, a 4-byte length and a JSON header (codec, width, height,
+fps, the codec's out-of-band parameter sets as hex in Annex B form), then per packet a 5-byte record
+head (payload size, flags: bit 0 key frame) and the payload. A clean end of stream is the pipe closing
+with exit status 0; an error is one line on stderr (the URL masked) and status 1, or 2 when a retry
+cannot help (no video stream).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from .errors import SourceError
+from .redact import mask_text, mask_url
+
+__all__ = ["MAGIC", "Packet", "PacketStream", "StreamHeader", "annexb_parameter_sets", "main"]
+
+MAGIC = b"TSDM"
+_HEAD = struct.Struct("<IB")  # payload size, flags
+_KEY = 1
+EXIT_RETRYABLE, EXIT_FINAL = 1, 2
+_MAX_HEADER = 1 << 20
+_MAX_PACKET = 64 << 20  # a packet larger than this is a broken stream, not a picture
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    codec: str  # FFmpeg's codec name: h264, hevc, av1, vp9, mpeg2video, ...
+    width: int
+    height: int
+    fps: float | None
+    extradata: bytes  # the parameter sets carried out of band (RTSP's SDP), Annex B; b"" when in band
+
+
+@dataclass(frozen=True)
+class Packet:
+    data: bytes
+    key: bool
+
+
+class PacketStream:
+    """The daemon's side: starts the child for ``url``, reads its header within ``open_timeout_s`` and
+    then one packet at a time, each within ``read_timeout_s`` (a camera that keeps its connection open
+    but sends nothing is a stall: :class:`SourceError`, retryable). :meth:`read` returns None at a clean
+    end of stream. Errors name the URL masked."""
+
+    def __init__(self, url: str, *, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "auto",
+                 demuxer: str = "auto"):
+        self._shown = mask_url(url)
+        self._read_timeout_s = read_timeout_s
+        settings = {"url": url, "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s,
+                    "rtsp_transport": rtsp_transport, "demuxer": demuxer}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.demux"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        self._fd = self._process.stdout.fileno()
+        self._buffer = bytearray()
+        self._eof = False
+        try:
+            self._process.stdin.write(json.dumps(settings).encode() + b"\n")
+            self._process.stdin.close()
+            deadline = time.monotonic() + open_timeout_s + read_timeout_s  # the child's open, then its first read
+            magic = self._take(len(MAGIC) + 4, deadline)
+            if magic is None or magic[:4] != MAGIC:
+                raise self._failure("the demuxer process sent no stream header")
+            (length,) = struct.unpack("<I", magic[4:])
+            body = self._take(length, deadline) if length <= _MAX_HEADER else None
+            if body is None:
+                raise self._failure("the demuxer process sent a broken stream header")
+            fields = json.loads(body)
+            self.header = StreamHeader(str(fields["codec"]), int(fields["width"]), int(fields["height"]),
+                                       float(fields["fps"]) if fields.get("fps") else None, bytes.fromhex(fields.get("extradata", "")))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def read(self) -> Packet | None:
+        """The next packet; None at a clean end of stream; SourceError on a stall or the child's error."""
+        deadline = time.monotonic() + self._read_timeout_s
+        head = self._take(_HEAD.size, deadline)
+        if head is None:
+            if self._eof and self._buffer == b"" and self._exit_status(5.0) == 0:
+                return None
+            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._eof else "the demuxer process ended")
+        size, flags = _HEAD.unpack(head)
+        if size > _MAX_PACKET:
+            raise self._failure(f"a packet of {size} bytes")
+        data = self._take(size, deadline)
+        if data is None:
+            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._eof else "the demuxer process ended mid-packet")
+        return Packet(data, bool(flags & _KEY))
+
+    def close(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL) and close the pipes; idempotent."""
+        process = self._process
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def _take(self, count: int, deadline: float) -> bytes | None:
+        """``count`` bytes, or None at the deadline or the end of the pipe (what came stays buffered)."""
+        while len(self._buffer) < count:
+            if self._eof:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self._fd, 1 << 20)
+            if not chunk:
+                self._eof = True
+                continue
+            self._buffer += chunk
+        taken = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return taken
+
+    def _exit_status(self, timeout: float) -> int | None:
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _failure(self, what: str) -> SourceError:
+        """What went wrong, with the child's own error line when it exited with one (masked again here)."""
+        status = self._process.poll()
+        if status is None and self._eof:
+            status = self._exit_status(2.0)
+        said = ""
+        if status is not None and self._process.stderr is not None and not self._process.stderr.closed:
+            lines = self._process.stderr.read().decode(errors="replace").strip().splitlines()
+            said = mask_text(lines[-1]) if lines else ""
+        if said:
+            return SourceError(f"{self._shown}: {said}", retryable=status != EXIT_FINAL)
+        return SourceError(f"{self._shown}: {what}", retryable=True)
+
+
+def annexb_parameter_sets(codec: str, extradata: bytes | None) -> bytes:
+    """The codec's out-of-band parameter sets as NVDEC reads them (Annex B, start codes). FFmpeg keeps
+    H.264's in avcC form for some containers; RTSP's come from the SDP, Annex B already. HEVC's hvcC
+    form is converted too. Empty when there are none (they travel in band, as in MPEG-TS)."""
+    if not extradata:
+        return b""
+    if extradata[:3] == b"\x00\x00\x01" or extradata[:4] == b"\x00\x00\x00\x01":
+        return bytes(extradata)
+    start = b"\x00\x00\x00\x01"
+    out = bytearray()
+    try:
+        if codec == "h264" and extradata[0] == 1:  # avcC: SPS then PPS, each with a 2-byte length
+            offset = 5
+            for count_mask in (0x1F, 0xFF):
+                count = extradata[offset] & count_mask
+                offset += 1
+                for _ in range(count):
+                    length = int.from_bytes(extradata[offset : offset + 2], "big")
+                    out += start + extradata[offset + 2 : offset + 2 + length]
+                    offset += 2 + length
+            return bytes(out)
+        if codec == "hevc" and len(extradata) > 23 and extradata[0] == 1:  # hvcC: arrays of VPS, SPS, PPS, SEI
+            offset, arrays = 23, extradata[22]
+            for _ in range(arrays):
+                count = int.from_bytes(extradata[offset + 1 : offset + 3], "big")
+                offset += 3
+                for _ in range(count):
+                    length = int.from_bytes(extradata[offset : offset + 2], "big")
+                    out += start + extradata[offset + 2 : offset + 2 + length]
+                    offset += 2 + length
+            return bytes(out)
+    except IndexError:
+        return b""
+    return b""
+
+
+# -- the child ---------------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the kernel kills this process when the daemon's thread that started it ends
+    (a crashed daemon leaves no demuxer behind)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_header(out: BinaryIO, header: StreamHeader) -> None:
+    body = json.dumps({"codec": header.codec, "width": header.width, "height": header.height, "fps": header.fps,
+                       "extradata": header.extradata.hex()}).encode()
+    out.write(MAGIC + struct.pack("<I", len(body)) + body)
+    out.flush()
+
+
+def _write_packet(out: BinaryIO, data: bytes, key: bool) -> None:
+    out.write(_HEAD.pack(len(data), _KEY if key else 0))
+    out.write(data)
+    out.flush()
+
+
+class _Unavailable(Exception):
+    """No demuxer library in this interpreter."""
+
+
+def _demux_with_pyav(settings: dict[str, Any], out: BinaryIO) -> None:
+    try:
+        import av
+    except ImportError:
+        raise _Unavailable("PyAV") from None
+    options = {} if settings["rtsp_transport"] == "auto" else {"rtsp_transport": settings["rtsp_transport"]}
+    timeout = (settings["open_timeout_s"], settings["read_timeout_s"])
+    with av.open(settings["url"], mode="r", timeout=timeout, options=options) as container:
+        if not container.streams.video:
+            raise LookupError("no video stream")
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate and 0 < float(rate) < 1000 else None
+        _write_header(out, StreamHeader(context.name, int(context.width), int(context.height), fps,
+                                        annexb_parameter_sets(context.name, context.extradata)))
+        for packet in container.demux(stream):
+            if packet.size:
+                _write_packet(out, bytes(packet), bool(packet.is_keyframe))
+
+
+_NVC_CODEC_NAMES = {"H264": "h264", "HEVC": "hevc", "AV1": "av1", "VP9": "vp9", "VP8": "vp8", "MPEG2": "mpeg2video",
+                    "MPEG4": "mpeg4", "MJPEG": "mjpeg", "VC1": "vc1"}
+
+
+def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
+    try:
+        import PyNvVideoCodec as nvc
+    except Exception:
+        raise _Unavailable("PyNvVideoCodec") from None
+    demuxer = nvc.CreateDemuxer(filename=settings["url"])
+    codec_id = str(demuxer.GetNvCodecId()).rsplit(".", 1)[-1]
+    width, height, fps = _nvc_geometry(demuxer)
+    _write_header(out, StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
+    for packet in demuxer:
+        if packet.bsl:
+            _write_packet(out, ctypes.string_at(packet.bsl_data, packet.bsl), bool(getattr(packet, "key", 0)))
+
+
+def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
+    """Width, height and rate as PyNvVideoCodec's demuxer tells them: its stream metadata, else the
+    accessors of its C++ demuxer (which of them a release has was not checked on a GPU). 0 and None where
+    neither answers: the decoder's first frame gives the size, and cameras are not paced."""
+    width = height = 0
+    fps = None
+    try:
+        metadata = demuxer.get_stream_metadata()
+        width, height = int(getattr(metadata, "width", 0) or 0), int(getattr(metadata, "height", 0) or 0)
+        fps = float(getattr(metadata, "average_fps", 0) or 0) or None
+    except Exception:
+        for name in ("Width", "Height", "FrameRate"):
+            try:
+                value = getattr(demuxer, name)()
+            except Exception:
+                continue
+            if name == "Width":
+                width = int(value)
+            elif name == "Height":
+                height = int(value)
+            else:
+                fps = float(value) or None
+    return width, height, fps
+
+
+def main() -> int:
+    """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    settings = json.loads(sys.stdin.readline())
+    out = sys.stdout.buffer
+    order = {"auto": (_demux_with_pyav, _demux_with_pynvvideocodec), "pyav": (_demux_with_pyav,),
+             "pynvvideocodec": (_demux_with_pynvvideocodec,)}[settings.get("demuxer", "auto")]
+    missing = []
+    for demux in order:
+        try:
+            demux(settings, out)
+            return 0
+        except _Unavailable as exc:
+            missing.append(str(exc))
+        except BrokenPipeError:  # the daemon closed the stream: nothing to say
+            return 0
+        except LookupError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FINAL
+        except Exception as exc:  # FFmpeg's and PyNvVideoCodec's errors: the camera may come back
+            print(f"cannot demux: {mask_text(str(exc)) or type(exc).__name__}", file=sys.stderr)
+            return EXIT_RETRYABLE
+    print(f"no demuxer: needs {' or '.join(missing)}", file=sys.stderr)
+    return EXIT_FINAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
