@@ -305,7 +305,8 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
 
             packets = PacketStream(source.uri, open_timeout_s=source.reconnect.open_timeout_s,
                                    read_timeout_s=source.reconnect.read_timeout_s, rtsp_transport=source.rtsp_transport)
-            return NvdecStreamProducer(packets, source.queue_size + 32, stop or threading.Event())
+            return NvdecStreamProducer(packets, source.queue_size + 32, stop or threading.Event(),
+                                       picture_timeout_s=max(source.reconnect.read_timeout_s, 5.0))
         if not os.path.isfile(source.uri):
             raise SourceError(f"file not found: {shown}", retryable=False)
         from .gpu.nvdec import NvdecProducer

@@ -28,6 +28,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 from .errors import SourceError
 from .redact import mask_text, mask_url
 
-__all__ = ["MAGIC", "Packet", "PacketStream", "StreamHeader", "annexb_parameter_sets", "main"]
+__all__ = ["MAGIC", "Packet", "PacketStream", "StreamHeader", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
 
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
@@ -72,16 +73,26 @@ class PacketStream:
         self._read_timeout_s = read_timeout_s
         settings = {"url": url, "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s,
                     "rtsp_transport": rtsp_transport, "demuxer": demuxer}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.demux"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )  # fmt: skip
+        self._errors = tempfile.TemporaryFile()  # the child's stderr: a file, so a chatty child never blocks on it
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "daemon.demux"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )  # fmt: skip
+        except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
+            self._errors.close()
+            raise SourceError(f"{self._shown}: cannot start its demuxer process: {exc}", retryable=True) from None
         self._fd = self._process.stdout.fileno()
+        self._poll = select.poll()  # not select(): descriptors above 1023 are normal here (daemon/limits.py)
+        self._poll.register(self._fd, select.POLLIN)
         self._buffer = bytearray()
         self._eof = False
         try:
-            self._process.stdin.write(json.dumps(settings).encode() + b"\n")
-            self._process.stdin.close()
+            try:
+                self._process.stdin.write(json.dumps(settings).encode() + b"\n")
+                self._process.stdin.close()
+            except OSError:  # it died at once: _failure below says why
+                pass
             deadline = time.monotonic() + open_timeout_s + read_timeout_s  # the child's open, then its first read
             magic = self._take(len(MAGIC) + 4, deadline)
             if magic is None or magic[:4] != MAGIC:
@@ -90,9 +101,12 @@ class PacketStream:
             body = self._take(length, deadline) if length <= _MAX_HEADER else None
             if body is None:
                 raise self._failure("the demuxer process sent a broken stream header")
-            fields = json.loads(body)
-            self.header = StreamHeader(str(fields["codec"]), int(fields["width"]), int(fields["height"]),
-                                       float(fields["fps"]) if fields.get("fps") else None, bytes.fromhex(fields.get("extradata", "")))
+            try:
+                fields = json.loads(body)
+                self.header = StreamHeader(str(fields["codec"]), int(fields["width"]), int(fields["height"]),
+                                           float(fields["fps"]) if fields.get("fps") else None, bytes.fromhex(fields.get("extradata", "")))
+            except (ValueError, KeyError, TypeError):
+                raise self._failure("the demuxer process sent a broken stream header") from None
         except BaseException:
             self.close()
             raise
@@ -100,6 +114,11 @@ class PacketStream:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs show it (masked)."""
+        return self._shown
 
     def read(self) -> Packet | None:
         """The next packet; None at a clean end of stream; SourceError on a stall or the child's error."""
@@ -127,7 +146,7 @@ class PacketStream:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        for pipe in (process.stdin, process.stdout, process.stderr):
+        for pipe in (process.stdin, process.stdout, self._errors):
             if pipe is not None and not pipe.closed:
                 pipe.close()
 
@@ -138,7 +157,7 @@ class PacketStream:
             if self._eof:
                 return None
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+            if remaining <= 0 or not self._poll.poll(remaining * 1000):
                 return None
             chunk = os.read(self._fd, 1 << 20)
             if not chunk:
@@ -161,12 +180,38 @@ class PacketStream:
         if status is None and self._eof:
             status = self._exit_status(2.0)
         said = ""
-        if status is not None and self._process.stderr is not None and not self._process.stderr.closed:
-            lines = self._process.stderr.read().decode(errors="replace").strip().splitlines()
+        if status is not None and not self._errors.closed:
+            self._errors.seek(0)
+            lines = self._errors.read().decode(errors="replace").strip().splitlines()
             said = mask_text(lines[-1]) if lines else ""
         if said:
             return SourceError(f"{self._shown}: {said}", retryable=status != EXIT_FINAL)
         return SourceError(f"{self._shown}: {what}", retryable=True)
+
+
+def nal_length_size(codec: str, extradata: bytes | None) -> int:
+    """The size of the NAL length prefix when ``extradata`` is in avcC/hvcC form (packets from MP4, MKV,
+    FLV), else 0 (packets already in Annex B: MPEG-TS, RTSP)."""
+    if not extradata or extradata[0] != 1:
+        return 0
+    if codec == "h264" and len(extradata) > 4:
+        return (extradata[4] & 3) + 1
+    if codec == "hevc" and len(extradata) > 21:
+        return (extradata[21] & 3) + 1
+    return 0
+
+
+def annexb_packet(data: bytes, length_size: int) -> bytes:
+    """A length-prefixed packet (``length_size`` bytes per NAL, big-endian) with start codes instead, as
+    NVDEC's parser reads it; FFmpeg's h264_mp4toannexb does the same. A length past the end stops there."""
+    out = bytearray()
+    offset = 0
+    while offset + length_size <= len(data):
+        length = int.from_bytes(data[offset : offset + length_size], "big")
+        offset += length_size
+        out += b"\x00\x00\x00\x01" + data[offset : offset + length]
+        offset += length
+    return bytes(out)
 
 
 def annexb_parameter_sets(codec: str, extradata: bytes | None) -> bytes:
@@ -248,13 +293,15 @@ def _demux_with_pyav(settings: dict[str, Any], out: BinaryIO) -> None:
         fps = float(rate) if rate and 0 < float(rate) < 1000 else None
         _write_header(out, StreamHeader(context.name, int(context.width), int(context.height), fps,
                                         annexb_parameter_sets(context.name, context.extradata)))
+        length_size = nal_length_size(context.name, context.extradata)  # RTMP, HTTP-FLV, fragmented MP4
         for packet in container.demux(stream):
             if packet.size:
-                _write_packet(out, bytes(packet), bool(packet.is_keyframe))
+                data = bytes(packet)
+                _write_packet(out, annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
 
 
 _NVC_CODEC_NAMES = {"H264": "h264", "HEVC": "hevc", "AV1": "av1", "VP9": "vp9", "VP8": "vp8", "MPEG2": "mpeg2video",
-                    "MPEG4": "mpeg4", "MJPEG": "mjpeg", "VC1": "vc1"}
+                    "MPEG4": "mpeg4", "JPEG": "mjpeg", "VC1": "vc1"}
 
 
 def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
@@ -263,7 +310,8 @@ def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
     except Exception:
         raise _Unavailable("PyNvVideoCodec") from None
     demuxer = nvc.CreateDemuxer(filename=settings["url"])
-    codec_id = str(demuxer.GetNvCodecId()).rsplit(".", 1)[-1]
+    codec = demuxer.GetNvCodecId()
+    codec_id = str(getattr(codec, "name", codec)).rsplit(".", 1)[-1]
     width, height, fps = _nvc_geometry(demuxer)
     _write_header(out, StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
     for packet in demuxer:
@@ -299,9 +347,11 @@ def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
 def main() -> int:
     """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
     _die_with_parent()
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends it even inside a C call that waits for the network
+    out = os.fdopen(os.dup(1), "wb")  # the packets: a descriptor of their own ...
+    os.dup2(2, 1)  # ... and fd 1 is stderr, so a library printing to stdout cannot break their framing
+    sys.stdout = sys.stderr
     settings = json.loads(sys.stdin.readline())
-    out = sys.stdout.buffer
     order = {"auto": (_demux_with_pyav, _demux_with_pynvvideocodec), "pyav": (_demux_with_pyav,),
              "pynvvideocodec": (_demux_with_pynvvideocodec,)}[settings.get("demuxer", "auto")]
     missing = []

@@ -180,3 +180,38 @@ def test_nvdec_on_a_network_camera_without_pynvvideocodec_fails_that_source_clea
     reader.start()
     frames, ends = drain(mux, timeout=30)
     assert frames == [] and ends[0].reason == "error" and "PyNvVideoCodec" in ends[0].detail
+
+
+def test_length_prefixed_packets_become_annex_b():
+    """Packets from MP4, MKV and FLV (RTMP, HTTP-FLV cameras) carry NAL lengths, not start codes."""
+    from daemon.demux import annexb_packet, nal_length_size
+
+    sps, pps = bytes.fromhex("6742c01e8c8d40"), bytes.fromhex("68ce3c80")
+    avcc = bytes([1, 0x42, 0xC0, 0x1E, 0xFF, 0xE1]) + len(sps).to_bytes(2, "big") + sps + bytes([1]) + len(pps).to_bytes(2, "big") + pps
+    assert nal_length_size("h264", avcc) == 4 and nal_length_size("h264", b"\x00\x00\x00\x01" + sps) == 0
+    idr, sei = b"\x65" + bytes(range(40)), b"\x06\x05\x01"
+    packet = len(sei).to_bytes(4, "big") + sei + len(idr).to_bytes(4, "big") + idr
+    assert annexb_packet(packet, 4) == b"\x00\x00\x00\x01" + sei + b"\x00\x00\x00\x01" + idr
+
+
+def test_a_stream_opened_with_descriptors_past_1023_is_read(camera):
+    """The daemon raises its descriptor limit (daemon/limits.py): a camera reconnecting then gets a pipe
+    numbered past select()'s 1024, which the packet reader must still wait on."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard descriptor limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        stream = PacketStream(camera.url, open_timeout_s=5, read_timeout_s=3)
+        try:
+            assert stream._fd > 1023
+            assert all(stream.read() is not None for _ in range(10))
+        finally:
+            stream.close()
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

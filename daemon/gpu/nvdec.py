@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..bufferpool import BufferPool
 from ..capture import file_pts_ms
 from ..entities import DeviceFrame
 from ..errors import SourceError
+from ..redact import mask_text
 
 __all__ = ["DeviceImage", "DeviceImagePool", "FrameCopier", "NvdecProducer", "NvdecStreamProducer", "Surface", "nvdec_available"]
 
@@ -225,8 +227,10 @@ class NvdecStreamProducer:
     as :class:`NvdecProducer` does. A stall (no packet within the read timeout) or the demuxer's end
     reads as "no frame": the reader reconnects with its backoff."""
 
-    def __init__(self, packets: Any, pool_size: int, stop: threading.Event, gpu: int = 0):
-        """``packets``: a :class:`daemon.demux.PacketStream`, its header read (closed with this producer)."""
+    def __init__(self, packets: Any, pool_size: int, stop: threading.Event, gpu: int = 0, picture_timeout_s: float = 10.0):
+        """``packets``: a :class:`daemon.demux.PacketStream`, its header read (closed with this producer).
+        ``picture_timeout_s``: packets that give no picture for this long (missing parameter sets, a
+        stream NVDEC cannot parse) read as "no frame", as a stall does."""
         try:
             import PyNvVideoCodec as nvc
         except Exception as exc:
@@ -239,7 +243,13 @@ class NvdecStreamProducer:
             raise SourceError(f"NVDEC does not decode {header.codec!r} streams (use decoder = 'opencv')", retryable=False)
         self._nvc = nvc
         self._packets = packets
-        self._copier = FrameCopier(pool_size, stop)
+        self._stop = stop
+        self._picture_timeout_s = picture_timeout_s
+        try:
+            self._copier = FrameCopier(pool_size, stop)
+        except Exception as exc:
+            packets.close()
+            raise SourceError(f"NVDEC: cannot prepare the frame copies: {exc}", retryable=True) from None
         try:
             self._decoder = nvc.CreateDecoder(gpuid=gpu, codec=codec, cudacontext=cuda.primary_context_handle(gpu),
                                               cudastream=self._copier.stream.handle, usedevicememory=True)
@@ -255,16 +265,26 @@ class NvdecStreamProducer:
 
     def grab(self) -> bool:
         self._copier.await_last_copy()
+        self._grabbed = None
+        deadline = time.monotonic() + self._picture_timeout_s
         while not self._decoded:
+            if self._stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                log.warning("%s: packets but no picture for %g s; reconnecting", self._packets.shown, self._picture_timeout_s)
+                return False
             try:
                 packet = self._packets.read()
             except SourceError as exc:
                 log.warning("%s", exc)
-                packet = None
-            if packet is None:
-                self._grabbed = None
                 return False
-            self._decoded.extend(self._decode(self._prefix + packet.data if self._prefix else packet.data))
+            if packet is None:
+                return False
+            try:
+                self._decoded.extend(self._decode(self._prefix + packet.data if self._prefix else packet.data))
+            except Exception as exc:  # NVDEC refused the stream (a size past the decoder's, a broken picture): reconnect
+                log.warning("%s: NVDEC decoding failed (%s); reconnecting", self._packets.shown, mask_text(str(exc)) or type(exc).__name__)
+                return False
             self._prefix = b""
         self._grabbed = self._decoded.popleft()
         return True
@@ -292,6 +312,7 @@ class NvdecStreamProducer:
 
     def close(self) -> None:
         self._decoded.clear()
+        self._grabbed = None
         self._decoder = None
         self._copier.close()
         self._packets.close()
