@@ -222,32 +222,35 @@ def annexb_parameter_sets(codec: str, extradata: bytes | None) -> bytes:
         return b""
     if extradata[:3] == b"\x00\x00\x01" or extradata[:4] == b"\x00\x00\x00\x01":
         return bytes(extradata)
-    start = b"\x00\x00\x00\x01"
     out = bytearray()
     try:
         if codec == "h264" and extradata[0] == 1:  # avcC: SPS then PPS, each with a 2-byte length
             offset = 5
             for count_mask in (0x1F, 0xFF):
                 count = extradata[offset] & count_mask
-                offset += 1
-                for _ in range(count):
-                    length = int.from_bytes(extradata[offset : offset + 2], "big")
-                    out += start + extradata[offset + 2 : offset + 2 + length]
-                    offset += 2 + length
+                offset = _copy_nal_units(extradata, offset + 1, count, out)
             return bytes(out)
         if codec == "hevc" and len(extradata) > 23 and extradata[0] == 1:  # hvcC: arrays of VPS, SPS, PPS, SEI
             offset, arrays = 23, extradata[22]
             for _ in range(arrays):
                 count = int.from_bytes(extradata[offset + 1 : offset + 3], "big")
-                offset += 3
-                for _ in range(count):
-                    length = int.from_bytes(extradata[offset : offset + 2], "big")
-                    out += start + extradata[offset + 2 : offset + 2 + length]
-                    offset += 2 + length
+                offset = _copy_nal_units(extradata, offset + 3, count, out)
             return bytes(out)
     except IndexError:
         return b""
     return b""
+
+
+def _copy_nal_units(record: bytes, offset: int, count: int, out: bytearray) -> int:
+    """``count`` NAL units of a configuration record, each after its 2-byte length, appended to ``out``
+    with start codes; returns the offset after them (IndexError past the record's end)."""
+    for _ in range(count):
+        if offset + 2 > len(record):
+            raise IndexError(offset)
+        length = int.from_bytes(record[offset : offset + 2], "big")
+        out += b"\x00\x00\x00\x01" + record[offset + 2 : offset + 2 + length]
+        offset += 2 + length
+    return offset
 
 
 # -- the child ---------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class FrameCopier:
         self._pool: DeviceImagePool | None = None
         self._pool_size = pool_size
         self._frame_bytes = 0
+        self.size = (0, 0)  # the last frame's width and height (0 before the first)
 
     @property
     def stream(self) -> cuda.Stream:
@@ -120,8 +121,10 @@ class FrameCopier:
             event.synchronize()
 
     def copy(self, frame: Any) -> DeviceImage | None:
-        """``frame`` (PyNvVideoCodec's, NV12 planes) into a pool buffer; None when stopped while the pool
-        was empty."""
+        """``frame`` (PyNvVideoCodec's, NV12 planes) into a pool buffer; None for no frame, or when stopped
+        while the pool was empty. ``size`` is then the last frame's (width, height)."""
+        if frame is None:
+            return None
         planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
         height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
         nbytes = width * height * 3 // 2
@@ -143,6 +146,7 @@ class FrameCopier:
             cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
         surface.copied.record(self._stream)
         self._last_copy = surface.copied
+        self.size = (width, height)
         return DeviceImage(self._pool, surface, width, height)
 
     def close(self) -> None:
@@ -177,7 +181,6 @@ class NvdecProducer:
         # The end is known from the container's index: asking SimpleDecoder for the frame past it prints
         # "INVALID INDEX <n>" on every loop of every camera (0 = unknown: ask until it returns nothing).
         self._frame_count = int(getattr(metadata, "num_frames", 0) or 0)
-        self.width = self.height = 0
         self._index = 0  # frames grabbed since the start (or the last rewind)
         self._grabbed = None
 
@@ -196,14 +199,18 @@ class NvdecProducer:
 
     def retrieve(self):
         frame, self._grabbed = self._grabbed, None
-        if frame is None:
-            return None, None
         image = self._copier.copy(frame)
         if image is None:
             return None, None
-        self.width, self.height = image.width, image.height
-        pts = file_pts_ms((self._index - 1) * 1000.0 / self.fps) if self.fps else None
-        return image, pts
+        return image, file_pts_ms((self._index - 1) * 1000.0 / self.fps) if self.fps else None
+
+    @property
+    def width(self) -> int:
+        return self._copier.size[0]
+
+    @property
+    def height(self) -> int:
+        return self._copier.size[1]
 
     def rewind(self) -> bool:
         self._decoder.seek_to_index(0)
@@ -258,7 +265,7 @@ class NvdecStreamProducer:
             packets.close()
             raise SourceError(f"NVDEC cannot decode this {header.codec} stream: {exc}", retryable=False) from None
         self.fps = header.fps
-        self.width, self.height = header.width, header.height
+        self._header_size = (header.width, header.height)  # until the first frame says
         self._prefix = header.extradata  # out-of-band parameter sets, in front of the first packet
         self._decoded: collections.deque = collections.deque()
         self._grabbed = None
@@ -299,13 +306,15 @@ class NvdecStreamProducer:
 
     def retrieve(self):
         frame, self._grabbed = self._grabbed, None
-        if frame is None:
-            return None, None
-        image = self._copier.copy(frame)
-        if image is None:
-            return None, None
-        self.width, self.height = image.width, image.height
-        return image, None  # a camera's frames carry no file position
+        return self._copier.copy(frame), None  # a camera's frames carry no file position
+
+    @property
+    def width(self) -> int:
+        return self._copier.size[0] or self._header_size[0]
+
+    @property
+    def height(self) -> int:
+        return self._copier.size[1] or self._header_size[1]
 
     def rewind(self) -> bool:
         return False
