@@ -164,3 +164,23 @@ def validate_engine_status(status: dict) -> None:
 
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validate(status, {**schema["$defs"]["heartbeat"]["properties"]["engine"], "$defs": schema["$defs"]})
+
+
+def test_a_child_ended_by_sigterm_waits_a_moment_for_the_daemon_s_own_stop():
+    """systemd's KillMode=control-group signals the build's process and the daemon one by one: the daemon
+    may see its child gone before its own SIGTERM has set the stop. A SIGTERM'd child waits for that stop
+    (a stop, exit 0) up to a grace; any other end, or no stop within it, is a failed build."""
+    import signal
+    import threading
+    import time
+
+    from daemon.engine.child import _stop_follows_a_sigterm
+
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert _stop_follows_a_sigterm(-signal.SIGTERM, stop.is_set, grace_s=5.0)
+    assert time.monotonic() - started < 4.0, "it returns when the stop comes, not at the end of the grace"
+    assert not _stop_follows_a_sigterm(-signal.SIGKILL, lambda: True), "only SIGTERM is a stop's signal"
+    assert not _stop_follows_a_sigterm(1, lambda: True)
+    assert not _stop_follows_a_sigterm(-signal.SIGTERM, lambda: False, grace_s=0.1), "no stop within the grace: a failed build"
