@@ -73,9 +73,6 @@ class ChildProcessBuilder:
     def child_recipe(self) -> Recipe | None:
         return None  # already the child's parent
 
-    def _stop_follows(self, exitcode: int | None) -> bool:
-        return _stop_follows_a_sigterm(exitcode, self._cancelled)
-
     def build(self, model_path: Path, output_path: Path, timing_cache_path: Path | None, progress: Progress) -> None:
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
@@ -108,7 +105,7 @@ class ChildProcessBuilder:
             if process.is_alive() and outcome is None:
                 _end(process)
             process.join(TERMINATE_GRACE_S)
-        if outcome is None and (self._cancelled() or self._stop_follows(process.exitcode)):
+        if outcome is None and (self._cancelled() or _stop_follows_a_sigterm(process.exitcode, self._cancelled)):
             # The child ended without a word and the build is no longer wanted: a stop reached both (systemd's
             # KillMode=control-group signals the whole unit at once), not a crash of the build.
             raise BuildCancelled(f"the {self.backend} engine build was stopped")

@@ -40,10 +40,20 @@ log = logging.getLogger(__name__)
 
 def nvdec_available() -> bool:
     try:
-        import PyNvVideoCodec  # noqa: F401
-    except Exception:
+        _pynvvideocodec()
+    except SourceError:
         return False
     return True
+
+
+def _pynvvideocodec() -> Any:
+    """The PyNvVideoCodec module, imported when a source first needs it (it fails to import without the
+    NVIDIA driver), or the SourceError that ends such a source."""
+    try:
+        import PyNvVideoCodec
+    except Exception as exc:
+        raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
+    return PyNvVideoCodec
 
 
 class Surface:
@@ -162,10 +172,7 @@ class NvdecProducer:
     """A file decoded by NVDEC (``sources[].decoder = "nvdec"``)."""
 
     def __init__(self, path: str, pool_size: int, stop: threading.Event, gpu: int = 0):
-        try:
-            import PyNvVideoCodec as nvc
-        except Exception as exc:
-            raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
+        nvc = _pynvvideocodec()
         self._copier = FrameCopier(pool_size, stop)
         context = cuda.primary_context_handle(gpu)
         try:
@@ -239,10 +246,10 @@ class NvdecStreamProducer:
         ``picture_timeout_s``: packets that give no picture for this long (missing parameter sets, a
         stream NVDEC cannot parse) read as "no frame", as a stall does."""
         try:
-            import PyNvVideoCodec as nvc
-        except Exception as exc:
+            nvc = _pynvvideocodec()
+        except SourceError:
             packets.close()
-            raise SourceError(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", retryable=False) from None
+            raise
         header = packets.header
         codec = getattr(nvc.cudaVideoCodec, _NVDEC_CODECS.get(header.codec, ""), None)
         if codec is None:
