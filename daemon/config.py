@@ -25,7 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from .errors import ConfigError
 from .netaddr import check_host, check_port, is_loopback_endpoint, split_tcp_endpoint
 from .analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
-from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, WatchdogConfig
+from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, ViewConfig, WatchdogConfig
 from .redact import mask_text, mask_url
 from .tomlcompat import tomllib
 
@@ -599,6 +599,7 @@ class Config(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    view: ViewConfig = Field(default_factory=ViewConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)

@@ -11,21 +11,16 @@ the process imports, and two daemons in one test process would collide. The HTTP
 loopback unless remote access is allowed explicitly. A collector error is logged and counted; it never
 turns a scrape into an HTTP 500 and never reaches the pipeline.
 
-The HTTP server is prometheus_client's WSGI app on our own thread-per-connection server, because
-``start_http_server`` waits for a request forever: half-sent requests held a thread and a descriptor
-each until the process ran out of descriptors (issue 11). Here a connection must deliver its request
-line and headers within ``request_timeout_s`` (and no single read or write may stall that long), and at
-most ``max_connections`` are served at once; one more is closed at once.
+The HTTP server is prometheus_client's WSGI app on our own bounded thread-per-connection server
+(:mod:`daemon.httpserve`), because ``start_http_server`` waits for a request forever: half-sent requests
+held a thread and a descriptor each until the process ran out of descriptors (issue 11).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .errors import UserError
+from .httpserve import make_bounded_server
 from .netaddr import check_listen_host
 from .stats import PipelineStats, PublisherStats, SourceStats
 
@@ -234,67 +230,6 @@ class StatsCollector(Collector):
         return result
 
 
-class _Handler(WSGIRequestHandler):
-    """One connection: the request must arrive within ``deadline_s``; each read and write may stall at
-    most ``timeout`` seconds (StreamRequestHandler applies it to the socket); nothing is logged."""
-
-    deadline_s = REQUEST_TIMEOUT_S
-    timeout = REQUEST_TIMEOUT_S
-
-    def setup(self) -> None:
-        super().setup()
-        self._deadline = threading.Timer(self.deadline_s, self._cut)
-        self._deadline.daemon = True
-        self._deadline.start()
-
-    def _cut(self) -> None:
-        try:  # wakes the handler's blocked read with EOF; it then ends and closes the connection
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def parse_request(self) -> bool:
-        parsed = super().parse_request()  # request line and headers are in: the deadline has done its job
-        self._deadline.cancel()
-        return parsed
-
-    def finish(self) -> None:
-        self._deadline.cancel()
-        try:
-            super().finish()
-        except OSError:  # the peer or the deadline closed it first
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    """Thread per connection, at most ``slots`` at once: one more is closed without a thread."""
-
-    daemon_threads = True
-    slots: threading.BoundedSemaphore
-
-    def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("metrics: connection from %s ended with an error", client_address, exc_info=True)
-
-
 class Metrics:
     """The daemon's registry, its HTTP endpoint and the latency histograms the publisher feeds."""
 
@@ -349,11 +284,8 @@ class Metrics:
         log.info("metrics on http://%s:%d/metrics", address if ":" not in address else f"[{address}]", self.port)
         return self.port
 
-    def _make_server(self, address: str, port: int) -> _Server:
-        family, _, _, _, sockaddr = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        handler = type("Handler", (_Handler,), {"deadline_s": self.request_timeout_s, "timeout": self.request_timeout_s})
-        server_class = type("Server", (_Server,), {"address_family": family, "slots": threading.BoundedSemaphore(self.max_connections)})
-        return make_server(sockaddr[0], port, make_wsgi_app(self.registry), server_class, handler_class=handler)
+    def _make_server(self, address: str, port: int):
+        return make_bounded_server(address, port, make_wsgi_app(self.registry), self.request_timeout_s, self.max_connections, "metrics")
 
     def stop(self) -> None:
         if self._server is not None:

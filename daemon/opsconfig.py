@@ -1,4 +1,4 @@
-"""Config sections for service operation: ``[metrics]``, ``[control]``, ``[watchdog]``, ``[security]``.
+"""Config sections for service operation: ``[metrics]``, ``[view]``, ``[control]``, ``[watchdog]``, ``[security]``.
 
 Defined here, beside the modules they configure, for ``daemon.config.Config`` to include. They follow
 config.py's rules: unknown keys are errors, every field has bounds, relative paths resolve against the
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .netaddr import check_host, is_loopback_host, split_tcp_endpoint
 
-__all__ = ["MetricsConfig", "ControlConfig", "WatchdogConfig", "CurveConfig", "SecurityConfig"]
+__all__ = ["MetricsConfig", "ViewConfig", "ControlConfig", "WatchdogConfig", "CurveConfig", "SecurityConfig"]
 
 _SOCKET_MODES = (0o600, 0o660)
 
@@ -59,6 +59,32 @@ class MetricsConfig(_Section):
     def _loopback(self) -> "MetricsConfig":
         if not self.allow_remote and not is_loopback_host(self.address):
             raise ValueError(f"address {self.address!r} is not loopback; set allow_remote = true to expose metrics")
+        return self
+
+
+class ViewConfig(_Section):
+    """The live view: an annotated MJPEG stream per source over HTTP, and an index page (README "Live view")."""
+
+    enabled: bool = Field(False, description="Serve the live view.")
+    address: str = Field("127.0.0.1", min_length=1, description="Listen address; loopback unless allow_remote.")
+    port: int = Field(9812, ge=1, le=65535, description="Listen port (one per instance).")
+    allow_remote: bool = Field(False, description="Allow a non-loopback address (the view has no authentication: it shows the cameras).")
+    fps: float = Field(5.0, gt=0, le=60, description="Frames per second per watched source, at most (a source's own rate caps it).")
+    width: int = Field(960, ge=64, le=7680, description="Frames wider than this are scaled down to it before drawing.")
+    jpeg_quality: int = Field(75, ge=10, le=100)
+    max_connections: int = Field(16, ge=1, le=256, description="Viewers and page loads served at once; one more is closed.")
+    queue_size: int = Field(8, ge=1, le=1024, description="Frames waiting to be drawn; the oldest is dropped (counted) when full.")
+
+    @field_validator("address")
+    @classmethod
+    def _real_address(cls, address: str) -> str:
+        check_host(address)
+        return address
+
+    @model_validator(mode="after")
+    def _loopback(self) -> "ViewConfig":
+        if not self.allow_remote and not is_loopback_host(self.address):
+            raise ValueError(f"address {self.address!r} is not loopback; set allow_remote = true to show the cameras to other hosts")
         return self
 
 

@@ -18,7 +18,8 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable, Protocol
 
 from .analytics.stage import Analytics, AnalyticsMessage
 from .backends.base import InferenceBackend, Slot
@@ -36,6 +37,15 @@ log = logging.getLogger("trtstream.scheduler")
 ResultSink = Callable[[FrameResult | EndOfStream], None]
 BatchSink = Callable[[list[FrameResult]], None]
 EventSink = Callable[[list[AnalyticsMessage]], None]
+
+
+class FrameTap(Protocol):
+    """Something that wants some frames' pixels from completed batches (the live view, daemon/view/hub.py):
+    ``capture`` runs before the batch lets go of them, ``offer`` once the analytics have run."""
+
+    def capture(self, frames: list[Frame]) -> dict[int, Any]: ...
+
+    def offer(self, results: list[FrameResult], captured: Mapping[int, Any]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -71,6 +81,7 @@ class Scheduler:
         keep_pixels: bool = True,
         analytics: Analytics | None = None,
         sink_events: EventSink | None = None,
+        view: FrameTap | None = None,
     ):
         """``analytics``: trackers, zones and lines, run by the completer on each batch's results before
         they are handed over; their event and track messages go to ``sink_events``."""
@@ -85,6 +96,7 @@ class Scheduler:
         self._keep_pixels = keep_pixels
         self._analytics = analytics
         self._sink_events = sink_events or (lambda messages: None)
+        self._view = view  # the live view: pixels of the frames it wants, before they are dropped
         self._source_stats = source_stats
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
@@ -314,6 +326,7 @@ class Scheduler:
                     except Exception as exc:
                         results.append(None)
                         self._count_error(frame.source_id, f"postprocessing failed: {exc}")
+            captured = self._view.capture(item.frames) if self._view is not None else None
             if not self._keep_pixels:  # the batch is done with the pixels; the publisher needs only shapes
                 for frame in item.frames:
                     drop_pixels(frame)
@@ -330,6 +343,8 @@ class Scheduler:
             t2 = time.perf_counter()
             seconds.postprocessing += t2 - t1
             self._hand_over(ready)
+            if captured:
+                self._view.offer(ready, captured)  # after the analytics: the view draws the track ids
             seconds.handing_over += time.perf_counter() - t2
         finally:
             for frame in item.frames:  # the batch has completed: device images can be reused

@@ -40,6 +40,9 @@ from .analytics.stage import Analytics, AnalyticsSettings
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import open_producer
+from .view import regions_by_source
+from .view.hub import ViewHub
+from .view.server import ViewServer
 from .sources import SourceReader, SourceState
 from .stats import OverloadMeter, SourceStats
 
@@ -81,6 +84,8 @@ class Daemon:
         self._last_heartbeat: dict[str, Any] | None = None
         self._metrics: Metrics | None = None
         self._control: ControlServer | None = None
+        self._view: ViewHub | None = None
+        self._view_server: ViewServer | None = None
         self._pinger: WatchdogPinger | None = None
 
     def request_stop(self) -> None:
@@ -117,6 +122,9 @@ class Daemon:
                 on_published=self._on_published, security=config.security,
             )
             self._analytics = self._make_analytics(config, unit)
+            if config.view.enabled:
+                self._view = ViewHub(config.view, regions_by_source(config.zones, config.lines),
+                                     counters=lambda: self._analytics.snapshot() if self._analytics else None)
             self._scheduler = scheduler = Scheduler(
                 self._mux,
                 unit,
@@ -129,6 +137,7 @@ class Daemon:
                 keep_pixels=config.publisher.thumbnail.enabled,
                 analytics=self._analytics,
                 sink_events=publisher.submit_events,
+                view=self._view,
             )
             scheduler.on_backend_switched = self._backend_switched  # the provider serving then, not this first one
             if config.engine.warmup:
@@ -160,7 +169,7 @@ class Daemon:
             self._shutdown(scheduler, publisher)
             return self._sources_outcome() if sources_ended else 0
         finally:
-            for part in (self._pinger, self._control, self._metrics):
+            for part in (self._pinger, self._control, self._metrics, self._view_server, self._view):
                 if part is not None:
                     part.stop()
             timeout = self.config.daemon.drain_timeout_s
@@ -218,12 +227,24 @@ class Daemon:
                 analytics=lambda: self._analytics.snapshot() if self._analytics else None,
             ))
             self._metrics.start(config.metrics.port, config.metrics.address, allow_remote=config.metrics.allow_remote)
+        if self._view is not None:
+            self._view.start()
+            self._view_server = ViewServer(self._view, self._view_sources)
+            self._view_server.start()
         if config.control.enabled:
             self._control = ControlServer(
                 config.control.endpoint or default_control_endpoint(), lambda: self._last_heartbeat, self.latest,
                 mode=config.control.mode, allow_remote=config.control.allow_remote,
             )
             self._control.start()
+
+    def _view_sources(self) -> list[dict[str, Any]]:
+        """The view's source list (HTTP threads): every configured source, with the latest heartbeat's
+        entry once there is one (state, fps: read, never advanced), so a viewer can open a camera's page
+        before its first frame."""
+        beat = {entry["id"]: entry for entry in (self._last_heartbeat or {}).get("sources", [])}
+        return [beat.get(source.id) or {"id": source.id, "state": "starting", "fps": 0.0, "frames_published": 0}
+                for source in self.config.enabled_sources]  # fmt: skip
 
     def _start_watchdog(self, scheduler: Scheduler, publisher: Publisher) -> None:
         """Feed systemd's watchdog while frames flow (only when the unit sets WatchdogSec=)."""
@@ -382,6 +403,11 @@ class Daemon:
         if new.publisher != old.publisher:
             log.warning("reload: [publisher] changes take effect at the next restart")
             new = new.model_copy(update={"publisher": old.publisher})
+        if new.view != old.view:
+            log.warning("reload: [view] changes take effect at the next restart (its zones and lines are redrawn now)")
+            new = new.model_copy(update={"view": old.view})
+        if self._view is not None:
+            self._view.set_regions(regions_by_source(new.zones, new.lines))
         if new.logging != old.logging:
             logging.getLogger().setLevel(new.logging.level)
         if new.daemon.switch_interval_ms != old.daemon.switch_interval_ms:
@@ -493,6 +519,7 @@ class Daemon:
             "overload": self._overload.reading(sources),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
+            **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }
 
 
