@@ -25,6 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from .errors import ConfigError
 from .netaddr import check_host, check_port, is_loopback_endpoint, split_tcp_endpoint
 from .analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
+from .sinkconfig import MqttSinkConfig
 from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, ViewConfig, WatchdogConfig
 from .redact import mask_text, mask_url
 from .tomlcompat import tomllib
@@ -600,6 +601,7 @@ class Config(StrictModel):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     view: ViewConfig = Field(default_factory=ViewConfig)
+    sinks: list[MqttSinkConfig] = Field(default_factory=list, description="[[sinks]]: brokers that get the messages too (README 'MQTT').")
     control: ControlConfig = Field(default_factory=ControlConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)

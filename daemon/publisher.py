@@ -36,6 +36,7 @@ from .ipcpath import ipc_path, refuse_if_in_use
 from .messages import base_header, encode_header, heartbeat_topic, source_topic
 from .opsconfig import SecurityConfig
 from .security import bind_endpoints
+from .sinks import MessageSink
 from .stats import PublisherStats, SourceStats
 from .threadname import name_this_thread
 from .zmq_send import GilHoldingSender, sender_for
@@ -77,6 +78,7 @@ class Publisher:
         context: zmq.Context | None = None,
         on_published: Callable[[FrameResult, dict[str, Any]], None] | None = None,
         security: SecurityConfig | None = None,
+        sinks: list[MessageSink] | None = None,
     ):
         self.config = config
         self.instance_id = instance_id
@@ -87,6 +89,8 @@ class Publisher:
         self._context = context or zmq.Context.instance()
         self._on_published = on_published  # publisher thread, after each result was sent
         self._security = security
+        self._sinks = list(sinks or [])  # each gets every message this thread publishes (daemon/sinks)
+        self._result_sinks = [sink for sink in self._sinks if sink.wants_results]
         self._authenticator = None
         # SimpleQueue (C, lock-free put) of single items or whole batches. The results in it are
         # ``_queued - _taken``, so ``queue_size`` still bounds results, not batches. Each counter has one
@@ -267,7 +271,7 @@ class Publisher:
         while True:
             now = time.monotonic()
             if now >= next_heartbeat:
-                self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(False))])
+                self._send_heartbeat(socket, final=False)
                 next_heartbeat = now + interval
             if self._notices:
                 self._read_subscriptions(socket)
@@ -281,25 +285,46 @@ class Publisher:
             if item is _STOP:
                 break
             if isinstance(item, EndOfStream):
-                self._send(socket, self._end_message(item))
+                parts = self._end_message(item)
+                self._send(socket, parts)
+                self._to_sinks(self._sinks, "eos", item.source_id, parts[1])
                 continue
             if isinstance(item, _Events):
                 for message in item.messages:
-                    self._send(socket, self._analytics_message(message))
+                    parts = self._analytics_message(message)
+                    self._send(socket, parts)
+                    self._to_sinks(self._sinks, message.kind, message.source_id, parts[1])
                 continue
             self._taken += len(item)
             self.stats.queue_depth = self._queued - self._taken
             if self._waiting_for_room:
                 with self._room:
                     self._room.notify_all()
+            result_sinks = self._result_sinks
             for result in item:
                 parts, header = self._result_message(result)
+                if result_sinks:
+                    self._to_sinks(result_sinks, "result", result.frame.source_id, parts[1])
                 if self._send(socket, parts, result.frame.source_id) and self._on_published is not None:
                     try:
                         self._on_published(result, header)
                     except Exception:  # an observer must never stop publishing
                         log.exception("on_published failed")
-        self._send(socket, [heartbeat_topic(self.config.topic_prefix), encode_header(self._heartbeat_header(True))])
+        self._send_heartbeat(socket, final=True)
+
+    def _send_heartbeat(self, socket: zmq.Socket, final: bool) -> None:
+        payload = encode_header(self._heartbeat_header(final))
+        self._send(socket, [heartbeat_topic(self.config.topic_prefix), payload])
+        self._to_sinks(self._sinks, "heartbeat", None, payload)
+
+    @staticmethod
+    def _to_sinks(sinks: list[MessageSink], kind: str, source_id: str | None, payload: bytes) -> None:
+        """The message's JSON (as sent on ZeroMQ) to each sink; a failing sink never stops publishing."""
+        for sink in sinks:
+            try:
+                sink.offer(kind, source_id, payload)
+            except Exception:
+                log.exception("sink %s failed to take a %s message", sink.name, kind)
 
     def _read_subscriptions(self, socket: zmq.Socket) -> None:
         """Read up to ``MAX_NOTICES_PER_LOOP`` of XPUB's subscription notices (first byte 1 = subscribe,

@@ -40,6 +40,7 @@ from .analytics.stage import Analytics, AnalyticsSettings
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import open_producer
+from .sinks.mqtt import MqttSink
 from .view import regions_by_source
 from .view.hub import ViewHub
 from .view.server import ViewServer
@@ -85,6 +86,7 @@ class Daemon:
         self._metrics: Metrics | None = None
         self._control: ControlServer | None = None
         self._view: ViewHub | None = None
+        self._sinks: list[MqttSink] = []
         self._view_server: ViewServer | None = None
         self._pinger: WatchdogPinger | None = None
 
@@ -117,9 +119,10 @@ class Daemon:
                 return 0
             unit = self._build_unit(config, backend)
             model_info = unit.model_info
+            self._sinks = [MqttSink(sink, f"sinks[{index}]") for index, sink in enumerate(config.sinks)]
             self._publisher = publisher = Publisher(
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
-                on_published=self._on_published, security=config.security,
+                on_published=self._on_published, security=config.security, sinks=self._sinks,
             )
             self._analytics = self._make_analytics(config, unit)
             if config.view.enabled:
@@ -169,9 +172,9 @@ class Daemon:
             self._shutdown(scheduler, publisher)
             return self._sources_outcome() if sources_ended else 0
         finally:
-            for part in (self._pinger, self._control, self._metrics, self._view_server, self._view):
+            for part in (self._pinger, self._control, self._metrics, self._view_server, self._view, *self._sinks):
                 if part is not None:
-                    part.stop()
+                    part.stop()  # each is idempotent: the sinks were stopped after the publisher's last message
             timeout = self.config.daemon.drain_timeout_s
             providers = [*self._retired_providers, self._provider]
             self.native_work_left = not all([provider.close(timeout) for provider in providers])
@@ -227,6 +230,8 @@ class Daemon:
                 analytics=lambda: self._analytics.snapshot() if self._analytics else None,
             ))
             self._metrics.start(config.metrics.port, config.metrics.address, allow_remote=config.metrics.allow_remote)
+        for sink in self._sinks:  # a missing certificate fails here; an absent broker is retried in the background
+            sink.start()
         if self._view is not None:
             self._view.start()
             self._view_server = ViewServer(self._view, self._view_sources)
@@ -403,6 +408,9 @@ class Daemon:
         if new.publisher != old.publisher:
             log.warning("reload: [publisher] changes take effect at the next restart")
             new = new.model_copy(update={"publisher": old.publisher})
+        if new.sinks != old.sinks:
+            log.warning("reload: [[sinks]] changes take effect at the next restart")
+            new = new.model_copy(update={"sinks": old.sinks})
         if new.view != old.view:
             log.warning("reload: [view] changes take effect at the next restart (its zones and lines are redrawn now)")
             new = new.model_copy(update={"view": old.view})
@@ -494,6 +502,8 @@ class Daemon:
             if not reader.join(max(0.0, deadline - time.monotonic())):
                 log.warning("source %s: reader did not stop in time (blocked in a read)", reader.config.id)
         publisher.stop()
+        for sink in self._sinks:  # after the publisher: its final messages are in their outboxes
+            sink.stop()
         totals = {k: (s.frames_captured, s.frames_published, s.frames_dropped) for k, s in self.source_stats.items()}
         log.info("stopped; per source (captured, published, dropped): %s", totals)
 
@@ -519,6 +529,7 @@ class Daemon:
             "overload": self._overload.reading(sources),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
+            **({"sinks": [{"name": sink.name, "kind": "mqtt", **sink.stats.snapshot()} for sink in self._sinks]} if self._sinks else {}),
             **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }
 
