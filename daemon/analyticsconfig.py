@@ -1,4 +1,4 @@
-"""Config sections for camera analytics: ``[tracking]``, ``[[zones]]`` and ``[[lines]]``.
+"""Config sections for camera analytics: ``[tracking]``, ``[snapshots]``, ``[[zones]]`` and ``[[lines]]``.
 
 Defined beside the modules they configure (:mod:`daemon.tracking`, :mod:`daemon.analytics`) for
 ``daemon.config.Config`` to include, with config.py's rules: unknown keys and NaN/infinity are errors,
@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["TrackingConfig", "ZoneConfig", "LineConfig", "ANCHORS"]
+__all__ = ["TrackingConfig", "SnapshotConfig", "ZoneConfig", "LineConfig", "ANCHORS"]
 
 ANCHORS = ("bottom_center", "center", "top_center")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -44,6 +44,18 @@ class TrackingConfig(_Section):
         if self.low_threshold > self.high_threshold:
             raise ValueError("tracking.low_threshold must not be above tracking.high_threshold")
         return self
+
+
+class SnapshotConfig(_Section):
+    """A JPEG of the object in its ``track`` message and its zone and line events: the best picture of
+    the track so far, by score times the square root of its box's area (sharp and large beats faint
+    and far). Host frames only: an NVDEC source's events come without one."""
+
+    enabled: bool = Field(False, description="Attach snapshots to track and event messages.")
+    content: Literal["crop", "frame"] = Field("crop", description="The object's box (with margin), or the whole frame at its best moment.")
+    margin: float = Field(0.15, ge=0, le=2, description="Around a crop, as a fraction of the box's width and height.")
+    max_width: int = Field(320, ge=16, le=7680, description="Wider pictures are scaled down to this before they are kept.")
+    jpeg_quality: int = Field(85, ge=10, le=100)
 
 
 class _Region(_Section):

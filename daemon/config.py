@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import ConfigError
 from .netaddr import check_host, check_port, is_loopback_endpoint, split_tcp_endpoint
-from .analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
+from .analyticsconfig import LineConfig, SnapshotConfig, TrackingConfig, ZoneConfig
 from .sinkconfig import MqttSinkConfig
 from .opsconfig import ControlConfig, MetricsConfig, SecurityConfig, ViewConfig, WatchdogConfig
 from .redact import mask_text, mask_url
@@ -606,6 +606,7 @@ class Config(StrictModel):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
     zones: list[ZoneConfig] = Field(default_factory=list, description="[[zones]]: polygons per source (README 'Analytics').")
     lines: list[LineConfig] = Field(default_factory=list, description="[[lines]]: counting lines per source.")
 

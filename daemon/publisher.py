@@ -293,7 +293,7 @@ class Publisher:
                 for message in item.messages:
                     parts = self._analytics_message(message)
                     self._send(socket, parts)
-                    self._to_sinks(self._sinks, message.kind, message.source_id, parts[1])
+                    self._to_sinks(self._sinks, message.kind, message.source_id, parts[1], parts[2] if len(parts) > 2 else None)
                 continue
             self._taken += len(item)
             self.stats.queue_depth = self._queued - self._taken
@@ -318,11 +318,12 @@ class Publisher:
         self._to_sinks(self._sinks, "heartbeat", None, payload)
 
     @staticmethod
-    def _to_sinks(sinks: list[MessageSink], kind: str, source_id: str | None, payload: bytes) -> None:
-        """The message's JSON (as sent on ZeroMQ) to each sink; a failing sink never stops publishing."""
+    def _to_sinks(sinks: list[MessageSink], kind: str, source_id: str | None, payload: bytes, attachment: bytes | None = None) -> None:
+        """The message's JSON (as sent on ZeroMQ) to each sink, with its snapshot JPEG if it has one; a
+        failing sink never stops publishing."""
         for sink in sinks:
             try:
-                sink.offer(kind, source_id, payload)
+                sink.offer(kind, source_id, payload, attachment)
             except Exception:
                 log.exception("sink %s failed to take a %s message", sink.name, kind)
 
@@ -443,7 +444,8 @@ class Publisher:
 
     def _analytics_message(self, message: AnalyticsMessage) -> list[bytes]:
         """An ``event`` or ``track`` message on ``<events prefix>/<source_id>/``, numbered by its own
-        per-source sequence (a subscriber of events alone sees no gaps from results it did not take)."""
+        per-source sequence (a subscriber of events alone sees no gaps from results it did not take);
+        with ``[snapshots]``, the object's best picture as a JPEG part after the header."""
         source_id = message.source_id
         topic = self._event_topics.get(source_id)
         if topic is None:
@@ -453,7 +455,12 @@ class Publisher:
         header = base_header(message.kind, self.instance_id)
         header.update(source_id=source_id, seq=seq, **message.body)
         header["timestamps"] = {"captured": message.t_captured, "published": time.time()}
-        return [topic, encode_header(header)]
+        snapshot = message.attachment
+        if snapshot is None:
+            return [topic, encode_header(header)]
+        header["payloads"] = [{"kind": "snapshot", "content_type": "image/jpeg", "width": snapshot.width, "height": snapshot.height,
+                               "frame_index": snapshot.frame_index, "score": snapshot.score}]  # fmt: skip
+        return [topic, encode_header(header), snapshot.jpeg]
 
     def _heartbeat_header(self, final: bool) -> dict[str, Any]:
         header = base_header("heartbeat", self.instance_id)

@@ -287,7 +287,7 @@ class Scheduler:
                 if item.slot is not None:
                     self._complete(item)
                 elif item.skipped:
-                    self._hand_over(self._merge(item, [], time.time(), "", None))
+                    self._hand_over(self._merge(item, [], time.time(), "", None), [])
                 for end in item.ends:
                     if self._analytics is not None:
                         self._events(self._analytics.end(end))
@@ -326,10 +326,6 @@ class Scheduler:
                     except Exception as exc:
                         results.append(None)
                         self._count_error(frame.source_id, f"postprocessing failed: {exc}")
-            captured = self._view.capture(item.frames) if self._view is not None else None
-            if not self._keep_pixels:  # the batch is done with the pixels; the publisher needs only shapes
-                for frame in item.frames:
-                    drop_pixels(frame)
             inferred = []
             for frame, result in zip(item.frames, results):
                 if result is None:
@@ -342,9 +338,7 @@ class Scheduler:
             ready = self._merge(item, inferred, t_inferred, info.name, artifact)
             t2 = time.perf_counter()
             seconds.postprocessing += t2 - t1
-            self._hand_over(ready)
-            if captured:
-                self._view.offer(ready, captured)  # after the analytics: the view draws the track ids
+            self._hand_over(ready, item.frames)
             seconds.handing_over += time.perf_counter() - t2
         finally:
             for frame in item.frames:  # the batch has completed: device images can be reused
@@ -370,18 +364,26 @@ class Scheduler:
         merged.extend(result for result in inferred[position:] if result is not None)
         return merged
 
-    def _hand_over(self, ready: list[FrameResult]) -> None:
-        """Analytics (in frame order, on this thread), then the publisher: results first, then the events
-        they caused."""
+    def _hand_over(self, ready: list[FrameResult], frames: list[Frame]) -> None:
+        """Analytics (in frame order, on this thread; with the pixels still there, for event snapshots),
+        the live view's pick of the frames, then the pixels go (unless thumbnails need them) and the
+        publisher gets the results first, then the events they caused; the view draws last, with the
+        track ids the analytics added."""
         messages: list[AnalyticsMessage] = []
         if self._analytics is not None:
             try:
                 messages = self._analytics.process(ready)
             except Exception:  # analytics must never cost the results themselves
                 log.exception("analytics failed on a batch of %d results; publishing them untracked", len(ready))
+        captured = self._view.capture(frames) if self._view is not None else None
+        if not self._keep_pixels:  # the batch is done with the pixels; the publisher needs only shapes
+            for frame in frames:
+                drop_pixels(frame)
         self._sink_many(ready)
         if messages:
             self._events(messages)
+        if captured:
+            self._view.offer(ready, captured)
 
     def _events(self, messages: list[AnalyticsMessage]) -> None:
         try:

@@ -141,7 +141,7 @@ def test_events_results_and_availability_reach_a_real_broker(start_daemon, free_
     subscriber = Subscriber(broker.port, "trtstream/box1/#")
     try:
         with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as zmq_subscriber:
-            daemon = start_daemon(sink_config(free_port, broker.port, sink="results = true\nresults_per_second = 4\n"))
+            daemon = start_daemon(sink_config(free_port, broker.port, sink="results = true\nresults_per_second = 4\n[snapshots]\nenabled = true\n"))
             zmq = collect(zmq_subscriber, lambda ms: sum(m.type == "event" for m in ms) >= 2 and sum(m.type == "result" for m in ms) >= 60,
                           timeout=240, daemon=daemon)  # fmt: skip
             seen = subscriber.wait_for(lambda ms: len(of(ms, "/cam/event")) >= 2 and availability(ms)[:1] == [b"online"])
@@ -162,6 +162,10 @@ def test_events_results_and_availability_reach_a_real_broker(start_daemon, free_
                 assert header == by_seq[header["seq"]], kind
         if kind in ("event", "eos"):
             assert {h["seq"] for h in received} >= set(by_seq), f"{kind} messages missing on MQTT"
+    snapshots = [payload for topic, payload, _ in seen if topic == "trtstream/box1/cam/snapshot"]
+    with_snapshot = [m for m in zmq if m.type in ("event", "track") and m.payloads]
+    assert snapshots and with_snapshot and all(p[:2] == b"\xff\xd8" for p in snapshots)  # JPEGs, beside their messages
+    assert {p for p in snapshots} >= {m.payloads[0] for m in with_snapshot if m.header["seq"] in {h["seq"] for h in of(seen, f"/cam/{m.type}")}}
     results = of(seen, "/cam/result")
     span = results[-1]["timestamps"]["published"] - results[0]["timestamps"]["published"]
     assert 5 <= len(results) <= 4 * span + 5, (len(results), span)  # 4 a second, after a first burst of up to 4

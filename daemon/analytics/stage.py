@@ -21,17 +21,18 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from ..analyticsconfig import LineConfig, TrackingConfig, ZoneConfig
+from ..analyticsconfig import LineConfig, SnapshotConfig, TrackingConfig, ZoneConfig
 from ..entities import EndOfStream, FrameResult
 from ..messages import label_of
 from ..tracking.bytetrack import ByteTracker, FrameDetections, TrackerStep
 from ..tracking.objects import TrackedObject, TrackSummary
 from .regions import RegionAnalytics
+from .snapshots import BestShots, Snapshot
 
 __all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings"]
 
@@ -47,6 +48,7 @@ class AnalyticsMessage:
     kind: Literal["event", "track"]
     body: dict[str, Any]
     t_captured: float | None
+    attachment: Snapshot | None = None  # [snapshots]: the object's best picture, a payload part of the message
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class AnalyticsSettings:
     zones: dict[str, list[ZoneConfig]]
     lines: dict[str, list[LineConfig]]
     labels: tuple[str, ...]
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
 
     @classmethod
     def from_config(cls, config: Any, labels: list[str]) -> "AnalyticsSettings":
@@ -68,7 +71,7 @@ class AnalyticsSettings:
             zones.setdefault(zone.source, []).append(zone)
         for line in config.lines:
             lines.setdefault(line.source, []).append(line)
-        return cls(config.tracking, tracked, zones, lines, tuple(labels))
+        return cls(config.tracking, tracked, zones, lines, tuple(labels), config.snapshots)
 
 
 class _Source:
@@ -81,6 +84,7 @@ class _Source:
         self.active = 0  # tracks in its last frame's objects
         self.confirmed_ended = 0
         self.newest_id = 0  # the highest track id it has published: a higher one is a new track
+        self.shots = BestShots(settings.snapshots) if settings.snapshots.enabled else None
 
 
 class Analytics:
@@ -157,6 +161,8 @@ class Analytics:
         now = time.time()
         for summary in self._tracker.finish_group(source.group, now):
             self._ended(source, end.source_id, summary, summary.last_frame, now, None, messages)
+        if source.shots is not None:
+            source.shots.keep_only(set())
         source.active = 0
         self._refresh_snapshot()
         return messages
@@ -176,6 +182,8 @@ class Analytics:
         else:
             for source_id in list(self._sources):
                 source = self._sources[source_id]
+                if settings.snapshots != old.snapshots:  # kept pictures follow the new settings from the next frame
+                    source.shots = BestShots(settings.snapshots) if settings.snapshots.enabled else None
                 if source_id not in settings.tracked:
                     self._tracker.drop_group(source.group)
                     del self._sources[source_id]
@@ -222,10 +230,16 @@ class Analytics:
                     detection = detections[index]
                     detection["track_id"] = detection["track_state"] = detection["track_age"] = None
                     detection["matched_now"] = True
+        shots = source.shots
+        if shots is not None and inferred and isinstance(frame.image, np.ndarray):  # host pixels (not NVDEC frames)
+            shots.update(step.objects, frame.image, frame.index)
         for event in source.regions.update(step.objects, frame.index, timestamp, shape[1], shape[0]):
-            messages.append(AnalyticsMessage(frame.source_id, "event", event, timestamp))
+            attachment = shots.snapshot(event.get("track_id")) if shots is not None else None
+            messages.append(AnalyticsMessage(frame.source_id, "event", event, timestamp, attachment))
         for summary in step.ended:
             self._ended(source, frame.source_id, summary, frame.index, timestamp, timestamp, messages)
+        if shots is not None and shots:
+            shots.keep_only({obj.track_id for obj in step.objects})
         if inferred:
             source.active = len(step.objects)
         result.results["detections"] = detections
@@ -240,9 +254,10 @@ class Analytics:
 
     def _ended(self, source: _Source, source_id: str, summary: TrackSummary, frame_index: int, timestamp: float,
                t_captured: float | None, messages: list[AnalyticsMessage]) -> None:
-        for event in source.regions.track_ended(summary.track_id, timestamp, frame_index):
-            messages.append(AnalyticsMessage(source_id, "event", event, t_captured))
         track_id = summary.track_id
+        attachment = source.shots.snapshot(track_id) if source.shots is not None else None
+        for event in source.regions.track_ended(track_id, timestamp, frame_index):
+            messages.append(AnalyticsMessage(source_id, "event", event, t_captured, attachment))
         source.confirmed_ended += 1
         messages.append(AnalyticsMessage(source_id, "track", {
             "track_id": track_id,
@@ -257,7 +272,7 @@ class Analytics:
             "frames": summary.frames,
             "best_score": round(float(summary.best_score), 4),
             "path": [[round(float(x), 1), round(float(y), 1)] for x, y in summary.path],
-        }, t_captured))
+        }, t_captured, attachment))
 
     def _refresh_snapshot(self, changed: Iterable[str] | None = None) -> None:
         """Publish a new snapshot (replaced whole: readers on other threads see one or the other). After a

@@ -10,12 +10,13 @@ __all__ = ["MessageSink"]
 
 class MessageSink(Protocol):
     """Takes the publisher's messages. ``offer`` runs on the publisher thread: it must never wait.
-    ``wants_results``: whether per-frame results are offered at all (they are the bulk)."""
+    ``wants_results``: whether per-frame results are offered at all (they are the bulk). ``attachment``:
+    an event's or track's snapshot JPEG (``[snapshots]``), the message's second part on ZeroMQ."""
 
     name: str
     wants_results: bool
 
-    def offer(self, kind: str, source_id: str | None, payload: bytes) -> None: ...
+    def offer(self, kind: str, source_id: str | None, payload: bytes, attachment: bytes | None = None) -> None: ...
 
     def start(self) -> None: ...
 

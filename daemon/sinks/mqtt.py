@@ -7,6 +7,8 @@ daemons on one broker stays apart and a restart keeps its topics):
   ``offline`` is also the last will the broker publishes when the daemon dies (kill -9, power cut);
 * ``<source>/event``, ``<source>/track``, ``<source>/eos`` — analytics events, ended tracks and
   end-of-stream, exactly the ZeroMQ messages' JSON;
+* ``<source>/snapshot`` — with ``[snapshots]``, the JPEG of the object of the latest event or track
+  message that has one (retained), right after that message;
 * ``<source>/result`` — per-frame results, only with ``results = true``, at most ``results_per_second``;
 * ``heartbeat`` — the heartbeat.
 
@@ -95,7 +97,7 @@ class MqttSink:
         self._prefix = config.prefix
         self._availability = f"{self._prefix}/availability"
         self._buckets: dict[str, tuple[float, float]] = {}  # the publisher thread's: source -> (tokens, when)
-        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._outbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()  # topic, payload, retain
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
@@ -156,8 +158,9 @@ class MqttSink:
         client.loop_stop()
 
     # -- the publisher thread ----------------------------------------------------------------------
-    def offer(self, kind: str, source_id: str | None, payload: bytes) -> None:
-        """Queue one message (``kind``: result, event, track, eos, heartbeat); never waits."""
+    def offer(self, kind: str, source_id: str | None, payload: bytes, attachment: bytes | None = None) -> None:
+        """Queue one message (``kind``: result, event, track, eos, heartbeat); never waits. An event's or
+        track's snapshot goes to ``<source>/snapshot`` (retained: the newest one is there for a dashboard)."""
         config = self.config
         if kind == "result":
             if not self.wants_results:
@@ -171,12 +174,17 @@ class MqttSink:
         elif not config.events:
             return
         topic = f"{self._prefix}/heartbeat" if source_id is None else f"{self._prefix}/{source_id}/{kind}"
-        if len(self._outbox) >= config.outbox_size:
+        self._queue(topic, payload, False)
+        if attachment is not None:
+            self._queue(f"{self._prefix}/{source_id}/snapshot", attachment, True)
+        self._wake.set()
+
+    def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
+        if len(self._outbox) >= self.config.outbox_size:
             self._outbox.popleft()
             self.stats.dropped_outbox += 1
-        self._outbox.append((topic, payload))
+        self._outbox.append((topic, payload, retain))
         self.stats.queued += 1
-        self._wake.set()
 
     def _results_bucket(self, source_id: str) -> bool:
         """A token bucket per source: ``results_per_second`` on average, a batch's worth (up to that many)
@@ -204,10 +212,10 @@ class MqttSink:
             self._wake.wait(0.05 if flush_until is not None else 0.5)
             self._wake.clear()
             while self._outbox and self.stats.connected and self._unacknowledged() < WINDOW:
-                topic, payload = self._outbox.popleft()
-                info = client.publish(topic, payload, qos=self.config.qos)
+                topic, payload, retain = entry = self._outbox.popleft()
+                info = client.publish(topic, payload, qos=self.config.qos, retain=retain)
                 if info.rc == mqtt.MQTT_ERR_NO_CONN:  # lost the connection just now: keep it for the next one
-                    self._outbox.appendleft((topic, payload))
+                    self._outbox.appendleft(entry)
                     break
                 self.stats.sent += 1
 
