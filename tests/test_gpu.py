@@ -484,3 +484,53 @@ def test_enqueues_that_hold_the_gil_give_the_outputs_of_those_that_release_it():
     for image in images:
         image.release()
     pool.close()
+
+
+def test_the_live_view_downloads_nvdec_frames_byte_for_byte_and_draws_them():
+    """daemon/view/hub.py on real NVDEC frames: what it downloads for a watched source is the frame's NV12
+    bytes in device memory, exactly; its picture is that frame in BGR (against OpenCV's FFmpeg decoding
+    of the same clip, within JPEG and colour-conversion error)."""
+    import threading
+
+    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    import cupy
+
+    from daemon.entities import Frame, FrameResult
+    from daemon.gpu.nvdec import NvdecProducer
+    from daemon.opsconfig import ViewConfig
+    from daemon.view.hub import ViewHub
+
+    from .conftest import REPO
+
+    clip = REPO / ".cache" / "bikes_1080p30.mp4"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
+    hub = ViewHub(ViewConfig(enabled=True, width=1920, fps=60, jpeg_quality=95))
+    hub.start()
+    producer = NvdecProducer(str(clip), 3, threading.Event())
+    reference = cv2.VideoCapture(str(clip))
+    try:
+        with hub.watch("cam"):
+            for index in range(3):
+                assert producer.grab(), f"frame {index}"
+                image, _ = producer.retrieve()
+                if image.ready is not None:  # the reader's copy out of the decoder's surface is done
+                    image.ready.synchronize()
+                frame = Frame("cam", index, None, image, 0.0, 0.0)
+                captured = hub.capture([frame])
+                rows = captured[id(frame)].rows[:, : image.width]
+                y = cupy.ndarray((image.height, image.pitch), cupy.uint8,
+                                 cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(image.y_ptr, image.height * image.pitch, image), 0)).get()
+                uv = cupy.ndarray((image.height // 2, image.pitch), cupy.uint8,
+                                  cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(image.uv_ptr, image.height // 2 * image.pitch, image), 0)).get()
+                assert np.array_equal(rows, np.concatenate([y, uv])[:, : image.width]), f"frame {index}"
+                hub.offer([FrameResult(frame, {"detections": []}, 0.0, 0.0, 1)], captured)
+                picture = hub.next_picture("cam", index, 10.0)
+                image.release()
+                assert picture is not None and (picture.width, picture.height) == (image.width, image.height)
+                drawn = cv2.imdecode(np.frombuffer(picture.jpeg, np.uint8), cv2.IMREAD_COLOR)
+                ok, expected = reference.read()
+                assert ok and np.abs(drawn.astype(int) - expected).mean() < 6, f"frame {index}"
+    finally:
+        producer.close()
+        hub.stop()

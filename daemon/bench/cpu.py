@@ -71,7 +71,10 @@ def engine_only(config, frames: list, batch: int, count: int) -> float:
     return rounds * batch / elapsed
 
 
-def pipeline_fps(config, batch: int, count: int, video: str) -> tuple[float, dict]:
+def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on_started=None) -> tuple[float, dict]:
+    """The whole daemon (in this process) on ``count`` frames of ``video``, unpaced: results per second from
+    serving to the last result. ``prepare(config)`` may change the config first; ``on_started(daemon)``
+    runs once it serves and returns what is called (with no arguments) after it ended."""
     run_dir = tempfile.mkdtemp(prefix="trtstream-bench-")
     config = config.model_copy(deep=True)
     source = config.sources[0]
@@ -80,6 +83,8 @@ def pipeline_fps(config, batch: int, count: int, video: str) -> tuple[float, dic
     config.engine.max_batch = batch
     config.publisher.endpoints = [f"ipc://{run_dir}/bench.ipc"]
     config.publisher.wait_for_subscribers = 0
+    if prepare is not None:
+        prepare(config)
     daemon = Daemon(config)
     finished = {}
 
@@ -92,7 +97,10 @@ def pipeline_fps(config, batch: int, count: int, video: str) -> tuple[float, dic
     if not daemon.started.wait(120):
         raise SystemExit("bench: the daemon did not start")
     started = time.perf_counter()
+    after = on_started(daemon) if on_started is not None else None
     thread.join()
+    if after is not None:
+        after()
     stats = daemon.source_stats[source.id]
     published = stats.frames_published
     if published != count:
