@@ -293,6 +293,41 @@ def ffmpeg_capture_options(options: dict[str, str]) -> Iterator[None]:
             os.environ[_CAPTURE_OPTIONS] = before if before is not None else _OPENCV_DEFAULT_OPTIONS
 
 
+def resolve_decoder(source: SourceConfig, device_frames: bool) -> str:
+    """The decoder a source gets: its own, or for ``decoder = "auto"`` NVDEC where it can serve (a file or
+    network stream, a backend that takes device frames with GPU preprocessing, PyNvVideoCodec importable)
+    and OpenCV elsewhere."""
+    if source.decoder != "auto":
+        return source.decoder
+    if device_frames and source.resolved_kind in (SourceKind.FILE, SourceKind.STREAM):
+        from .gpu.nvdec import nvdec_available
+
+        if nvdec_available():
+            return "nvdec"
+    return "opencv"
+
+
+class AutoDecoderFactory:
+    """``decoder = "auto"`` resolved to NVDEC: opens with NVDEC, and for good with OpenCV once NVDEC refuses
+    the source for a reason a retry cannot change (a codec it does not decode): the camera keeps working,
+    one log line says why. One per source reader (its thread alone calls it)."""
+
+    def __init__(self, pinned_frames: int = 0):
+        self._pinned_frames = pinned_frames
+        self._opencv = False
+
+    def __call__(self, source: SourceConfig, stop: "threading.Event | None" = None) -> FrameProducer:
+        if not self._opencv:
+            try:
+                return open_producer(source.model_copy(update={"decoder": "nvdec"}), stop)
+            except SourceError as exc:
+                if exc.retryable:
+                    raise
+                log.warning("source %s: %s; decoding it with OpenCV instead (decoder = 'auto')", source.id, exc)
+                self._opencv = True
+        return open_producer(source.model_copy(update={"decoder": "opencv"}), stop, self._pinned_frames)
+
+
 def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, pinned_frames: int = 0) -> FrameProducer:
     """Open a source, or raise SourceError (URI masked) saying whether a retry may help. ``pinned_frames``:
     the size of the pinned frame pool for OpenCV sources (0: ordinary memory)."""

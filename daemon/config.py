@@ -156,8 +156,10 @@ class SourceConfig(StrictModel):
         description="File path, rtsp/http(s) URL, USB index ('usb:0', '0', '/dev/video0'), GStreamer pipeline "
         "ending in appsink, or 'synthetic:WIDTHxHEIGHT@FPS'.",
     )
-    decoder: Literal["opencv", "nvdec", "pyav"] = Field(
-        "opencv", description="Files: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends. "
+    decoder: Literal["opencv", "nvdec", "pyav", "auto"] = Field(
+        "opencv", description="'auto': NVDEC for files and network streams when the backend takes device frames and "
+        "PyNvVideoCodec is there (OpenCV when it refuses the codec), OpenCV otherwise. "
+        "Files and network streams: 'nvdec' decodes on the GPU (PyNvVideoCodec) into device memory, for GPU backends. "
         "Files and network streams: 'pyav' decodes with PyAV, each frame at its real size (OpenCV rescales a stream whose "
         "resolution changes to its first size)."
     )

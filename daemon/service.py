@@ -39,7 +39,7 @@ from .redact import mask_text, mask_url
 from .analytics.stage import Analytics, AnalyticsSettings
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
-from .capture import open_producer
+from .capture import AutoDecoderFactory, open_producer, resolve_decoder
 from .sinks.mqtt import MqttSink
 from .view import regions_by_source
 from .view.hub import ViewHub
@@ -282,7 +282,8 @@ class Daemon:
 
     def _build_unit(self, config: Config, backend) -> ServingUnit:
         """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""
-        nvdec = [s.id for s in config.enabled_sources if s.decoder == "nvdec"]
+        device_frames = _takes_device_frames(backend)
+        nvdec = [s.id for s in config.enabled_sources if resolve_decoder(s, device_frames) == "nvdec"]
         return build_unit(config.model, config.engine, backend, nvdec)
 
     def _start_source(self, source) -> None:
@@ -292,6 +293,13 @@ class Daemon:
         queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy)
         pinned = self._pinned_frames_for(source)
         factory = functools.partial(open_producer, pinned_frames=pinned) if pinned else open_producer
+        if source.decoder == "auto":
+            decoder = resolve_decoder(source, self._scheduler is not None and _takes_device_frames(self._scheduler.backend))
+            log.info("source %s: decoder 'auto' decodes with %s", source.id, "NVDEC" if decoder == "nvdec" else "OpenCV")
+            if decoder == "nvdec":
+                factory = AutoDecoderFactory(pinned)
+            else:
+                source = source.model_copy(update={"decoder": "opencv"})
         reader = SourceReader(source, queue, self.source_stats[source.id], producer_factory=factory)
         self._readers[source.id] = reader
         reader.start()
@@ -532,6 +540,12 @@ class Daemon:
             **({"sinks": [{"name": sink.name, "kind": "mqtt", **sink.stats.snapshot()} for sink in self._sinks]} if self._sinks else {}),
             **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }
+
+
+def _takes_device_frames(backend) -> bool:
+    """Whether ``backend`` serves NVDEC's device frames (what ``decoder = "auto"`` asks)."""
+    info = backend.info
+    return bool(info.capabilities.device_frames and info.preprocesses_on_device)
 
 
 def _labels_of(unit: ServingUnit) -> list[str]:

@@ -359,6 +359,15 @@ def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_dae
     assert {m.header["model"]["backend"] for m in results} == {"torch"}
 
 
+def test_decoder_auto_picks_nvdec_on_a_gpu_backend(start_daemon, free_port):
+    """``decoder = "auto"`` with the torch backend and GPU preprocessing: the clip is decoded by NVDEC (the
+    same checks as an explicit ``decoder = "nvdec"``), and the log says so."""
+    from .conftest import serve_nvdec_clip
+
+    daemon, _ = serve_nvdec_clip(start_daemon, free_port, 'backend = "torch"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"', decoder="auto")
+    assert "decoder 'auto' decodes with NVDEC" in daemon.stderr
+
+
 def test_the_daemon_serves_an_http_mpeg_ts_camera_through_nvdec(start_daemon, free_port):
     """A network camera on NVDEC (issue 13, item 1): daemon/bench/tsserver.py serves bikes as MPEG-TS over
     HTTP from its own process; the daemon's demuxer process (PyNvVideoCodec's demuxer on this machine)
