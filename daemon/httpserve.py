@@ -17,7 +17,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["make_bounded_server"]
+from .errors import UserError
+
+__all__ = ["BoundedHttpService", "make_bounded_server"]
 
 log = logging.getLogger("trtstream.http")
 
@@ -112,3 +114,33 @@ def make_bounded_server(address: str, port: int, app: Callable[..., Any], reques
     server_class = type("Server", (_Server,), {"address_family": family, "slots": threading.BoundedSemaphore(max_connections),
                                                "role": role})
     return make_server(sockaddr[0], port, app, server_class, handler_class=handler)
+
+
+class BoundedHttpService:
+    """A :func:`make_bounded_server` serving ``app`` on a thread of its own (``<role>-http``)."""
+
+    def __init__(self, role: str, app: Callable[..., Any], request_timeout_s: float, max_connections: int):
+        self._role, self._app = role, app
+        self._request_timeout_s, self._max_connections = request_timeout_s, max_connections
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self, address: str, port: int) -> int:
+        """Listen and serve; the bound port (0 picks one). A port in use is a UserError naming the role."""
+        try:
+            self._server = make_bounded_server(address, port, self._app, self._request_timeout_s, self._max_connections, self._role)
+        except OSError as exc:
+            raise UserError(f"{self._role}: cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self._role}-http", daemon=True)
+        self._thread.start()
+        self.port = self._server.server_address[1]
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(5.0)
+            self._server = self._thread = None

@@ -30,8 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .errors import UserError
-from .httpserve import make_bounded_server
+from .httpserve import BoundedHttpService
 from .netaddr import check_listen_host
 from .stats import PipelineStats, PublisherStats, SourceStats
 
@@ -249,8 +248,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[str, tuple] = {}
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._service: BoundedHttpService | None = None
         self.port: int | None = None
 
     def observe_result(
@@ -274,23 +272,12 @@ class Metrics:
     def start(self, port: int, address: str = "127.0.0.1", *, allow_remote: bool = False) -> int:
         """Serve ``/metrics`` on its own thread; returns the bound port (``port=0`` picks a free one)."""
         check_listen_host(address, "metrics.address", allow_remote=allow_remote)
-        try:
-            self._server = self._make_server(address, port)
-        except OSError as exc:
-            raise UserError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-        self._thread.start()
-        self.port = self._server.server_address[1]
+        self._service = BoundedHttpService("metrics", make_wsgi_app(self.registry), self.request_timeout_s, self.max_connections)
+        self.port = self._service.start(address, port)
         log.info("metrics on http://%s:%d/metrics", address if ":" not in address else f"[{address}]", self.port)
         return self.port
 
-    def _make_server(self, address: str, port: int):
-        return make_bounded_server(address, port, make_wsgi_app(self.registry), self.request_timeout_s, self.max_connections, "metrics")
-
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(5.0)
-            self._server = self._thread = None
+        if self._service is not None:
+            self._service.stop()
+            self._service = None

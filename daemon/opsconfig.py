@@ -10,6 +10,7 @@ integers (``mode = 0o660``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -40,13 +41,12 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
     return (Path(base) / path).resolve()
 
 
-class MetricsConfig(_Section):
-    """Prometheus ``/metrics`` over HTTP."""
+class _HttpListener(_Section):
+    """An HTTP endpoint's address rules (metrics, the view): loopback unless ``allow_remote``."""
 
-    enabled: bool = Field(False, description="Serve Prometheus metrics.")
     address: str = Field("127.0.0.1", min_length=1, description="Listen address; loopback unless allow_remote.")
-    port: int = Field(9810, ge=1, le=65535, description="Listen port (one per instance).")
-    allow_remote: bool = Field(False, description="Allow a non-loopback address (the metrics have no authentication).")
+    allow_remote: bool = Field(False, description="Allow a non-loopback address (no authentication).")
+    _shows: ClassVar[str] = "this endpoint"
 
     @field_validator("address")
     @classmethod
@@ -56,36 +56,31 @@ class MetricsConfig(_Section):
         return address
 
     @model_validator(mode="after")
-    def _loopback(self) -> "MetricsConfig":
+    def _loopback(self) -> "_HttpListener":
         if not self.allow_remote and not is_loopback_host(self.address):
-            raise ValueError(f"address {self.address!r} is not loopback; set allow_remote = true to expose metrics")
+            raise ValueError(f"address {self.address!r} is not loopback; set allow_remote = true to {self._shows}")
         return self
 
 
-class ViewConfig(_Section):
+class MetricsConfig(_HttpListener):
+    """Prometheus ``/metrics`` over HTTP."""
+
+    _shows: ClassVar[str] = "expose metrics"
+    enabled: bool = Field(False, description="Serve Prometheus metrics.")
+    port: int = Field(9810, ge=1, le=65535, description="Listen port (one per instance).")
+
+
+class ViewConfig(_HttpListener):
     """The live view: an annotated MJPEG stream per source over HTTP, and an index page (README "Live view")."""
 
+    _shows: ClassVar[str] = "show the cameras to other hosts"
     enabled: bool = Field(False, description="Serve the live view.")
-    address: str = Field("127.0.0.1", min_length=1, description="Listen address; loopback unless allow_remote.")
     port: int = Field(9812, ge=1, le=65535, description="Listen port (one per instance).")
-    allow_remote: bool = Field(False, description="Allow a non-loopback address (the view has no authentication: it shows the cameras).")
     fps: float = Field(5.0, gt=0, le=60, description="Frames per second per watched source, at most (a source's own rate caps it).")
     width: int = Field(960, ge=64, le=7680, description="Frames wider than this are scaled down to it before drawing.")
     jpeg_quality: int = Field(75, ge=10, le=100)
     max_connections: int = Field(16, ge=1, le=256, description="Viewers and page loads served at once; one more is closed.")
     queue_size: int = Field(8, ge=1, le=1024, description="Frames waiting to be drawn; the oldest is dropped (counted) when full.")
-
-    @field_validator("address")
-    @classmethod
-    def _real_address(cls, address: str) -> str:
-        check_host(address)
-        return address
-
-    @model_validator(mode="after")
-    def _loopback(self) -> "ViewConfig":
-        if not self.allow_remote and not is_loopback_host(self.address):
-            raise ValueError(f"address {self.address!r} is not loopback; set allow_remote = true to show the cameras to other hosts")
-        return self
 
 
 class ControlConfig(_Section):

@@ -12,7 +12,9 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from .opsconfig import _resolve
 
 __all__ = ["MqttSinkConfig", "default_instance_name"]
 
@@ -24,13 +26,6 @@ def default_instance_name() -> str:
     restarts, unlike the message's ``instance_id``), reduced to what an MQTT topic level allows."""
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname()) or "trtstream"
     return name[:128]
-
-
-def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
-    base = (info.context or {}).get("base_dir")
-    if path is None or path.is_absolute() or base is None:
-        return path
-    return (Path(base) / path).resolve()
 
 
 class MqttSinkConfig(BaseModel):

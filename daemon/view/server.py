@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import html
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ..errors import UserError
-from ..httpserve import make_bounded_server
+from ..httpserve import BoundedHttpService
 from ..netaddr import check_listen_host
 from .hub import ViewHub
 
@@ -52,32 +50,23 @@ class ViewServer:
     def __init__(self, hub: ViewHub, sources: Callable[[], list[Mapping[str, Any]]]):
         self._hub = hub
         self._sources = sources
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._service: BoundedHttpService | None = None
         self.port: int | None = None
 
     def start(self) -> int:
         config = self._hub.config
         check_listen_host(config.address, "view.address", allow_remote=config.allow_remote)
-        try:
-            self._server = make_bounded_server(config.address, config.port, self._app, REQUEST_TIMEOUT_S, config.max_connections, "view")
-        except OSError as exc:
-            raise UserError(f"view: cannot listen on {config.address}:{config.port}: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="view-http", daemon=True)
-        self._thread.start()
-        self.port = self._server.server_address[1]
+        self._service = BoundedHttpService("view", self._app, REQUEST_TIMEOUT_S, config.max_connections)
+        self.port = self._service.start(config.address, config.port)
         host = config.address if ":" not in config.address else f"[{config.address}]"
         log.info("live view on http://%s:%d/", host, self.port)
         return self.port
 
     def stop(self) -> None:
-        """Stop accepting, then end the streams (the hub's stop wakes them)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(5.0)
-            self._server = self._thread = None
+        """Stop accepting; the streams end when the hub stops (which wakes them)."""
+        if self._service is not None:
+            self._service.stop()
+            self._service = None
 
     # -- WSGI ----------------------------------------------------------------------------------------
     def _app(self, environ: dict[str, Any], start_response: Callable) -> Iterator[bytes] | list[bytes]:
