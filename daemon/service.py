@@ -40,7 +40,7 @@ from .analytics.stage import Analytics, AnalyticsSettings
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import AutoDecoderFactory, open_producer, resolve_decoder
-from .sinks.mqtt import MqttSink
+from .sinks import MessageSink
 from .view import regions_by_source
 from .view.hub import ViewHub
 from .view.server import ViewServer
@@ -86,7 +86,7 @@ class Daemon:
         self._metrics: Metrics | None = None
         self._control: ControlServer | None = None
         self._view: ViewHub | None = None
-        self._sinks: list[MqttSink] = []
+        self._sinks: list[MessageSink] = []
         self._view_server: ViewServer | None = None
         self._pinger: WatchdogPinger | None = None
 
@@ -119,7 +119,7 @@ class Daemon:
                 return 0
             unit = self._build_unit(config, backend)
             model_info = unit.model_info
-            self._sinks = [MqttSink(sink, f"sinks[{index}]") for index, sink in enumerate(config.sinks)]
+            self._sinks = _make_sinks(config)
             self._publisher = publisher = Publisher(
                 config.publisher, self.instance_id, model_info, self.source_stats, self._heartbeat_body,
                 on_published=self._on_published, security=config.security, sinks=self._sinks,
@@ -537,9 +537,18 @@ class Daemon:
             "overload": self._overload.reading(sources),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
-            **({"sinks": [{"name": sink.name, "kind": "mqtt", **sink.stats.snapshot()} for sink in self._sinks]} if self._sinks else {}),
+            **({"sinks": [sink.status() for sink in self._sinks]} if self._sinks else {}),
             **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }
+
+
+def _make_sinks(config: Config) -> list[MessageSink]:
+    """The ``[[sinks]]`` (paho-mqtt is imported only when one is configured)."""
+    if not config.sinks:
+        return []
+    from .sinks.mqtt import MqttSink
+
+    return [MqttSink(sink, f"sinks[{index}]") for index, sink in enumerate(config.sinks)]
 
 
 def _takes_device_frames(backend) -> bool:

@@ -106,6 +106,10 @@ class MqttSink:
         self._own_messages = 0  # availability messages (paho's thread): acknowledged like the others
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The heartbeat's entry for this sink."""
+        return {"name": self.name, "kind": "mqtt", **self.stats.snapshot()}
+
     def start(self) -> None:
         """Prepare the client (a missing certificate or unreadable password is a UserError now) and
         connect in the background: a broker that is not up yet is retried, not an error."""
