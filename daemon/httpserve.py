@@ -132,7 +132,8 @@ class BoundedHttpService:
             self._server = make_bounded_server(address, port, self._app, self._request_timeout_s, self._max_connections, self._role)
         except OSError as exc:
             raise UserError(f"{self._role}: cannot listen on {address}:{port}: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self._role}-http", daemon=True)
+        # a 0.1 s poll: stop() waits for serve_forever to notice, and the daemon's exit waits for stop()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{self._role}-http", daemon=True)
         self._thread.start()
         self.port = self._server.server_address[1]
         return self.port

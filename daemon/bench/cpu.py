@@ -73,7 +73,7 @@ def engine_only(config, frames: list, batch: int, count: int) -> float:
 
 def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on_started=None) -> tuple[float, dict]:
     """The whole daemon (in this process) on ``count`` frames of ``video``, unpaced: results per second from
-    serving to the last result. ``prepare(config)`` may change the config first; ``on_started(daemon)``
+    serving to the last result published (its exit after that, which stops servers and sinks, not counted). ``prepare(config)`` may change the config first; ``on_started(daemon)``
     runs once it serves and returns what is called (with no arguments) after it ended."""
     run_dir = tempfile.mkdtemp(prefix="trtstream-bench-")
     config = config.model_copy(deep=True)
@@ -87,6 +87,13 @@ def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on
         prepare(config)
     daemon = Daemon(config)
     finished = {}
+    published = daemon._on_published
+
+    def timed(result, header) -> None:  # the publisher thread: the end is the last result out, not the exit after it
+        published(result, header)
+        finished["last"] = time.perf_counter()
+
+    daemon._on_published = timed
 
     def run() -> None:
         finished["code"] = daemon.run()
@@ -102,10 +109,10 @@ def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on
     if after is not None:
         after()
     stats = daemon.source_stats[source.id]
-    published = stats.frames_published
-    if published != count:
-        raise SystemExit(f"bench: expected {count} results, got {published}")
-    return published / (finished["time"] - started), daemon._scheduler.stats.snapshot()
+    count_published = stats.frames_published
+    if count_published != count:
+        raise SystemExit(f"bench: expected {count} results, got {count_published}")
+    return count_published / (finished.get("last", finished["time"]) - started), daemon._scheduler.stats.snapshot()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report_spread(verdict: RoundsVerdict) -> None:
+def report_spread(verdict: RoundsVerdict, names: tuple[str, str] = ("engine-only", "pipeline")) -> None:
     """The rounds' spread under the table, and its warning both there and on stderr: the printed table
-    is what gets pasted into docs, stderr is what a script running the benchmark sees."""
+    is what gets pasted into docs, stderr is what a script running the benchmark sees. ``names``: what
+    the two measurements are called."""
     if verdict.engine_spread is not None and verdict.pipeline_spread is not None:
-        spreads = f"engine-only {verdict.engine_spread:.1%}, pipeline {verdict.pipeline_spread:.1%}"
+        spreads = f"{names[0]} {verdict.engine_spread:.1%}, {names[1]} {verdict.pipeline_spread:.1%}"
         print(f"{'spread between rounds':<28}{spreads:>22}   ((max - min) / median)")
     if verdict.warning:
         print(f"warning: {verdict.warning}", flush=True)

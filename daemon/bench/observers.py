@@ -60,17 +60,22 @@ def _mosquitto(directory: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("bench observers: mosquitto did not start")
 
 
-def _browser(directory: Path):
-    """What opens the view once the daemon serves, and closes it after (a headless Chromium)."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+def _browser(directory: Path, viewer: str):
+    """What opens the view once the daemon serves, and closes it after: a headless Chromium showing the
+    source's page, or (``--viewer curl``) curl reading its MJPEG stream, which costs next to no CPU and
+    so leaves the daemon's own cost of serving a viewer."""
+    binary = shutil.which(viewer if viewer == "curl" else "chromium") or (shutil.which("chromium-browser") if viewer != "curl" else None)
     if binary is None:
-        raise SystemExit("bench observers: needs chromium (apt install chromium)")
+        raise SystemExit(f"bench observers: needs {viewer} (apt install {viewer})")
 
     def open_view(daemon):
         port, source = daemon._view_server.port, daemon.config.sources[0].id
-        browser = subprocess.Popen([binary, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={directory / 'profile'}",
-                                    "--remote-debugging-port=0", f"http://127.0.0.1:{port}/sources/{source}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if viewer == "curl":
+            command = [binary, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/sources/{source}/stream.mjpg"]
+        else:
+            command = [binary, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={directory / 'profile'}",
+                       "--remote-debugging-port=0", f"http://127.0.0.1:{port}/sources/{source}"]  # fmt: skip
+        browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def close() -> None:
             browser.terminate()
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results-per-second", type=float, default=5.0, help="the MQTT sink's results per source")
+    parser.add_argument("--viewer", choices=["chromium", "curl"], default="chromium",
+                        help="who watches: a real browser (default), or curl reading the stream (the daemon's own cost)")
     args = parser.parse_args(argv)
     apply_switch_interval()
     import logging
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="trtstream-bench-observers-"))
     broker, broker_port = _mosquitto(work)
-    open_view = _browser(work)
+    open_view = _browser(work, args.viewer)
     video = config.sources[0].uri
 
     def watched(config) -> None:
@@ -139,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model     {config.model.path.name}   video {Path(video).name}   batch {args.batch}   frames/run {args.frames}   {os.cpu_count()} CPU cores")
     print(f"{'measure':<34}{'fps (median of ' + str(args.rounds) + ')':>22}")
     print(f"{'pipeline':<34}{statistics.median(plain_runs):>22.1f}")
-    print(f"{'pipeline, view open + MQTT sink':<34}{statistics.median(watched_runs):>22.1f}")
+    print(f"{'pipeline, view open + MQTT sink':<34}{statistics.median(watched_runs):>22.1f}   (viewer: {args.viewer})")
     print(f"{'ratio with / without':<34}{verdict.ratio:>22.3f}   (target >= {TARGET_RATIO})")
-    report_spread(verdict)
+    report_spread(verdict, ("plain", "view + MQTT"))
     if not all(p.get("pictures") for p in pictures):
         print("warning: a round drew no picture: the browser did not watch (the ratio proves nothing)", file=sys.stderr)
         return 1
