@@ -282,8 +282,7 @@ class Daemon:
 
     def _build_unit(self, config: Config, backend) -> ServingUnit:
         """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""
-        device_frames = _takes_device_frames(backend)
-        nvdec = [s.id for s in config.enabled_sources if resolve_decoder(s, device_frames) == "nvdec"]
+        nvdec = [s.id for s in config.enabled_sources if resolve_decoder(s, backend.info.takes_device_frames) == "nvdec"]
         return build_unit(config.model, config.engine, backend, nvdec)
 
     def _start_source(self, source) -> None:
@@ -294,7 +293,7 @@ class Daemon:
         pinned = self._pinned_frames_for(source)
         factory = functools.partial(open_producer, pinned_frames=pinned) if pinned else open_producer
         if source.decoder == "auto":
-            decoder = resolve_decoder(source, self._scheduler is not None and _takes_device_frames(self._scheduler.backend))
+            decoder = resolve_decoder(source, self._scheduler is not None and self._scheduler.backend.info.takes_device_frames)
             log.info("source %s: decoder 'auto' decodes with %s", source.id, "NVDEC" if decoder == "nvdec" else "OpenCV")
             if decoder == "nvdec":
                 factory = AutoDecoderFactory(pinned)
@@ -549,12 +548,6 @@ def _make_sinks(config: Config) -> list[MessageSink]:
     from .sinks.mqtt import MqttSink
 
     return [MqttSink(sink, f"sinks[{index}]") for index, sink in enumerate(config.sinks)]
-
-
-def _takes_device_frames(backend) -> bool:
-    """Whether ``backend`` serves NVDEC's device frames (what ``decoder = "auto"`` asks)."""
-    info = backend.info
-    return bool(info.capabilities.device_frames and info.preprocesses_on_device)
 
 
 def _labels_of(unit: ServingUnit) -> list[str]:

@@ -79,7 +79,7 @@ def build_unit(model: ModelConfig, engine: EngineConfig, backend: InferenceBacke
     pipeline = create_pipeline(model, backend.info, _metadata_names(backend.info.details))
     configure_device_work(backend, pipeline, engine)
     info = backend.info
-    if nvdec_sources and not (info.capabilities.device_frames and info.preprocesses_on_device):
+    if nvdec_sources and not info.takes_device_frames:
         raise UserError(
             f"sources {list(nvdec_sources)}: decoder = 'nvdec' needs a GPU backend with GPU preprocessing "
             f"(engine.backend = 'torch' or 'tensorrt', engine.preprocess = 'gpu'); serving with {info.name}"

@@ -111,6 +111,11 @@ class BackendInfo:
     def preprocesses_on_device(self) -> bool:
         return self.work.preprocessing is not None
 
+    @property
+    def takes_device_frames(self) -> bool:
+        """Whether NVDEC's device frames can be served: the backend takes them and preprocesses on the GPU."""
+        return self.capabilities.device_frames and self.preprocesses_on_device
+
 
 @dataclass(eq=False)
 class Slot:
