@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from .errors import UserError
 
-__all__ = ["is_loopback_host", "is_loopback_endpoint", "check_listen_host", "check_host", "check_port", "split_tcp_endpoint"]
+__all__ = ["is_loopback_host", "is_loopback_endpoint", "check_listen_host", "check_host", "check_port", "split_tcp_endpoint", "free_loopback_port"]
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
@@ -97,3 +98,11 @@ def split_tcp_endpoint(endpoint: str) -> tuple[str, int]:
     except ValueError as exc:
         raise ValueError(f"{endpoint!r}: {exc}") from None
     return host, int(port)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for tests, benchmarks and soaks that start
+    servers: another process may still take it before the caller binds)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

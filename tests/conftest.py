@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.netaddr import free_loopback_port
+
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets"
 SCHEMA_PATH = REPO / "docs" / "schema" / "message-v1.schema.json"
@@ -114,9 +116,7 @@ def validate_message(header: dict) -> None:
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_loopback_port()
 
 
 def detector_config(sources_toml: str, port: int, **overrides: str) -> str:

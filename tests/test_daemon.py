@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 from daemon.client import ResultSubscriber
+from daemon.netaddr import free_loopback_port
 
 from .conftest import all_ended, asset, collect, detector_config
 
@@ -74,9 +75,7 @@ max_width = 200
 
 
 def test_a_source_that_fails_does_not_stop_the_others_and_secrets_stay_masked(start_daemon, free_port):
-    with __import__("socket").socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
+    dead_port = free_loopback_port()
     sources = f"""
 [[sources]]
 id = "missing"

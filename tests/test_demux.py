@@ -17,6 +17,7 @@ import time
 import pytest
 
 from daemon.demux import PacketStream, annexb_parameter_sets
+from daemon.netaddr import free_loopback_port
 from daemon.errors import SourceError
 
 from .conftest import REPO, asset
@@ -93,9 +94,7 @@ def test_a_camera_that_keeps_the_connection_but_sends_nothing_is_a_stall(tmp_pat
 
 
 def test_a_refused_camera_is_a_retryable_error_naming_the_url_masked():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_loopback_port()
     with pytest.raises(SourceError) as caught:
         PacketStream(f"http://viewer:s3cret-pw@127.0.0.1:{port}/cam.ts", open_timeout_s=3, read_timeout_s=1)
     text = str(caught.value)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import ResultSubscriber
+from daemon.netaddr import free_loopback_port
 from daemon.cuda import CudaError
 from daemon.errors import BackendError, PublisherError, TrtstreamError, UserError
 from daemon.service import EXIT_SOURCES_FAILED
@@ -66,11 +67,6 @@ def wait_until_caught(daemon: DaemonProcess, signum: int, timeout: float = 30) -
         time.sleep(0.001)  # polled: the moment is the start of cmd_run, which prints nothing
 
 
-def dead_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 MISSING = '[[sources]]\nid = "missing"\nuri = "/nonexistent/cam.mp4"\n'
 SHORT_FILE = f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\nmax_frames = 5\n'
@@ -78,7 +74,7 @@ SHORT_FILE = f'[[sources]]\nid = "bikes"\nuri = "{asset("media/bikes.mp4")}"\nma
 
 def dead_camera() -> str:
     return (
-        f'[[sources]]\nid = "dead-camera"\nuri = "rtsp://127.0.0.1:{dead_port()}/live"\n'
+        f'[[sources]]\nid = "dead-camera"\nuri = "rtsp://127.0.0.1:{free_loopback_port()}/live"\n'
         "[sources.reconnect]\ninitial_delay_s = 0.05\nmax_delay_s = 0.1\nmax_attempts = 2\nopen_timeout_s = 2\n"
     )
 

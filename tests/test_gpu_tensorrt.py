@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import socket
 
 import numpy as np
 import pytest
 
 from daemon.bench.compare import iou
+from daemon.netaddr import free_loopback_port
 from daemon.config import DetectionConfig, EngineConfig, ModelConfig, OnnxRuntimeConfig, PreprocessConfig, TensorRTConfig
 
 from .conftest import asset, bikes_frames, gpu_marks
@@ -65,11 +65,6 @@ def _built(tmp_path, version: str, precision: str, max_batch: int, streams: int)
 
 # -- the daemon on the double ------------------------------------------------------------------------------
 
-
-def _another_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _serve_bikes(start_daemon, port: int, engine: str, name: str, env: dict[str, str] | None = None):
@@ -163,7 +158,7 @@ def test_the_daemon_serves_bikes_with_tensorrt_on_the_gpu_double_as_the_torch_ba
     assert "CUDA graph capture failed" not in stderr, "execute_async_v3 on the double must be capturable"
 
     torch_results, torch_stderr = _serve_bikes(
-        start_daemon, _another_port(), f'backend = "torch"\n{common}\n[engine.torch]\nhalf = false', "torch.toml", env=PURE_FP32
+        start_daemon, free_loopback_port(), f'backend = "torch"\n{common}\n[engine.torch]\nhalf = false', "torch.toml", env=PURE_FP32
     )
     assert WARNING_LINE not in torch_stderr
     assert [m.header["frame"]["index"] for m in torch_results] == list(range(250))

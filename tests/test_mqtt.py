@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import ResultSubscriber
+from daemon.netaddr import free_loopback_port
 
 from .conftest import all_ended, asset, collect, detector_config, missing, validate_message
 
@@ -32,18 +33,13 @@ def mosquitto_binary() -> str:
     return found
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 class Mosquitto:
     """A real mosquitto on 127.0.0.1:``port``; ``persistence``: it keeps sessions and queued messages
     across a restart (saved at a clean stop)."""
 
     def __init__(self, directory: Path, *, persistence: bool = False, password_file: Path | None = None):
-        self.port = free_tcp_port()
+        self.port = free_loopback_port()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {self.port} 127.0.0.1", f"persistence {'true' if persistence else 'false'}",
@@ -221,7 +217,7 @@ def test_a_broker_restart_loses_nothing_beyond_the_counted_drops(start_daemon, f
 
 
 def test_an_absent_broker_never_costs_a_zeromq_result_and_drops_only_the_oldest(start_daemon, free_port):
-    port = free_tcp_port()  # nothing listens there
+    port = free_loopback_port()  # nothing listens there
     source = f'[[sources]]\nid = "cam"\nuri = "{asset("media/bikes.mp4")}"\nmax_frames = 40\n'
     config = sink_config(free_port, port, source=source, sink="results = true\nresults_per_second = 1000\noutbox_size = 5\n")
     daemon = start_daemon(config.replace("exit_when_sources_end = false", "exit_when_sources_end = true"))
@@ -252,7 +248,7 @@ def test_a_password_from_a_file_is_used_and_never_shown(start_daemon, free_port,
             good.terminate()
             beats += collect(zmq_subscriber, all_ended, timeout=60, daemon=good)
             assert good.wait(30) == 0
-        bad_port = free_tcp_port()
+        bad_port = free_loopback_port()
         bad = start_daemon(sink_config(bad_port, broker.port, sink=f'username = "camera"\npassword = "wrong-{secret}"\n'), name="bad.toml")
         with ResultSubscriber(f"tcp://127.0.0.1:{bad_port}") as zmq_subscriber:
             refused = collect(zmq_subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 5 and sink_state(ms), timeout=180, daemon=bad)

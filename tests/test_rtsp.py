@@ -9,7 +9,6 @@ that stops sending while its session stays open. Every wait is a poll with a dea
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import ResultSubscriber
+from daemon.netaddr import free_loopback_port
 
 from .conftest import all_ended, collect, detector_config, missing
 
@@ -25,11 +25,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_server.py")
 PASSWORD = "s3cr3t-Pw"
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _server_available() -> str | None:
@@ -116,7 +111,7 @@ def rtsp_camera(rtsp_server_available):
     started: list[RtspCamera] = []
 
     def start(*extra: str) -> RtspCamera:
-        camera = RtspCamera(_free_port(), *extra).start()
+        camera = RtspCamera(free_loopback_port(), *extra).start()
         started.append(camera)
         return camera
 

@@ -5,21 +5,19 @@ the control socket (mode 0600), a real Prometheus scrape, STOPPING=1 on SIGTERM 
 from __future__ import annotations
 
 import signal
-import socket
 import stat
 import textwrap
 import time
 import urllib.request
 
 from daemon.control import query
+from daemon.netaddr import free_loopback_port
 
 from .conftest import asset, daemon_under_notify_socket
 
 
 def test_daemon_under_a_stand_in_for_systemd(tmp_path, free_port):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_loopback_port()
     control = f"ipc://{tmp_path}/run/control.ipc"
     config = tmp_path / "daemon.toml"
     config.write_text(textwrap.dedent(f"""

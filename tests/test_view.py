@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from daemon.client import ResultSubscriber
+from daemon.netaddr import free_loopback_port
 from daemon.view.annotate import LINE_COLOR, ZONE_COLOR, color_for
 
 from .conftest import all_ended, asset, bikes_frames, collect, detector_config, missing
@@ -26,11 +27,6 @@ VIEW_WIDTH = 480
 ZONE = [[0.05, 0.55], [0.6, 0.55], [0.6, 0.95], [0.05, 0.95]]
 LINE = [[0.8, 0.35], [0.8, 0.95]]
 
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +131,7 @@ def mjpeg_parts(url: str, count: int, timeout: float = 30.0) -> list[bytes]:
 
 def test_the_live_view_in_a_real_browser_shows_the_boxes_the_zone_and_the_line(start_daemon, free_port, still_clip, chromium, tmp_path):
     clip, frame = still_clip
-    view_port = free_tcp_port()
+    view_port = free_loopback_port()
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(view_config(str(clip), free_port, view_port, sources_extra="pace = true\nloop = true"))
         collect(subscriber, lambda ms: len(results(ms)) >= 10, timeout=120, daemon=daemon)
@@ -183,7 +179,7 @@ def test_the_view_draws_only_while_watched_and_a_stalled_viewer_costs_no_result(
     viewer that connects and never reads: real JPEG parts at the view's width. Once both have gone,
     capturing stops again."""
     clip, _ = still_clip
-    view_port = free_tcp_port()
+    view_port = free_loopback_port()
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
         daemon = start_daemon(view_config(str(clip), free_port, view_port, sources_extra="pace = true\nloop = true"))
         wait_for_view(view_port, daemon)
@@ -213,7 +209,7 @@ def test_the_view_draws_only_while_watched_and_a_stalled_viewer_costs_no_result(
 def test_a_stalled_viewer_of_a_file_never_costs_a_result(start_daemon, free_port, tmp_path):
     """A file (not paced: the reader waits for the pipeline, nothing is dropped) watched by a viewer that
     never reads: every one of its frames is published."""
-    view_port = free_tcp_port()
+    view_port = free_loopback_port()
     config = detector_config(f'[[sources]]\nid = "still"\nuri = "{asset("media/bikes.mp4")}"\nmax_frames = 60\n', free_port) + (
         f"\n[view]\nenabled = true\nport = {view_port}\nwidth = 320\nfps = 30\nqueue_size = 2\n[control]\nenabled = false\n"
     )  # fmt: skip

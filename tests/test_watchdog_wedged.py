@@ -8,7 +8,6 @@ keeps running: exactly the case WATCHDOG=1 exists to catch."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -16,6 +15,8 @@ import time
 import cv2
 import numpy as np
 import pytest
+
+from daemon.netaddr import free_loopback_port
 
 from .conftest import daemon_under_notify_socket
 
@@ -73,9 +74,7 @@ def _stderr(process) -> str:
 def test_watchdog_pings_stop_when_inference_hangs(tmp_path):
     hanging_classifier(tmp_path / "hang.onnx")
     dark_then_bright_video(tmp_path / "clip.avi", dark=40, bright=40)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_loopback_port()
     config = tmp_path / "daemon.toml"
     config.write_text(textwrap.dedent(f"""
         [[sources]]

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import UserError
 from ..gil import apply_switch_interval
+from ..netaddr import free_loopback_port
 from ..sinkconfig import MqttSinkConfig
 from .cpu import REPO, pipeline_fps, report_spread
 from .rounds import judge_rounds
@@ -35,17 +36,12 @@ from .rounds import judge_rounds
 TARGET_RATIO = 0.95
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _mosquitto(directory: Path) -> tuple[subprocess.Popen, int]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise SystemExit("bench observers: needs mosquitto (apt install mosquitto)")
-    port = _free_port()
+    port = free_loopback_port()
     config = directory / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     video = config.sources[0].uri
 
     def watched(config) -> None:
-        config.view.enabled, config.view.port = True, _free_port()
+        config.view.enabled, config.view.port = True, free_loopback_port()
         config.sinks = [MqttSinkConfig(kind="mqtt", host="127.0.0.1", port=broker_port, results=True,
                                        results_per_second=args.results_per_second)]  # fmt: skip
 
