@@ -9,14 +9,23 @@ source's tracker keeps its ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["TrackingConfig", "SnapshotConfig", "ZoneConfig", "LineConfig", "ANCHORS"]
+__all__ = ["by_source", "TrackingConfig", "SnapshotConfig", "ZoneConfig", "LineConfig", "ANCHORS"]
 
 ANCHORS = ("bottom_center", "center", "top_center")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def by_source(regions: "Iterable[ZoneConfig | LineConfig]") -> dict[str, list]:
+    """Zones or lines grouped by the source they name, in config order."""
+    grouped: dict[str, list] = {}
+    for region in regions:
+        grouped.setdefault(region.source, []).append(region)
+    return grouped
 
 
 class _Section(BaseModel):

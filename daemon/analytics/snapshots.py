@@ -96,6 +96,5 @@ class BestShots:
 
     def keep_only(self, live: set[int]) -> None:
         """Forget tracks that are gone (ended, or tentative ones dropped)."""
-        if len(self._shots) > len(live) or any(track_id not in live for track_id in self._shots):
-            for track_id in [t for t in self._shots if t not in live]:
-                del self._shots[track_id]
+        for track_id in [t for t in self._shots if t not in live]:
+            del self._shots[track_id]

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..analyticsconfig import LineConfig, SnapshotConfig, TrackingConfig, ZoneConfig
+from ..analyticsconfig import LineConfig, SnapshotConfig, TrackingConfig, ZoneConfig, by_source
 from ..entities import EndOfStream, FrameResult
 from ..messages import label_of
 from ..tracking.bytetrack import ByteTracker, FrameDetections, TrackerStep
@@ -65,13 +65,7 @@ class AnalyticsSettings:
     @classmethod
     def from_config(cls, config: Any, labels: list[str]) -> "AnalyticsSettings":
         tracked = {s.id: s.infer_every for s in config.enabled_sources if config.tracks(s)}
-        zones: dict[str, list[ZoneConfig]] = {}
-        lines: dict[str, list[LineConfig]] = {}
-        for zone in config.zones:
-            zones.setdefault(zone.source, []).append(zone)
-        for line in config.lines:
-            lines.setdefault(line.source, []).append(line)
-        return cls(config.tracking, tracked, zones, lines, tuple(labels), config.snapshots)
+        return cls(config.tracking, tracked, by_source(config.zones), by_source(config.lines), tuple(labels), config.snapshots)
 
 
 class _Source:

@@ -129,7 +129,7 @@ class MqttSink:
             except (ssl.SSLError, OSError, ValueError) as exc:
                 raise UserError(f"{self._where}: the TLS files cannot be used: {exc}") from None
         client.reconnect_delay_set(max(1, round(config.reconnect_min_s)), max(1, round(config.reconnect_max_s)))
-        client.max_inflight_messages_set(min(WINDOW, 65535))
+        client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
