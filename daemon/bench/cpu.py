@@ -115,6 +115,21 @@ def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on
     return count_published / (finished.get("last", finished["time"]) - started), daemon._scheduler.stats.snapshot()
 
 
+def bench_config(path: str, prog: str):
+    """What an in-process daemon benchmark sets up before its rounds: the daemon's GIL switch interval
+    (daemon/gil.py: its pipeline, measured as it runs), warnings-only logging, and the config (None, the
+    error printed as one line, when it is invalid)."""
+    apply_switch_interval()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return load_config(path)
+    except UserError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trtstream bench cpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "default.toml"))
@@ -122,14 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=500, help="frames per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    apply_switch_interval()  # the daemon's GIL switch interval (daemon/gil.py): its pipeline, measured as it runs
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        config = load_config(args.config)
-    except UserError as exc:
-        print(f"trtstream bench cpu: {exc}", file=sys.stderr)
+    config = bench_config(args.config, "trtstream bench cpu")
+    if config is None:
         return 2
     video = config.sources[0].uri
     frames = decode_all(video)
@@ -154,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report_spread(verdict: RoundsVerdict, names: tuple[str, str] = ("engine-only", "pipeline")) -> None:
+def report_spread(verdict: RoundsVerdict, names: tuple[str, str] = ("engine-only", "pipeline"), prog: str = "trtstream bench cpu") -> None:
     """The rounds' spread under the table, and its warning both there and on stderr: the printed table
     is what gets pasted into docs, stderr is what a script running the benchmark sees. ``names``: what
-    the two measurements are called."""
+    the two measurements are called, ``prog`` the benchmark that prints."""
     if verdict.engine_spread is not None and verdict.pipeline_spread is not None:
         spreads = f"{names[0]} {verdict.engine_spread:.1%}, {names[1]} {verdict.pipeline_spread:.1%}"
         print(f"{'spread between rounds':<28}{spreads:>22}   ((max - min) / median)")
     if verdict.warning:
         print(f"warning: {verdict.warning}", flush=True)
-        print(f"trtstream bench cpu: warning: {verdict.warning}", file=sys.stderr)
+        print(f"{prog}: warning: {verdict.warning}", file=sys.stderr)

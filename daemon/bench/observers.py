@@ -25,12 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import UserError
-from ..gil import apply_switch_interval
 from ..netaddr import free_loopback_port
 from ..sinkconfig import MqttSinkConfig
-from .cpu import REPO, pipeline_fps, report_spread
+from .cpu import REPO, bench_config, pipeline_fps, report_spread
 from .rounds import judge_rounds
 
 TARGET_RATIO = 0.95
@@ -95,14 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewer", choices=["chromium", "curl"], default="chromium",
                         help="who watches: a real browser (default), or curl reading the stream (the daemon's own cost)")
     args = parser.parse_args(argv)
-    apply_switch_interval()
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        config = load_config(args.config)
-    except UserError as exc:
-        print(f"bench observers: {exc}", file=sys.stderr)
+    config = bench_config(args.config, "bench observers")
+    if config is None:
         return 2
     work = Path(tempfile.mkdtemp(prefix="trtstream-bench-observers-"))
     broker, broker_port = _mosquitto(work)
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'pipeline':<34}{statistics.median(plain_runs):>22.1f}")
     print(f"{'pipeline, view open + MQTT sink':<34}{statistics.median(watched_runs):>22.1f}   (viewer: {args.viewer})")
     print(f"{'ratio with / without':<34}{verdict.ratio:>22.3f}   (target >= {TARGET_RATIO})")
-    report_spread(verdict, ("plain", "view + MQTT"))
+    report_spread(verdict, ("plain", "view + MQTT"), "bench observers")
     if not all(p.get("pictures") for p in pictures):
         print("warning: a round drew no picture: the browser did not watch (the ratio proves nothing)", file=sys.stderr)
         return 1
