@@ -592,6 +592,13 @@ class DaemonConfig(StrictModel):
         "Python's own default is 5 ms). 1 ms: with 96 NVDEC cameras on the H200 it took the results from 2524/s "
         "(10.3 % dropped, p95 372 ms) to 2857/s (1.1 %, p95 82 ms), back to back (docs/benchmarks.md).",
     )  # fmt: skip
+    analytics_processes: int = Field(
+        0, ge=0, le=64,
+        description="Run the trackers, zones and lines in this many worker processes instead of on the completer "
+        "thread (0): each has its own GIL and core, so tracking stops competing with decoding, inference and "
+        "publishing for the daemon's one interpreter. Sources are dealt to the workers as they first appear. "
+        "For many tracked cameras on a machine with cores to spare; a change takes effect at the next restart.",
+    )  # fmt: skip
 
 
 class Config(StrictModel):

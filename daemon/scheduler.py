@@ -1,6 +1,6 @@
 """Batching, in-flight slots and in-order completion: the hot path between the queues and the publisher.
 
-Two threads. The **batcher** first acquires a free slot (blocking here is the backpressure: when every
+Two threads (three when the analytics run in worker processes: see ``Scheduler``). The **batcher** first acquires a free slot (blocking here is the backpressure: when every
 slot is in flight, no frame is taken and the per-source queues apply their drop policies), and only
 then gathers the batch from the multiplexer — as late as possible, as Triton's tensorrt backend does, so
 a frame never waits in a formed batch where drop-oldest cannot reach it. It hands each frame to the
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Callable, Protocol
 
-from .analytics.stage import Analytics, AnalyticsMessage
+from .analytics.stage import AnalyticsMessage, AnalyticsStage
 from .backends.base import InferenceBackend, Slot
 from .entities import EndOfStream, Frame, FrameResult, drop_pixels, release_image
 from .errors import BackendError
@@ -64,6 +64,19 @@ class _InFlight:
     skipped: list[tuple[int, Frame]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Handover:
+    """A batch (or an end of stream) on its way from the completer to the hand-over thread, when the
+    analytics run elsewhere: its results, the ticket of their analytics, the live view's pick of its
+    frames, and the frames themselves when [snapshots] still need their pixels (else they went already)."""
+
+    results: list[FrameResult]
+    ticket: Any
+    captured: Mapping[int, Any] | None = None
+    held: list[Frame] = field(default_factory=list)
+    end: EndOfStream | None = None
+
+
 class Scheduler:
     """Runs the batcher and completer threads over a backend and a pipeline."""
 
@@ -79,12 +92,15 @@ class Scheduler:
         slots: int,
         sink_many: BatchSink | None = None,
         keep_pixels: bool = True,
-        analytics: Analytics | None = None,
+        analytics: AnalyticsStage | None = None,
         sink_events: EventSink | None = None,
         view: FrameTap | None = None,
     ):
-        """``analytics``: trackers, zones and lines, run by the completer on each batch's results before
-        they are handed over; their event and track messages go to ``sink_events``."""
+        """``analytics``: trackers, zones and lines, run on each batch's results before they are handed
+        over; their event and track messages go to ``sink_events``. When they run elsewhere (worker
+        processes, ``analytics.runs_elsewhere``), a third thread, the **hand-over** thread, takes each
+        batch's analytics back and hands it over, in completion order, while the completer goes on with
+        the next batch; otherwise the completer hands over itself."""
         self._mux = mux
         self._unit = unit
         self._backend = backend = unit.backend
@@ -116,6 +132,13 @@ class Scheduler:
         self.on_backend_switched: Callable[[InferenceBackend], None] | None = None
         self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
         self._completer = threading.Thread(target=self._complete_loop, name="completer", daemon=True)
+        self._handovers: queue.Queue[_Handover | None] | None = None
+        self._handover: threading.Thread | None = None
+        if analytics is not None and analytics.runs_elsewhere:
+            # bounded: when the workers fall behind, the completer waits, slots stay busy, and the sources'
+            # queues drop at the door (never a result after inference)
+            self._handovers = queue.Queue(maxsize=slots)
+            self._handover = threading.Thread(target=self._handover_loop, name="handover", daemon=True)
 
     @property
     def slot_count(self) -> int:
@@ -180,6 +203,8 @@ class Scheduler:
     def start(self) -> None:
         self._batcher.start()
         self._completer.start()
+        if self._handover is not None:
+            self._handover.start()
 
     def close_when_drained(self) -> None:
         """No more sources will be added: finish once every queue is closed and drained."""
@@ -193,9 +218,10 @@ class Scheduler:
 
     def join(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in (self._batcher, self._completer):
+        threads = [t for t in (self._batcher, self._completer, self._handover) if t is not None]
+        for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not (self._batcher.is_alive() or self._completer.is_alive())
+        return not any(thread.is_alive() for thread in threads)
 
     # -- batcher -------------------------------------------------------------------------------------
     def _batch_loop(self) -> None:
@@ -287,18 +313,20 @@ class Scheduler:
                 if item.slot is not None:
                     self._complete(item)
                 elif item.skipped:
-                    self._hand_over(self._merge(item, [], time.time(), "", None), [])
+                    self._dispatch(self._merge(item, [], time.time(), "", None), [])
                 for end in item.ends:
-                    if self._analytics is not None:
-                        self._events(self._analytics.end(end))
-                    self._sink(end)
+                    self._end(end)
         except Exception:
             log.exception("completer crashed")
+        finally:
+            if self._handovers is not None:
+                self._handovers.put(None)
 
     def _complete(self, item: _InFlight) -> None:
         slot = item.slot
         seconds = self.stats.completer
         t0 = time.perf_counter()
+        held = False  # whether the hand-over thread took the frames (it releases them then)
         try:
             try:
                 outputs = item.backend.wait(slot)
@@ -338,11 +366,12 @@ class Scheduler:
             ready = self._merge(item, inferred, t_inferred, info.name, artifact)
             t2 = time.perf_counter()
             seconds.postprocessing += t2 - t1
-            self._hand_over(ready, item.frames)
+            held = self._dispatch(ready, item.frames)
             seconds.handing_over += time.perf_counter() - t2
         finally:
-            for frame in item.frames:  # the batch has completed: device images can be reused
-                release_image(frame)
+            if not held:
+                for frame in item.frames:  # the batch has completed: device images can be reused
+                    release_image(frame)
             self._free.put(slot)
             self.stats.busy_slots = self._slot_count - self._free.qsize()
 
@@ -364,6 +393,79 @@ class Scheduler:
         merged.extend(result for result in inferred[position:] if result is not None)
         return merged
 
+    def _dispatch(self, ready: list[FrameResult], frames: list[Frame]) -> bool:
+        """Hand the batch over here, or start its analytics elsewhere and queue it for the hand-over
+        thread. True when that thread holds the frames now (their pixels are needed there)."""
+        if self._handovers is None:
+            self._hand_over(ready, frames)
+            return False
+        try:
+            ticket = self._analytics.submit(ready)
+        except Exception:  # analytics must never cost the results themselves
+            log.exception("analytics failed on a batch of %d results; publishing them untracked", len(ready))
+            ticket = []
+        captured = self._view.capture(frames) if self._view is not None else None
+        held = bool(frames) and self._analytics.needs_pixels
+        if not held and not self._keep_pixels:
+            for frame in frames:
+                drop_pixels(frame)
+        self._handovers.put(_Handover(ready, ticket, captured, frames if held else []))
+        return held
+
+    def _end(self, end: EndOfStream) -> None:
+        """A source ended: its tracks end (their messages) before its end-of-stream, after its results."""
+        analytics = self._analytics
+        if self._handovers is not None:
+            self._handovers.put(_Handover([], analytics.submit_end(end), end=end))
+            return
+        if analytics is not None:
+            self._events(analytics.collect_end(analytics.submit_end(end)))
+        self._sink(end)
+
+    def _handover_loop(self) -> None:
+        """The hand-over thread (analytics elsewhere): each batch's analytics back, in order, then on."""
+        name_this_thread()
+        while True:
+            item = self._handovers.get()
+            if item is None:
+                break
+            try:
+                self._hand_over_later(item)
+            except Exception:  # one batch's failure must not stop the ones after it (the completer waits on them)
+                log.exception("handing over a batch failed")
+
+    def _hand_over_later(self, item: _Handover) -> None:
+        """One item of the hand-over thread: what :meth:`_hand_over` does, with the analytics' answer
+        collected now (the frames' pixels went already, unless [snapshots] held them for this)."""
+        analytics = self._analytics
+        if item.end is not None:
+            try:
+                messages = analytics.collect_end(item.ticket)
+            except Exception:
+                log.exception("analytics failed at the end of %s", item.end.source_id)
+                messages = []
+            if messages:
+                self._events(messages)
+            self._sink(item.end)
+            return
+        try:
+            try:
+                messages = analytics.collect(item.ticket, item.results)
+            except Exception:  # analytics must never cost the results themselves
+                log.exception("analytics failed on a batch of %d results; publishing them untracked", len(item.results))
+                messages = []
+        finally:
+            for frame in item.held:
+                if self._keep_pixels:
+                    release_image(frame)
+                else:
+                    drop_pixels(frame)
+        self._sink_many(item.results)
+        if messages:
+            self._events(messages)
+        if item.captured:
+            self._view.offer(item.results, item.captured)
+
     def _hand_over(self, ready: list[FrameResult], frames: list[Frame]) -> None:
         """Analytics (in frame order, on this thread; with the pixels still there, for event snapshots),
         the live view's pick of the frames, then the pixels go (unless thumbnails need them) and the
@@ -372,7 +474,7 @@ class Scheduler:
         messages: list[AnalyticsMessage] = []
         if self._analytics is not None:
             try:
-                messages = self._analytics.process(ready)
+                messages = self._analytics.collect(self._analytics.submit(ready), ready)
             except Exception:  # analytics must never cost the results themselves
                 log.exception("analytics failed on a batch of %d results; publishing them untracked", len(ready))
         captured = self._view.capture(frames) if self._view is not None else None

@@ -36,7 +36,8 @@ from .framequeue import Multiplexer
 from .publisher import Publisher
 from .errors import TrtstreamError
 from .redact import mask_text, mask_url
-from .analytics.stage import Analytics, AnalyticsSettings
+from .analytics.stage import Analytics, AnalyticsSettings, AnalyticsStage
+from .analytics.workers import AnalyticsWorkers
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import AutoDecoderFactory, open_producer, resolve_decoder
@@ -73,7 +74,7 @@ class Daemon:
         self._engine_leases = EngineLeases()  # cache leases of the engines serving: prune leaves them alone
         self._scheduler: Scheduler | None = None
         self._publisher: Publisher | None = None
-        self._analytics: Analytics | None = None
+        self._analytics: AnalyticsStage | None = None
         self._overload = OverloadMeter()  # read by the heartbeat's builder only (the publisher thread)
         self._mux = Multiplexer()
         self._readers: dict[str, SourceReader] = {}
@@ -175,6 +176,8 @@ class Daemon:
             for part in (self._pinger, self._control, self._metrics, self._view_server, self._view, *self._sinks):
                 if part is not None:
                     part.stop()  # each is idempotent: the sinks were stopped after the publisher's last message
+            if self._analytics is not None:
+                self._analytics.close()  # after the scheduler: its worker processes answered the last batch
             timeout = self.config.daemon.drain_timeout_s
             providers = [*self._retired_providers, self._provider]
             self.native_work_left = not all([provider.close(timeout) for provider in providers])
@@ -273,12 +276,17 @@ class Daemon:
             self._metrics.observe_result(result.frame.source_id, t["captured"], t["preprocessed"], t["inferred"], t["published"])
 
     @staticmethod
-    def _make_analytics(config: Config, unit: ServingUnit) -> Analytics | None:
-        """Trackers, zones and lines for the detection pipeline's tracked sources (None: nothing tracked,
-        then a reload cannot turn tracking on: it needs a restart)."""
+    def _make_analytics(config: Config, unit: ServingUnit) -> AnalyticsStage | None:
+        """Trackers, zones and lines for the detection pipeline (None for other pipelines), on the
+        completer or in ``daemon.analytics_processes`` worker processes."""
         if config.model.pipeline != "detection":
             return None
-        return Analytics(AnalyticsSettings.from_config(config, _labels_of(unit)))
+        settings = AnalyticsSettings.from_config(config, _labels_of(unit))
+        processes = config.daemon.analytics_processes
+        if processes:
+            log.info("analytics (trackers, zones, lines) in %d worker process(es)", processes)
+            return AnalyticsWorkers(settings, processes)
+        return Analytics(settings)
 
     def _build_unit(self, config: Config, backend) -> ServingUnit:
         """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""
@@ -425,6 +433,9 @@ class Daemon:
             self._view.set_regions(regions_by_source(new.zones, new.lines))
         if new.logging != old.logging:
             logging.getLogger().setLevel(new.logging.level)
+        if new.daemon.analytics_processes != old.daemon.analytics_processes:
+            log.warning("reload: daemon.analytics_processes takes effect at the next restart")
+            new = new.model_copy(update={"daemon": new.daemon.model_copy(update={"analytics_processes": old.daemon.analytics_processes})})
         if new.daemon.switch_interval_ms != old.daemon.switch_interval_ms:
             apply_switch_interval(new.daemon.switch_interval_ms)
             log.info("reload: GIL switch interval %g ms (daemon.switch_interval_ms)", new.daemon.switch_interval_ms)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 from collections import defaultdict
 
+import pytest
+
 from daemon.client import ResultSubscriber
 
 from .conftest import all_ended, asset, collect, detector_config
@@ -19,6 +21,14 @@ LINE = "points = [[320, 0], [320, 272]]"
 
 def source(source_id: str, extra: str = "") -> str:
     return f'[[sources]]\nid = "{source_id}"\nuri = "{BIKES}"\n{extra}\n'
+
+
+# 0: on the completer thread; 2: in two worker processes (daemon/analytics/workers.py), the same messages
+WHERE = pytest.mark.parametrize("processes", [0, 2], ids=["completer", "2-workers"])
+
+
+def daemon_section(processes: int, extra: str = "") -> str:
+    return f"\n[daemon]\nanalytics_processes = {processes}\n{extra}"
 
 
 def results_of(messages, source_id):
@@ -45,8 +55,9 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def test_bikes_tracks_are_stable_per_object_never_shared_between_sources_and_end_with_track_messages(start_daemon, free_port):
-    config = detector_config(source("a") + source("b"), free_port, wait_for_subscribers="2") + (
+@WHERE
+def test_bikes_tracks_are_stable_per_object_never_shared_between_sources_and_end_with_track_messages(start_daemon, free_port, processes):
+    config = detector_config(source("a") + source("b"), free_port, wait_for_subscribers="2") + daemon_section(processes) + (
         f'\n[tracking]\npublish_coasting = true\n'
         f'[[lines]]\nname = "middle"\nsource = "a"\n{LINE}\n'
         f'[[lines]]\nname = "middle"\nsource = "b"\n{LINE}\n'
@@ -55,6 +66,7 @@ def test_bikes_tracks_are_stable_per_object_never_shared_between_sources_and_end
         daemon = start_daemon(config)
         messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
+    assert ("in 2 worker process(es)" in daemon.stderr) == (processes == 2), "the analytics ran where the config says"
     tracks = {sid: tracked_boxes(results_of(messages, sid)) for sid in ("a", "b")}
     assert tracks["a"] and tracks["b"]
     assert not set(tracks["a"]) & set(tracks["b"]), "two sources showing the same video share no track id"
@@ -124,8 +136,10 @@ def zones(edit_polygon: str) -> str:
     )
 
 
-def test_sighup_edits_a_zone_without_losing_the_other_zones_counters_or_the_tracks(start_daemon, free_port, tmp_path):
-    base = detector_config(source("bikes", "loop = true\npace = true"), free_port, wait_for_subscribers="2") + "\n[daemon]\nexit_when_sources_end = false\n"
+@WHERE
+def test_sighup_edits_a_zone_without_losing_the_other_zones_counters_or_the_tracks(start_daemon, free_port, tmp_path, processes):
+    base = detector_config(source("bikes", "loop = true\npace = true"), free_port, wait_for_subscribers="2") + daemon_section(
+        processes, "exit_when_sources_end = false\n")
     whole = "[[0, 0], [640, 0], [640, 272], [0, 272]]"
     corner = "[[0, 0], [4, 0], [4, 4], [0, 4]]"  # nobody stands in the top-left 4 pixels
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as subscriber:
@@ -193,11 +207,12 @@ def counted_keep(messages, previous: int) -> bool:
     return bool(beats) and beats[-1].header["analytics"]["bikes"]["zones"]["keep"]["entered"] > previous
 
 
-def test_tracks_alive_when_a_source_ends_end_with_it_before_its_eos(start_daemon, free_port):
+@WHERE
+def test_tracks_alive_when_a_source_ends_end_with_it_before_its_eos(start_daemon, free_port, processes):
     """bikes.mp4 cut at frame 130, while cyclists are in view (frames 104-136): their tracks end with
     reason end_of_stream, before the source's eos; a zone they were in gets its exits."""
     zone = '[[zones]]\nname = "all"\nsource = "bikes"\ncoordinates = "normalized"\npolygon = [[0, 0], [1, 0], [1, 1], [0, 1]]\n'
-    config = detector_config(source("bikes", "max_frames = 130"), free_port, wait_for_subscribers="2") + "\n" + zone
+    config = detector_config(source("bikes", "max_frames = 130"), free_port, wait_for_subscribers="2") + daemon_section(processes) + zone
     with ResultSubscriber(f"tcp://127.0.0.1:{free_port}", events=True) as subscriber:
         daemon = start_daemon(config)
         messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)

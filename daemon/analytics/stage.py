@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from ..tracking.objects import TrackedObject, TrackSummary
 from .regions import RegionAnalytics
 from .snapshots import BestShots, Snapshot
 
-__all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings"]
+__all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings", "AnalyticsStage"]
 
 log = logging.getLogger("trtstream.analytics")
 
@@ -79,25 +79,83 @@ class _Source:
         self.confirmed_ended = 0
         self.newest_id = 0  # the highest track id it has published: a higher one is a new track
         self.shots = BestShots(settings.snapshots) if settings.snapshots.enabled else None
+        self.live: list[int] = []  # the track ids of its last frame (kept only with Analytics.keep_live_ids)
+
+
+class AnalyticsStage(Protocol):
+    """What the scheduler runs on each batch's results: :class:`Analytics` on the completer itself, or
+    :class:`daemon.analytics.workers.AnalyticsWorkers` in worker processes. A batch goes in two halves:
+    :meth:`submit` on the completer as soon as the batch is decoded, :meth:`collect` where the results
+    are handed over, in the same order; ``runs_elsewhere`` says whether the two may be apart (then the
+    scheduler hands over on a thread of its own, so the completer decodes the next batch meanwhile)."""
+
+    runs_elsewhere: bool
+    needs_pixels: bool  # collect reads the frames' pixels ([snapshots]): they must stay until then
+
+    def should_infer(self, source_id: str, frame_index: int) -> bool: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def reconfigure(self, settings: "AnalyticsSettings") -> None: ...
+
+    def submit(self, results: list[FrameResult]) -> Any: ...
+
+    def collect(self, ticket: Any, results: list[FrameResult]) -> list[AnalyticsMessage]: ...
+
+    def submit_end(self, end: EndOfStream) -> Any: ...
+
+    def collect_end(self, ticket: Any) -> list[AnalyticsMessage]: ...
+
+    def close(self) -> None: ...
 
 
 class Analytics:
-    def __init__(self, settings: AnalyticsSettings):
+    """The stage in this interpreter (see :class:`AnalyticsStage`): ``collect`` does the work."""
+
+    runs_elsewhere = False
+
+    def __init__(self, settings: AnalyticsSettings, first_id: int = 1, id_stride: int = 1):
+        self._id_stride = id_stride
         self._settings = settings
         self._pending: AnalyticsSettings | None = None
         self._pending_lock = threading.Lock()
         self._infer_every = dict(settings.tracked)
         self._sources: dict[str, _Source] = {}
         self._groups = itertools.count()  # a source's group in the tracker; never reused
-        self._tracker = self._new_tracker(settings, first_id=1)
+        self._tracker = self._new_tracker(settings, first_id=first_id)
         self._snapshot: dict[str, Any] = {}
+        self.keep_live_ids = False  # a worker process whose pictures are kept by the daemon: see live_ids
 
-    @staticmethod
-    def _new_tracker(settings: AnalyticsSettings, first_id: int) -> ByteTracker:
+    def _new_tracker(self, settings: AnalyticsSettings, first_id: int) -> ByteTracker:
         """One tracker for every source (:class:`ByteTracker` says why), ids from ``first_id``."""
         classes = settings.tracking.classes
         tracked = None if classes is None else {i for i, label in enumerate(settings.labels) if label in set(classes)}
-        return ByteTracker(settings.tracking, tracked, first_id=first_id)
+        return ByteTracker(settings.tracking, tracked, first_id=first_id, id_stride=self._id_stride)
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self._settings.snapshots.enabled
+
+    @property
+    def next_id(self) -> int:
+        """The id its tracker gives out next (a worker that replaces a crashed one starts there)."""
+        return self._tracker.next_id
+
+    # -- the scheduler's two halves (AnalyticsStage): here both are on the completer ----------------------
+    def submit(self, results: list[FrameResult]) -> None:
+        return None
+
+    def collect(self, ticket: None, results: list[FrameResult]) -> list[AnalyticsMessage]:
+        return self.process(results)
+
+    def submit_end(self, end: EndOfStream) -> EndOfStream:
+        return end
+
+    def collect_end(self, ticket: EndOfStream) -> list[AnalyticsMessage]:
+        return self.end(ticket)
+
+    def close(self) -> None:
+        pass
 
     # -- other threads ---------------------------------------------------------------------------------
     def reconfigure(self, settings: AnalyticsSettings) -> None:
@@ -160,6 +218,12 @@ class Analytics:
         source.active = 0
         self._refresh_snapshot()
         return messages
+
+    def live_ids(self, source_id: str) -> list[int]:
+        """The ids of the source's tracks after its last frame (tentative and coasting ones too): what the
+        daemon's side keeps pictures of when this stage runs in a worker (daemon/analytics/workers.py)."""
+        source = self._sources.get(source_id)
+        return source.live if source is not None else []
 
     def _apply_pending(self) -> None:
         if self._pending is None:  # the common case, without taking the lock (reading one attribute is atomic)
@@ -234,6 +298,8 @@ class Analytics:
             self._ended(source, frame.source_id, summary, frame.index, timestamp, timestamp, messages)
         if shots is not None and shots:
             shots.keep_only({obj.track_id for obj in step.objects})
+        if self.keep_live_ids:
+            source.live = [obj.track_id for obj in step.objects]
         if inferred:
             source.active = len(step.objects)
         result.results["detections"] = detections

@@ -264,7 +264,7 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
                   nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
-                  hold_gil: bool = True, slots_per_stream: int = 2, tracking: bool = False) -> dict:
+                  hold_gil: bool = True, slots_per_stream: int = 2, tracking: bool = False, analytics_processes: int = 0) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -274,7 +274,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
     host-path benchmark does). ``hold_gil``: the backend's enqueues keep the GIL (engine.hold_gil_for_enqueues).
     ``slots_per_stream``: the scheduler's slots per CUDA stream (the daemon's: 2, double buffering).
-    ``tracking``: every source tracked (ByteTrack, default [tracking]) on the completer, as the daemon does.
+    ``tracking``: every source tracked (ByteTrack, default [tracking]) on the completer, as the daemon does;
+    with ``analytics_processes`` in that many worker processes (daemon.analytics_processes).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
     from daemon.config import DropPolicy, PublisherConfig
@@ -297,9 +298,11 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     analytics = None
     if tracking:
         from daemon.analytics.stage import Analytics, AnalyticsSettings
+        from daemon.analytics.workers import AnalyticsWorkers
         from daemon.analyticsconfig import TrackingConfig
 
-        analytics = Analytics(AnalyticsSettings(TrackingConfig(), {f"cam{i}": 1 for i in range(sources)}, {}, {}, tuple(unit.pipeline.labels)))
+        settings = AnalyticsSettings(TrackingConfig(), {f"cam{i}": 1 for i in range(sources)}, {}, {}, tuple(unit.pipeline.labels))
+        analytics = AnalyticsWorkers(settings, analytics_processes) if analytics_processes else Analytics(settings)
     scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream,
                           sink_many=publisher.submit_many, analytics=analytics, sink_events=publisher.submit_events)
     scheduler.warm_up()
@@ -384,7 +387,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     for thread in feeders:
         thread.start()
     time.sleep(1.0)  # settle
-    clocks = thread_clocks(lambda name: name in ("batcher", "completer", "publisher") or name.startswith("source-"))
+    clocks = thread_clocks(lambda name: name in ("batcher", "completer", "handover", "publisher") or name.startswith("source-"))
     cpu0 = {name: time.clock_gettime(clock) for name, clock in clocks.items()}
     seconds0 = (dict(vars(scheduler.stats.batcher)), dict(vars(scheduler.stats.completer)))
     start_count = sum(s.frames_published for s in stats.values())
@@ -403,7 +406,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         shares = {f"{thread}.{phase}": (value - before[phase]) / elapsed
                   for thread, now, before in (("batcher", vars(scheduler.stats.batcher), seconds0[0]), ("completer", vars(scheduler.stats.completer), seconds0[1]))
                   for phase, value in now.items()}
-    cpu_us = {"batcher": cpu.get("batcher", 0.0), "completer": cpu.get("completer", 0.0), "publisher": cpu.get("publisher", 0.0),
+    cpu_us = {"batcher": cpu.get("batcher", 0.0), "completer": cpu.get("completer", 0.0), "handover": cpu.get("handover", 0.0),
+              "publisher": cpu.get("publisher", 0.0),
               "sources": sum(v for k, v in cpu.items() if k.startswith("source-"))}
     cpu_us = {name: value / max(done, 1) * 1e6 for name, value in cpu_us.items()}
     dropped = sum(q.dropped for q in queues)
@@ -414,6 +418,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     stop.set()
     scheduler.join(30)
     publisher.stop()
+    if analytics is not None:
+        analytics.close()
     backend.close()
     for pool in pools or ():
         pool.close()
@@ -552,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
                         "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false), pipeline-gpu-prefilled-batched, "
                         "pipeline-gpu-prefilled-3slots (three scheduler slots per stream), pipeline-gpu-tracked and "
                         "pipeline-gpu-prefilled-tracked (every source tracked: ByteTrack on the completer), "
-                        "pipeline-gpu-prefilled-32sources and pipeline-gpu-prefilled-32sources-tracked (32 sources)")
+                        "pipeline-gpu-prefilled-32sources and pipeline-gpu-prefilled-32sources-tracked (32 sources), "
+                        "pipeline-gpu-prefilled-tracked-4workers and pipeline-gpu-prefilled-32sources-tracked-4workers "
+                        "(tracked in 4 analytics worker processes)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
@@ -640,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline-gpu, prefilled, tracked", dict(gpu_pre=True, pinned=True, prefilled=True, tracking=True)),
             ("pipeline-gpu, prefilled, 32 sources", dict(gpu_pre=True, pinned=True, prefilled=True, sources=32)),
             ("pipeline-gpu, prefilled, 32 sources, tracked", dict(gpu_pre=True, pinned=True, prefilled=True, sources=32, tracking=True)),
+            ("pipeline-gpu, prefilled, tracked, 4 workers", dict(gpu_pre=True, pinned=True, prefilled=True, tracking=True, analytics_processes=4)),
+            ("pipeline-gpu, prefilled, 32 sources, tracked, 4 workers",
+             dict(gpu_pre=True, pinned=True, prefilled=True, sources=32, tracking=True, analytics_processes=4)),
             ("pipeline-gpu, gil-releasing", dict(gpu_pre=True, pinned=True, hold_gil=False)),
             ("pipeline-gpu, prefilled, gil-releasing", dict(gpu_pre=True, pinned=True, prefilled=True, hold_gil=False)),
         )
@@ -648,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
             if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing",
                                                                  "pipeline-gpu, prefilled, batched", "pipeline-gpu, prefilled, 3 slots",
                                                                  "pipeline-gpu, tracked", "pipeline-gpu, prefilled, tracked",
-                                                                 "pipeline-gpu, prefilled, 32 sources", "pipeline-gpu, prefilled, 32 sources, tracked")):
+                                                                 "pipeline-gpu, prefilled, 32 sources", "pipeline-gpu, prefilled, 32 sources, tracked",
+                                                                 "pipeline-gpu, prefilled, tracked, 4 workers",
+                                                                 "pipeline-gpu, prefilled, 32 sources, tracked, 4 workers")):
                 continue  # the other variants are host-path diagnostics: the torch rows answer them
             result = pipeline_mode(frames, args.batch, args.streams, args.seconds, kind=kind, **options)
             rows.append((f"{name} [{tag}]", result["fps"], result, base))

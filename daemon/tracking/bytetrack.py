@@ -296,8 +296,14 @@ class ByteTracker:
     sources never mix, and each source's result is the one a tracker of its own would give (tested).
     Track ids count from ``first_id`` across all sources: unique per tracker, never reused."""
 
-    def __init__(self, config: TrackingConfig, tracked_classes: set[int] | None = None, first_id: int = 1):
+    def __init__(self, config: TrackingConfig, tracked_classes: set[int] | None = None, first_id: int = 1, id_stride: int = 1):
+        """``id_stride``: ids go ``first_id``, ``first_id + id_stride``, ...: trackers in N processes
+        (``daemon.analytics_processes``) take strides of N from different first ids, so no two of them
+        ever give out the same id."""
+        if id_stride < 1:
+            raise ValueError("id_stride must be at least 1")
         self.config = config
+        self._id_stride = id_stride
         self.tracked_classes = None if tracked_classes is None else np.array(sorted(tracked_classes), dtype=np.int64)
         self._tracks = _Tracks()
         self._kalman = BatchKalman()
@@ -439,8 +445,9 @@ class ByteTracker:
                det_groups: np.ndarray, group_frame: dict[int, FrameDetections]) -> None:
         """New tracks (step 5) on ``detections`` (indices into the concatenated arrays), in their order."""
         count = len(detections)
-        ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        self._next_id += count
+        stride = self._id_stride
+        ids = np.arange(self._next_id, self._next_id + count * stride, stride, dtype=np.int64)
+        self._next_id += count * stride
         self._kalman.add(xyxy_to_xyah(boxes))
         state = _CONFIRMED if self.config.confirm_frames <= 1 else _TENTATIVE
         groups = det_groups[detections]
