@@ -11,8 +11,8 @@ How: each worker is ``python -m daemon.analytics.workers`` running the same :cla
 completer would, on copies of the results (source id, frame index, capture time, shape, detections). A
 source always goes to one worker (its tracker lives there): sources are dealt round robin as they first
 appear. Per batch the completer :meth:`AnalyticsWorkers.submit`s each worker its part, and the scheduler's
-hand-over thread :meth:`AnalyticsWorkers.collect`s the answers in the same order: each result's annotated
-detections (they replace the result's list), the events and track messages, and the counters of the
+hand-over thread :meth:`AnalyticsWorkers.collect`s the answers in the same order: each result's track
+fields (written into its detections) and predicted boxes, the events and track messages, and the counters of the
 sources touched. Worker k of N gives track ids k+1, k+1+N, ...: unique per daemon instance, never reused.
 
 Snapshots (``[snapshots]``) need pixels, which never leave this process: the workers run without them,
@@ -53,6 +53,10 @@ log = logging.getLogger("trtstream.analytics")
 
 ANSWER_TIMEOUT_S = 10.0
 """A worker that has not answered a request this long after it was sent is taken for hung and replaced."""
+
+COUNTERS_EVERY_S = 0.2
+"""A worker sends its sources' counters (heartbeats, status, metrics) at most this often, and whole at each
+source's end: unpickling them per batch was a visible share of the daemon's side."""
 
 _HEAD = struct.Struct("<I")
 _MAX_MESSAGE = 1 << 30
@@ -271,10 +275,17 @@ class AnalyticsWorkers:
                 for position in part.positions:
                     _mark_untracked(results[position])
                 continue
-            detections, found, counters, replace_counters, live_ids, next_id = answer
+            fields, found, counters, replace_counters, live_ids, next_id = answer
             part.worker.next_id = next_id
-            for position, annotated in zip(part.positions, detections):
-                results[position].results["detections"] = annotated
+            for position, (tracks, predicted) in zip(part.positions, fields):
+                detections = results[position].results.setdefault("detections", [])
+                for detection, (track_id, state, age) in zip(detections, tracks):
+                    detection["track_id"] = track_id
+                    detection["track_state"] = state
+                    detection["matched_now"] = True
+                    detection["track_age"] = age
+                if predicted:
+                    detections.extend(predicted)
             messages.extend(found)
             self._merge_counters(part.worker.index, counters, replace_counters)
             if live_ids:
@@ -413,26 +424,40 @@ class _Serving:
         self.analytics = Analytics(settings, first_id=first_id, id_stride=stride)
         self.analytics.keep_live_ids = live_ids
         self.reported: set[str] = set()
+        self.counted_at = 0.0
 
     def batch(self, items: list[tuple]) -> tuple:
-        results = []
+        results, counts = [], []
         for source_id, index, t_captured, inferred, height, width, detections in items:
             frame = Frame(source_id, index, None, ImageShape((height, width, 3)), t_captured, t_captured)
             results.append(FrameResult(frame, {"detections": detections}, 0.0, 0.0, 0, inferred=inferred))
+            counts.append(len(detections))
         messages = self.analytics.process(results)
         snapshot = self.analytics.snapshot()
         whole = snapshot.keys() != self.reported
+        now = time.monotonic()
         if whole:
             self.reported = set(snapshot)
             counters = snapshot
-        else:
+        elif now - self.counted_at >= COUNTERS_EVERY_S:  # heartbeats read them every few seconds, not every batch
             counters = {r.frame.source_id: snapshot[r.frame.source_id] for r in results if r.frame.source_id in snapshot}
+        else:
+            counters = {}
+        if counters:
+            self.counted_at = now
         live = None
         if self.analytics.keep_live_ids:
             live = {}
             for result in results:  # the last frame of each source in the batch says which tracks live
                 live[result.frame.source_id] = self.analytics.live_ids(result.frame.source_id)
-        return ([r.results["detections"] for r in results], messages, counters, whole, live, self.analytics.next_id)
+        # per result: each detection's track fields (matched_now is true for every detection the model gave),
+        # and the predicted boxes the stage added: the daemon writes these into its own detections, which
+        # costs it less than unpickling whole annotated ones
+        fields = []
+        for result, count in zip(results, counts):
+            detections = result.results["detections"]
+            fields.append(([(d["track_id"], d["track_state"], d["track_age"]) for d in detections[:count]], detections[count:]))
+        return (fields, messages, counters, whole, live, self.analytics.next_id)
 
     def end(self, source_id: str, reason: str) -> tuple:
         messages = self.analytics.end(EndOfStream(source_id, reason))
