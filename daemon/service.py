@@ -547,6 +547,7 @@ class Daemon:
             "overload": self._overload.reading(sources),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
+            **({"analytics_workers": workers} if self._analytics is not None and (workers := self._analytics.status()) else {}),
             **({"sinks": [sink.status() for sink in self._sinks]} if self._sinks else {}),
             **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }

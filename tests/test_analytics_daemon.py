@@ -67,6 +67,9 @@ def test_bikes_tracks_are_stable_per_object_never_shared_between_sources_and_end
         messages = collect(subscriber, all_ended, timeout=240, daemon=daemon)
         assert daemon.wait(30) == 0, daemon.stderr
     assert ("in 2 worker process(es)" in daemon.stderr) == (processes == 2), "the analytics ran where the config says"
+    final = [m for m in messages if m.type == "heartbeat" and m.header["final"]][-1]
+    expected = {"processes": 2, "replaced": 0, "untracked_results": 0} if processes else None
+    assert final.header.get("analytics_workers") == expected
     tracks = {sid: tracked_boxes(results_of(messages, sid)) for sid in ("a", "b")}
     assert tracks["a"] and tracks["b"]
     assert not set(tracks["a"]) & set(tracks["b"]), "two sources showing the same video share no track id"

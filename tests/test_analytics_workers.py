@@ -156,6 +156,8 @@ def test_a_killed_worker_costs_one_batch_untracked_and_its_replacement_never_reu
                 killed = workers.pids[0]
                 os.kill(killed, signal.SIGKILL)
             workers.collect(workers.submit(batch), batch)
+            if n == 30:
+                lost_batch = batch
             for result in batch:
                 for d in result.results["detections"]:
                     if d["track_id"] is None:
@@ -163,9 +165,11 @@ def test_a_killed_worker_costs_one_batch_untracked_and_its_replacement_never_reu
                     else:
                         (seen_before if n < 30 else seen_after).add(d["track_id"])
         replaced = workers.pids[0]
+        status = workers.status()
     finally:
         workers.close()
     assert untracked, "the batch the dead worker owed went out untracked"
+    assert status["replaced"] == 1 and status["untracked_results"] == sum(1 for r in lost_batch if r.frame.source_id in ("a", "c"))
     assert replaced != killed
     # worker 1 gave out the odd ids: its tracks died with it; its successor goes on above them
     assert all(i % 2 == 0 for i in seen_after & seen_before), "only the other worker's tracks go on"

@@ -106,6 +106,10 @@ class AnalyticsStage(Protocol):
 
     def collect_end(self, ticket: Any) -> list[AnalyticsMessage]: ...
 
+    def status(self) -> dict[str, Any] | None:
+        """What the heartbeat says about where the stage runs (None: nothing to say)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -153,6 +157,9 @@ class Analytics:
 
     def collect_end(self, ticket: EndOfStream) -> list[AnalyticsMessage]:
         return self.end(ticket)
+
+    def status(self) -> None:
+        return None
 
     def close(self) -> None:
         pass

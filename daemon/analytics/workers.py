@@ -200,6 +200,8 @@ class AnalyticsWorkers:
         self._counters: dict[int, dict[str, Any]] = {}  # per worker index: its sources' counters (replaced whole)
         self._shots: dict[str, BestShots] = {}
         self._dealt = 0
+        self._replaced = 0  # workers replaced (died or hung)
+        self._untracked = 0  # results published untracked because their worker was lost
 
     @property
     def needs_pixels(self) -> bool:
@@ -214,6 +216,10 @@ class AnalyticsWorkers:
     def should_infer(self, source_id: str, frame_index: int) -> bool:
         every = self._infer_every.get(source_id, 1)
         return every == 1 or frame_index % every == 0
+
+    def status(self) -> dict[str, Any]:
+        """The heartbeat's ``analytics_workers``: how many, how often one was replaced, and what it cost."""
+        return {"processes": len(self._workers), "replaced": self._replaced, "untracked_results": self._untracked}
 
     def snapshot(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -274,6 +280,7 @@ class AnalyticsWorkers:
             if answer is None:
                 for position in part.positions:
                     _mark_untracked(results[position])
+                self._untracked += len(part.positions)
                 continue
             fields, found, counters, replace_counters, live_ids, next_id = answer
             part.worker.next_id = next_id
@@ -330,6 +337,7 @@ class AnalyticsWorkers:
                 self._worker_of.pop(source_id, None)
             self._counters.pop(worker.index, None)
             worker.replace(self._settings, why)
+            self._replaced += 1
 
     def _merge_counters(self, index: int, counters: dict[str, Any], whole: bool) -> None:
         if whole:
