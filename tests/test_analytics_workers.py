@@ -99,14 +99,18 @@ def renumbered(published, messages):
     return out, bodies
 
 
-def test_one_worker_publishes_exactly_what_the_completer_publishes():
-    expected = run(Analytics(settings()))
-    workers = AnalyticsWorkers(settings(), 1)
+def run_in_workers(count: int, snapshots: bool = False) -> tuple[tuple[list, list], dict]:
+    """:func:`run` through ``count`` real worker processes, and their counters after it."""
+    workers = AnalyticsWorkers(settings(snapshots), count)
     try:
-        got = run(workers)
-        counters = workers.snapshot()
+        return run(workers), workers.snapshot()
     finally:
         workers.close()
+
+
+def test_one_worker_publishes_exactly_what_the_completer_publishes():
+    expected = run(Analytics(settings()))
+    got, counters = run_in_workers(1)
     assert got[0] == expected[0], "every detection's track fields, bit for bit"
     assert [(m.source_id, m.kind, m.body) for m in got[1]] == [(m.source_id, m.kind, m.body) for m in expected[1]]
     assert {m.kind for m in expected[1]} == {"event", "track"} and sum(m.kind == "track" for m in expected[1]) >= 6
@@ -116,12 +120,7 @@ def test_one_worker_publishes_exactly_what_the_completer_publishes():
 def test_two_workers_give_the_same_tracks_with_ids_unique_across_the_daemon():
     completer = Analytics(settings())
     expected = run(completer)
-    workers = AnalyticsWorkers(settings(), 2)
-    try:
-        got = run(workers)
-        counters = workers.snapshot()
-    finally:
-        workers.close()
+    got, counters = run_in_workers(2)
     assert renumbered(*got) == renumbered(*expected), "the same tracks, events and summaries; only the ids differ"
     ids = {}
     for n, detections in enumerate(got[0]):
@@ -137,11 +136,7 @@ def test_two_workers_give_the_same_tracks_with_ids_unique_across_the_daemon():
 
 def test_snapshots_are_taken_here_from_the_workers_tracks():
     expected = run(Analytics(settings(snapshots=True)))
-    workers = AnalyticsWorkers(settings(snapshots=True), 2)
-    try:
-        got = run(workers)
-    finally:
-        workers.close()
+    got, _ = run_in_workers(2, snapshots=True)
     pictures = lambda messages: sorted((m.source_id, m.kind, m.attachment.frame_index, m.attachment.width, m.attachment.height)  # noqa: E731
                                        for m in messages if m.attachment is not None)  # fmt: skip
     assert pictures(got[1]) and pictures(got[1]) == pictures(expected[1]), "the same best frame for every message"
