@@ -34,7 +34,7 @@ from ..tracking.objects import TrackedObject, TrackSummary
 from .regions import RegionAnalytics
 from .snapshots import BestShots, Snapshot
 
-__all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings", "AnalyticsStage"]
+__all__ = ["Analytics", "AnalyticsMessage", "AnalyticsSettings", "AnalyticsStage", "infer_this_frame"]
 
 log = logging.getLogger("trtstream.analytics")
 
@@ -80,6 +80,13 @@ class _Source:
         self.newest_id = 0  # the highest track id it has published: a higher one is a new track
         self.shots = BestShots(settings.snapshots) if settings.snapshots.enabled else None
         self.live: list[int] = []  # the track ids of its last frame (kept only with Analytics.keep_live_ids)
+
+
+def infer_this_frame(infer_every: dict[str, int], source_id: str, frame_index: int) -> bool:
+    """``sources[].infer_every``: the model runs on every N-th frame of a tracked source (the tracker
+    predicts the others) and on every frame of an untracked one. Both stages answer the batcher with this."""
+    every = infer_every.get(source_id, 1)
+    return every == 1 or frame_index % every == 0
 
 
 class AnalyticsStage(Protocol):
@@ -175,8 +182,7 @@ class Analytics:
 
     def should_infer(self, source_id: str, frame_index: int) -> bool:
         """Whether the model runs on this frame (``infer_every``; untracked sources: always)."""
-        every = self._infer_every.get(source_id, 1)
-        return every == 1 or frame_index % every == 0
+        return infer_this_frame(self._infer_every, source_id, frame_index)
 
     def snapshot(self) -> dict[str, Any]:
         """Per tracked source: active and ended track counts, zone and line counters (heartbeats, metrics)."""

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..entities import EndOfStream, Frame, FrameResult, ImageShape
 from .snapshots import BestShots
-from .stage import Analytics, AnalyticsMessage, AnalyticsSettings
+from .stage import Analytics, AnalyticsMessage, AnalyticsSettings, infer_this_frame
 
 __all__ = ["AnalyticsWorkers", "ANSWER_TIMEOUT_S"]
 
@@ -214,8 +214,7 @@ class AnalyticsWorkers:
 
     # -- any thread ------------------------------------------------------------------------------------------
     def should_infer(self, source_id: str, frame_index: int) -> bool:
-        every = self._infer_every.get(source_id, 1)
-        return every == 1 or frame_index % every == 0
+        return infer_this_frame(self._infer_every, source_id, frame_index)
 
     def status(self) -> dict[str, Any]:
         """The heartbeat's ``analytics_workers``: how many, how often one was replaced, and what it cost."""
