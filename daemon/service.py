@@ -36,8 +36,8 @@ from .framequeue import Multiplexer
 from .publisher import Publisher
 from .errors import TrtstreamError
 from .redact import mask_text, mask_url
-from .analytics.stage import Analytics, AnalyticsSettings, AnalyticsStage
-from .analytics.workers import AnalyticsWorkers
+from .analytics.stage import AnalyticsSettings, AnalyticsStage
+from .analytics.workers import make_analytics
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import AutoDecoderFactory, open_producer, resolve_decoder
@@ -285,8 +285,7 @@ class Daemon:
         processes = config.daemon.analytics_processes
         if processes:
             log.info("analytics (trackers, zones, lines) in %d worker process(es)", processes)
-            return AnalyticsWorkers(settings, processes)
-        return Analytics(settings)
+        return make_analytics(settings, processes)
 
     def _build_unit(self, config: Config, backend) -> ServingUnit:
         """What serves ``config``'s model with ``backend`` (the one factory: start, background build, reload)."""

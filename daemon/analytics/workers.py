@@ -47,7 +47,7 @@ from ..entities import EndOfStream, Frame, FrameResult, ImageShape
 from .snapshots import BestShots
 from .stage import Analytics, AnalyticsMessage, AnalyticsSettings, infer_this_frame
 
-__all__ = ["AnalyticsWorkers", "ANSWER_TIMEOUT_S"]
+__all__ = ["AnalyticsWorkers", "ANSWER_TIMEOUT_S", "make_analytics"]
 
 log = logging.getLogger("trtstream.analytics")
 
@@ -182,6 +182,12 @@ class _Worker:
 
 class _WorkerLost(Exception):
     pass
+
+
+def make_analytics(settings: AnalyticsSettings, processes: int) -> "Analytics | AnalyticsWorkers":
+    """The analytics stage on the completer (``processes`` 0) or in that many worker processes: the one
+    choice of where it runs, for the daemon and the benchmarks alike."""
+    return AnalyticsWorkers(settings, processes) if processes else Analytics(settings)
 
 
 class AnalyticsWorkers:

@@ -297,12 +297,12 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     publisher.start()
     analytics = None
     if tracking:
-        from daemon.analytics.stage import Analytics, AnalyticsSettings
-        from daemon.analytics.workers import AnalyticsWorkers
+        from daemon.analytics.stage import AnalyticsSettings
+        from daemon.analytics.workers import make_analytics
         from daemon.analyticsconfig import TrackingConfig
 
         settings = AnalyticsSettings(TrackingConfig(), {f"cam{i}": 1 for i in range(sources)}, {}, {}, tuple(unit.pipeline.labels))
-        analytics = AnalyticsWorkers(settings, analytics_processes) if analytics_processes else Analytics(settings)
+        analytics = make_analytics(settings, analytics_processes)
     scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream,
                           sink_many=publisher.submit_many, analytics=analytics, sink_events=publisher.submit_events)
     scheduler.warm_up()
