@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import select
 import signal
 import struct
 import subprocess
@@ -31,12 +30,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
+from .childproc import PipeReader, die_with_parent
 from .errors import SourceError
 from .redact import mask_text, mask_url
 
-__all__ = ["MAGIC", "Packet", "PacketStream", "StreamHeader", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
+__all__ = ["MAGIC", "Packet", "PacketSink", "PacketStream", "SinkStopped", "StreamHeader", "run_demuxer", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
 
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
@@ -82,11 +82,7 @@ class PacketStream:
         except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
             self._errors.close()
             raise SourceError(f"{self._shown}: cannot start its demuxer process: {exc}", retryable=True) from None
-        self._fd = self._process.stdout.fileno()
-        self._poll = select.poll()  # not select(): descriptors above 1023 are normal here (daemon/limits.py)
-        self._poll.register(self._fd, select.POLLIN)
-        self._buffer = bytearray()
-        self._eof = False
+        self._pipe = PipeReader(self._process.stdout.fileno())
         try:
             try:
                 self._process.stdin.write(json.dumps(settings).encode() + b"\n")
@@ -94,11 +90,11 @@ class PacketStream:
             except OSError:  # it died at once: _failure below says why
                 pass
             deadline = time.monotonic() + open_timeout_s + read_timeout_s  # the child's open, then its first read
-            magic = self._take(len(MAGIC) + 4, deadline)
+            magic = self._pipe.take(len(MAGIC) + 4, deadline)
             if magic is None or magic[:4] != MAGIC:
                 raise self._failure("the demuxer process sent no stream header")
             (length,) = struct.unpack("<I", magic[4:])
-            body = self._take(length, deadline) if length <= _MAX_HEADER else None
+            body = self._pipe.take(length, deadline) if length <= _MAX_HEADER else None
             if body is None:
                 raise self._failure("the demuxer process sent a broken stream header")
             try:
@@ -123,17 +119,17 @@ class PacketStream:
     def read(self) -> Packet | None:
         """The next packet; None at a clean end of stream; SourceError on a stall or the child's error."""
         deadline = time.monotonic() + self._read_timeout_s
-        head = self._take(_HEAD.size, deadline)
+        head = self._pipe.take(_HEAD.size, deadline)
         if head is None:
-            if self._eof and self._buffer == b"" and self._exit_status(5.0) == 0:
+            if self._pipe.eof and not self._pipe.buffered and self._exit_status(5.0) == 0:
                 return None
-            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._eof else "the demuxer process ended")
+            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended")
         size, flags = _HEAD.unpack(head)
         if size > _MAX_PACKET:
             raise self._failure(f"a packet of {size} bytes")
-        data = self._take(size, deadline)
+        data = self._pipe.take(size, deadline)
         if data is None:
-            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._eof else "the demuxer process ended mid-packet")
+            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended mid-packet")
         return Packet(data, bool(flags & _KEY))
 
     def close(self) -> None:
@@ -150,24 +146,6 @@ class PacketStream:
             if pipe is not None and not pipe.closed:
                 pipe.close()
 
-    # -- reading -------------------------------------------------------------------------------------------
-    def _take(self, count: int, deadline: float) -> bytes | None:
-        """``count`` bytes, or None at the deadline or the end of the pipe (what came stays buffered)."""
-        while len(self._buffer) < count:
-            if self._eof:
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._poll.poll(remaining * 1000):
-                return None
-            chunk = os.read(self._fd, 1 << 20)
-            if not chunk:
-                self._eof = True
-                continue
-            self._buffer += chunk
-        taken = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return taken
-
     def _exit_status(self, timeout: float) -> int | None:
         try:
             return self._process.wait(timeout)
@@ -177,7 +155,7 @@ class PacketStream:
     def _failure(self, what: str) -> SourceError:
         """What went wrong, with the child's own error line when it exited with one (masked again here)."""
         status = self._process.poll()
-        if status is None and self._eof:
+        if status is None and self._pipe.eof:
             status = self._exit_status(2.0)
         said = ""
         if status is not None and not self._errors.closed:
@@ -254,33 +232,47 @@ def _copy_nal_units(record: bytes, offset: int, count: int, out: bytearray) -> i
 
 
 # -- the child ---------------------------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the kernel kills this process when the daemon's thread that started it ends
-    (a crashed daemon leaves no demuxer behind)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+class PacketSink(Protocol):
+    """Where a demuxer's output goes: this module's pipe to the daemon, or a decoder in the same process
+    (:mod:`daemon.gpu.nvdecproc`)."""
+
+    def header(self, header: StreamHeader) -> None: ...
+
+    def packet(self, data: bytes, key: bool) -> None: ...
 
 
-def _write_header(out: BinaryIO, header: StreamHeader) -> None:
-    body = json.dumps({"codec": header.codec, "width": header.width, "height": header.height, "fps": header.fps,
-                       "extradata": header.extradata.hex()}).encode()
-    out.write(MAGIC + struct.pack("<I", len(body)) + body)
-    out.flush()
+class SinkStopped(Exception):
+    """Raised by a sink to end demuxing with its own error line and exit status (a decoder that refused
+    the stream, say): the demuxer's own wording ("cannot demux") would be wrong for it."""
+
+    def __init__(self, line: str, status: int = EXIT_RETRYABLE):
+        super().__init__(line)
+        self.status = status
 
 
-def _write_packet(out: BinaryIO, data: bytes, key: bool) -> None:
-    out.write(_HEAD.pack(len(data), _KEY if key else 0))
-    out.write(data)
-    out.flush()
+class _PipeSink:
+    """The wire format of the module docstring on ``out``."""
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+
+    def header(self, header: StreamHeader) -> None:
+        body = json.dumps({"codec": header.codec, "width": header.width, "height": header.height, "fps": header.fps,
+                           "extradata": header.extradata.hex()}).encode()
+        self._out.write(MAGIC + struct.pack("<I", len(body)) + body)
+        self._out.flush()
+
+    def packet(self, data: bytes, key: bool) -> None:
+        self._out.write(_HEAD.pack(len(data), _KEY if key else 0))
+        self._out.write(data)
+        self._out.flush()
 
 
 class _Unavailable(Exception):
     """No demuxer library in this interpreter."""
 
 
-def _demux_with_pyav(settings: dict[str, Any], out: BinaryIO) -> None:
+def _demux_with_pyav(settings: dict[str, Any], sink: PacketSink) -> None:
     try:
         import av
     except ImportError:
@@ -294,20 +286,20 @@ def _demux_with_pyav(settings: dict[str, Any], out: BinaryIO) -> None:
         context = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate and 0 < float(rate) < 1000 else None
-        _write_header(out, StreamHeader(context.name, int(context.width), int(context.height), fps,
-                                        annexb_parameter_sets(context.name, context.extradata)))
+        sink.header(StreamHeader(context.name, int(context.width), int(context.height), fps,
+                                 annexb_parameter_sets(context.name, context.extradata)))
         length_size = nal_length_size(context.name, context.extradata)  # RTMP, HTTP-FLV, fragmented MP4
         for packet in container.demux(stream):
             if packet.size:
                 data = bytes(packet)
-                _write_packet(out, annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
+                sink.packet(annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
 
 
 _NVC_CODEC_NAMES = {"H264": "h264", "HEVC": "hevc", "AV1": "av1", "VP9": "vp9", "VP8": "vp8", "MPEG2": "mpeg2video",
                     "MPEG4": "mpeg4", "JPEG": "mjpeg", "VC1": "vc1"}
 
 
-def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
+def _demux_with_pynvvideocodec(settings: dict[str, Any], sink: PacketSink) -> None:
     try:
         import PyNvVideoCodec as nvc
     except Exception:
@@ -316,10 +308,10 @@ def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
     codec = demuxer.GetNvCodecId()
     codec_id = str(getattr(codec, "name", codec)).rsplit(".", 1)[-1]
     width, height, fps = _nvc_geometry(demuxer)
-    _write_header(out, StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
+    sink.header(StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
     for packet in demuxer:
         if packet.bsl:
-            _write_packet(out, ctypes.string_at(packet.bsl_data, packet.bsl), bool(getattr(packet, "key", 0)))
+            sink.packet(ctypes.string_at(packet.bsl_data, packet.bsl), bool(getattr(packet, "key", 0)))
 
 
 def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
@@ -347,25 +339,24 @@ def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
     return width, height, fps
 
 
-def main() -> int:
-    """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
-    _die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends it even inside a C call that waits for the network
-    out = os.fdopen(os.dup(1), "wb")  # the packets: a descriptor of their own ...
-    os.dup2(2, 1)  # ... and fd 1 is stderr, so a library printing to stdout cannot break their framing
-    sys.stdout = sys.stderr
-    settings = json.loads(sys.stdin.readline())
+def run_demuxer(settings: dict[str, Any], sink: PacketSink) -> int:
+    """Demux ``settings["url"]`` into ``sink`` with the first demuxer this interpreter has (``settings
+    ["demuxer"]``: auto, pyav, pynvvideocodec); the child's exit status (module docstring), its error
+    line printed to stderr."""
     order = {"auto": (_demux_with_pyav, _demux_with_pynvvideocodec), "pyav": (_demux_with_pyav,),
              "pynvvideocodec": (_demux_with_pynvvideocodec,)}[settings.get("demuxer", "auto")]
     missing = []
     for demux in order:
         try:
-            demux(settings, out)
+            demux(settings, sink)
             return 0
         except _Unavailable as exc:
             missing.append(str(exc))
         except BrokenPipeError:  # the daemon closed the stream: nothing to say
             return 0
+        except SinkStopped as exc:
+            print(mask_text(str(exc)), file=sys.stderr)
+            return exc.status
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_FINAL
@@ -374,6 +365,17 @@ def main() -> int:
             return EXIT_RETRYABLE
     print(f"no demuxer: needs {' or '.join(missing)}", file=sys.stderr)
     return EXIT_FINAL
+
+
+def main() -> int:
+    """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends it even inside a C call that waits for the network
+    out = os.fdopen(os.dup(1), "wb")  # the packets: a descriptor of their own ...
+    os.dup2(2, 1)  # ... and fd 1 is stderr, so a library printing to stdout cannot break their framing
+    sys.stdout = sys.stderr
+    settings = json.loads(sys.stdin.readline())
+    return run_demuxer(settings, _PipeSink(out))
 
 
 if __name__ == "__main__":

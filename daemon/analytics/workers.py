@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import select
 import struct
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..childproc import PipeReader, die_with_parent
 from ..entities import EndOfStream, Frame, FrameResult, ImageShape
 from .snapshots import BestShots
 from .stage import Analytics, AnalyticsMessage, AnalyticsSettings, infer_this_frame
@@ -97,9 +97,7 @@ class _Worker:
         )  # fmt: skip
         self._out = self.process.stdin
         self._fd = self.process.stdout.fileno()
-        self._poll = select.poll()  # not select(): descriptors above 1023 are normal here (daemon/limits.py)
-        self._poll.register(self._fd, select.POLLIN)
-        self._buffer = bytearray()
+        self._pipe = PipeReader(self._fd)
         self.alive = True
         self.send(("start", _without_pictures(settings), self.next_id, self.count, settings.snapshots.enabled))
 
@@ -126,16 +124,9 @@ class _Worker:
         return pickle.loads(self._take(size, deadline))
 
     def _take(self, count: int, deadline: float) -> bytes:
-        while len(self._buffer) < count:
-            remaining = max(0.0, deadline - time.monotonic())  # late here is not late there: look once more
-            if not self._poll.poll(remaining * 1000):
-                raise _WorkerLost(f"did not answer within {ANSWER_TIMEOUT_S:g} s")
-            chunk = os.read(self._fd, 1 << 20)  # releases the GIL while the worker computes
-            if not chunk:
-                raise _WorkerLost("ended")
-            self._buffer += chunk
-        taken = bytes(self._buffer[:count])
-        del self._buffer[:count]
+        taken = self._pipe.take(count, deadline)  # late here is not late there: it looks once more past the deadline
+        if taken is None:
+            raise _WorkerLost("ended" if self._pipe.eof else f"did not answer within {ANSWER_TIMEOUT_S:g} s")
         return taken
 
     def replace(self, settings: AnalyticsSettings, why: str) -> None:
@@ -481,9 +472,8 @@ class _Serving:
 
 def main() -> int:
     """The worker process: requests on stdin, answers on stdout, until stdin ends."""
-    from ..demux import _die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     source, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing printed by accident may corrupt the answers
     serving: _Serving | None = None

@@ -16,7 +16,6 @@ factory and picklable arguments); builders on injected test doubles return None 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import multiprocessing
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends.base import InferenceBackend
+from ..childproc import die_with_parent
 from ..errors import BackendError, TrtstreamError
 from .artifact import ArtifactBuilder, Progress
 
@@ -153,16 +153,8 @@ def _end(process: Any) -> None:
         process.join(TERMINATE_GRACE_S)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the thread that started it dies (a daemon killed with -9)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _child_main(recipe: Recipe, model_path: Path, output_path: Path, timing_cache_path: Path | None, send: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the parent decides
     started = time.monotonic()
     try:
