@@ -334,6 +334,14 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
     kind = source.resolved_kind
     shown = mask_url(source.uri)
     if source.decoder == "nvdec":
+        if source.decode_process:  # demuxed, decoded and copied in a process of its own (daemon/gpu/nvdecproc.py)
+            if kind is SourceKind.FILE and not os.path.isfile(source.uri):
+                raise SourceError(f"file not found: {shown}", retryable=False)
+            from .gpu.nvdecproc import NvdecProcessProducer
+
+            return NvdecProcessProducer(source.uri, stream=kind is SourceKind.STREAM, slots=source.queue_size + 32,
+                                        open_timeout_s=source.reconnect.open_timeout_s, read_timeout_s=source.reconnect.read_timeout_s,
+                                        rtsp_transport=source.rtsp_transport)
         if kind is SourceKind.STREAM:  # demuxed in a process of its own (daemon/demux.py says why), decoded here
             from .demux import PacketStream
             from .gpu.nvdec import NvdecStreamProducer

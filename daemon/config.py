@@ -168,6 +168,12 @@ class SourceConfig(StrictModel):
         "threads beside the reader, 1 = decoding on the reader thread alone (many cameras), 0 = FFmpeg's own choice "
         "(one per core plus one: 17 per camera on a 16-core machine).",
     )
+    decode_process: bool = Field(
+        False, description="NVDEC sources (decoder 'nvdec', or 'auto' when it picks NVDEC): demux, decode and copy this "
+        "camera's frames in a process of its own, which hands them to the daemon through CUDA IPC, so the daemon's "
+        "interpreter does next to nothing per frame. For many cameras on one GPU; costs a CUDA context per camera "
+        "(GPU memory) and needs CUDA IPC (discrete GPUs on Linux, not Jetson).",
+    )
     rtsp_transport: Literal["auto", "tcp", "udp"] = Field(
         "auto", description="RTSP sources: how RTP travels. 'tcp' interleaved in the RTSP connection (through NAT and "
         "firewalls, no loss), 'udp' (lowest latency, loses packets under load), 'auto' = FFmpeg's choice as OpenCV "
@@ -250,6 +256,8 @@ class SourceConfig(StrictModel):
             raise ValueError("loop and pace apply to file sources only")
         if self.decoder == "nvdec" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'nvdec' applies to files and network streams (rtsp://, http(s)://, ...)")
+        if self.decode_process and self.decoder not in ("nvdec", "auto"):
+            raise ValueError("decode_process applies to NVDEC sources (decoder = 'nvdec' or 'auto')")
         if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'pyav' applies to files and network streams")
         if self.live is not None and self.resolved_kind is not SourceKind.GSTREAMER:

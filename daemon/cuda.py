@@ -37,6 +37,8 @@ __all__ = [
     "cuda_versions",
     "PinnedBuffer",
     "DeviceBuffer",
+    "ImportedDeviceMemory",
+    "ipc_memory_handle",
     "Stream",
     "Event",
     "memcpy_htod_async",
@@ -321,6 +323,35 @@ class DeviceBuffer(_Resource):
 
     def _free(self) -> None:
         cuda_call(_runtime().cudaFree(self.ptr), "cudaFree")
+
+
+IPC_HANDLE_BYTES = 64  # CUDA_IPC_HANDLE_SIZE
+
+
+def ipc_memory_handle(buffer: DeviceBuffer) -> bytes:
+    """``buffer`` exported for another process of this machine (``cudaIpcGetMemHandle``): 64 opaque bytes
+    that :class:`ImportedDeviceMemory` opens there. The memory stays this process's: it outlives the
+    importer, and it is freed here only once the importer is gone."""
+    handle = cuda_call(_runtime().cudaIpcGetMemHandle(buffer.ptr), "cudaIpcGetMemHandle")
+    return ctypes.string_at(handle.getPtr(), IPC_HANDLE_BYTES)
+
+
+class ImportedDeviceMemory(_Resource):
+    """Device memory another process exported (:func:`ipc_memory_handle`), mapped into this one
+    (``cudaIpcOpenMemHandle``); ``ptr`` is its address here. Not on Jetson, whose CUDA has no IPC."""
+
+    def __init__(self, handle: bytes):
+        if len(handle) != IPC_HANDLE_BYTES:
+            raise CudaError(f"an IPC memory handle has {IPC_HANDLE_BYTES} bytes, not {len(handle)}")
+        cudart = _runtime()
+        raw = cudart.cudaIpcMemHandle_t()
+        ctypes.memmove(raw.getPtr(), handle, IPC_HANDLE_BYTES)
+        flags = getattr(cudart, "cudaIpcMemLazyEnablePeerAccess", 1)
+        self.ptr = int(cuda_call(cudart.cudaIpcOpenMemHandle(raw, flags), "cudaIpcOpenMemHandle"))
+        self._closed = False
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaIpcCloseMemHandle(self.ptr), "cudaIpcCloseMemHandle")
 
 
 def _native_handle(obj: Any) -> int:

@@ -36,7 +36,7 @@ from .childproc import PipeReader, die_with_parent
 from .errors import SourceError
 from .redact import mask_text, mask_url
 
-__all__ = ["MAGIC", "Packet", "PacketSink", "PacketStream", "SinkStopped", "StreamHeader", "run_demuxer", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
+__all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketSink", "PacketStream", "SinkStopped", "StreamHeader", "run_demuxer", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
 
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
@@ -295,6 +295,10 @@ def _demux_with_pyav(settings: dict[str, Any], sink: PacketSink) -> None:
                 sink.packet(annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
 
 
+# FFmpeg's codec names (the demuxer's header) -> PyNvVideoCodec's cudaVideoCodec member names
+NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8", "mpeg2video": "MPEG2", "mpeg4": "MPEG4",
+                 "mjpeg": "JPEG", "vc1": "VC1"}
+
 _NVC_CODEC_NAMES = {"H264": "h264", "HEVC": "hevc", "AV1": "av1", "VP9": "vp9", "VP8": "vp8", "MPEG2": "mpeg2video",
                     "MPEG4": "mpeg4", "JPEG": "mjpeg", "VC1": "vc1"}
 
@@ -355,7 +359,8 @@ def run_demuxer(settings: dict[str, Any], sink: PacketSink) -> int:
         except BrokenPipeError:  # the daemon closed the stream: nothing to say
             return 0
         except SinkStopped as exc:
-            print(mask_text(str(exc)), file=sys.stderr)
+            if str(exc):
+                print(mask_text(str(exc)), file=sys.stderr)
             return exc.status
         except LookupError as exc:
             print(str(exc), file=sys.stderr)

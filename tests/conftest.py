@@ -68,17 +68,18 @@ def gpu_marks() -> list:
     return [pytest.mark.gpu, pytest.mark.skipif(reason is not None, reason=str(reason))]
 
 
-def serve_nvdec_clip(start_daemon, port: int, engine: str, env: dict | None = None, decoder: str = "nvdec"):
+def serve_nvdec_clip(start_daemon, port: int, engine: str, env: dict | None = None, decoder: str = "nvdec", source: str = ""):
     """The daemon on the 1080p30 test clip decoded by NVDEC (``engine``: the [engine] lines), checked for
     what every GPU backend must give: every frame in order at 1920x1080, people and bicycles, boxes inside
-    the frame. Returns (daemon, result messages). The clip comes from scripts/make-test-clips."""
+    the frame. Returns (daemon, result messages). The clip comes from scripts/make-test-clips. ``source``:
+    more lines for its [[sources]] table."""
     pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
     from daemon.client import ResultSubscriber
 
     clip = REPO / ".cache" / "bikes_1080p30.mp4"
     if not clip.is_file():
         pytest.fail(f"missing {clip}: run scripts/make-test-clips")
-    config = detector_config(f'[[sources]]\nid = "nvdec"\nuri = "{clip}"\ndecoder = "{decoder}"\n', port, engine=engine)
+    config = detector_config(f'[[sources]]\nid = "nvdec"\nuri = "{clip}"\ndecoder = "{decoder}"\n{source}', port, engine=engine)
     with ResultSubscriber(f"tcp://127.0.0.1:{port}") as subscriber:
         daemon = start_daemon(config, env=env)
         messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)

@@ -35,6 +35,7 @@ def with_source(**fields) -> dict:
         (with_source(rtsp_transport="tcp"), "x.toml: sources[0](id='cam1'): rtsp_transport applies to rtsp:// and rtsps:// sources only"),
         (with_source(uri="rtsp://cam.local/x", rtsp_transport="quic"),
          "x.toml: sources[0](id='cam1').rtsp_transport: Input should be 'auto', 'tcp' or 'udp' (got 'quic')"),
+        (with_source(decode_process=True), "x.toml: sources[0](id='cam1'): decode_process applies to NVDEC sources (decoder = 'nvdec' or 'auto')"),
         (with_source(queue_size=0), "x.toml: sources[0](id='cam1').queue_size: Input should be greater than or equal to 1 (got 0)"),
         (with_source(drop_policy="newest"), "x.toml: sources[0](id='cam1').drop_policy: Input should be 'auto', 'block' or 'drop_oldest'"),
         ({**MINIMAL, "sources": [{"id": "cam 1", "uri": "a.mp4"}]}, "x.toml: sources[0](id='cam 1').id: String should match pattern"),

@@ -442,6 +442,145 @@ def test_nvdec_frames_reach_another_stream_through_their_ready_event():
             stream.close()
 
 
+def _device_nv12_to_host(cupy, image) -> np.ndarray:
+    """A DeviceFrame's NV12 bytes (rows of ``width``) on the host, after a device synchronize."""
+    cupy.cuda.runtime.deviceSynchronize()
+    nbytes = image.width * image.height * 3 // 2
+    memory = cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(image.y_ptr, nbytes, image), 0)
+    return cupy.ndarray((image.height * 3 // 2, image.width), cupy.uint8, memory).get()
+
+
+def test_a_decoding_process_hands_over_exactly_what_nvdec_decodes():
+    """``decode_process = true`` (daemon/gpu/nvdecproc.py): the child decodes the 1080p30 clip with NVDEC
+    and copies each frame into the daemon's memory through CUDA IPC. Every frame the reader takes is the
+    NV12 PyNvVideoCodec decodes here (a reference decoder in this process), frames grabbed and not
+    retrieved (a full queue skips them) give their slot back at once, a pool smaller than the clip is
+    recycled, the end is an end, and after a rewind the first frame comes again."""
+    nvc = pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    import cupy
+
+    from daemon import cuda
+    from daemon.gpu.nvdecproc import NvdecProcessProducer
+
+    from .conftest import REPO
+
+    clip = REPO / ".cache" / "bikes_1080p30.mp4"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: run scripts/make-test-clips")
+    producer = NvdecProcessProducer(str(clip), stream=False, slots=3, open_timeout_s=10, read_timeout_s=10)
+    reference_stream = cuda.Stream()
+    reference = nvc.SimpleDecoder(str(clip), gpu_id=0, cuda_context=cuda.primary_context_handle(0), cuda_stream=reference_stream.handle,
+                                  use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE)
+
+    def reference_frame() -> np.ndarray:
+        (frame,) = reference.get_batch_frames(1)
+        cupy.cuda.runtime.deviceSynchronize()
+        y, uv = (_pitched_plane_to_host(cupy, plane, 1920) for plane in frame.cuda())
+        return np.concatenate([y[:1080], uv[:540]])
+
+    try:
+        assert producer.fps and abs(producer.fps - 30) < 0.1
+        held = []
+        compared = 0
+        for index in range(300):
+            assert producer.grab(), f"frame {index}"
+            expected = reference_frame()
+            if index % 7 == 3:
+                continue  # grabbed, never retrieved: its slot must come back, or the 3-slot pool would run dry
+            image, pts = producer.retrieve()
+            assert (image.width, image.height, image.ready) == (1920, 1080, None)
+            assert pts == pytest.approx(index * 1000 / 30, abs=0.01)
+            if index % 10 == 0 or index > 290:
+                got = _device_nv12_to_host(cupy, image)
+                assert np.array_equal(got, expected), f"frame {index}: {int((got != expected).sum())} bytes differ"
+                compared += 1
+            held.append(image)
+            if len(held) == 2:  # two frames out at once (queued, in a batch), then back
+                for old in held:
+                    old.release()
+                held.clear()
+        for old in held:
+            old.release()
+        assert compared >= 35
+        assert not producer.grab(), "the clip's end"
+        assert producer.rewind()
+        assert producer.grab()
+        image, pts = producer.retrieve()
+        reference.seek_to_index(0)
+        assert pts == 0 and np.array_equal(_device_nv12_to_host(cupy, image), reference_frame()), "the first frame again"
+        image.release()
+    finally:
+        producer.close()
+        reference_stream.close()
+
+
+def test_the_daemon_serves_an_nvdec_source_decoded_in_a_process_of_its_own(start_daemon, free_port):
+    """The same checks as the in-daemon NVDEC source (every frame in order, boxes in the frame), with the
+    clip decoded in its decoding process: the frames reach GPU preprocessing through CUDA IPC."""
+    from .conftest import serve_nvdec_clip
+
+    daemon, results = serve_nvdec_clip(start_daemon, free_port, 'backend = "torch"\nmax_batch = 16\nstreams = 2\npreprocess = "gpu"',
+                                       source="decode_process = true\n")
+    assert {m.header["model"]["backend"] for m in results} == {"torch"}
+
+
+def test_an_http_camera_decoded_in_its_own_process_comes_back_after_that_process_is_killed(start_daemon, free_port):
+    """A network camera with ``decode_process = true``: demuxed and decoded by NVDEC in one child. SIGKILL
+    of that child mid-stream is a camera gone: the reader reconnects with its backoff (a new child), the
+    results go on, in order, none twice, and the daemon exits cleanly at SIGTERM."""
+    pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
+    import os
+    import signal
+    import time
+
+    from daemon.client import ResultSubscriber
+
+    from .conftest import REPO, collect, detector_config
+    from .test_http_ts import TsCamera
+
+    clip = REPO / ".cache" / "bikes.ts"
+    if not clip.is_file():
+        pytest.fail(f"missing {clip}: scripts/gpu-carry makes it")
+
+    def decoding_children(pid: int) -> list[int]:
+        found = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                        if b"daemon.gpu.nvdecchild" in cmdline.read():
+                            found.append(int(child))
+        return found
+
+    camera = TsCamera(clip).start()
+    try:
+        config = detector_config(
+            f'[[sources]]\nid = "ts"\nuri = "{camera.url}"\ndecoder = "nvdec"\ndecode_process = true\n'
+            '[sources.reconnect]\nopen_timeout_s = 10\nread_timeout_s = 5\ninitial_delay_s = 0.2\n',
+            free_port, engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"',
+        ) + "\n[daemon]\nexit_when_sources_end = false\n"  # fmt: skip
+        with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+            daemon = start_daemon(config)
+            first = collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 30, timeout=120, daemon=daemon)
+            (child,) = decoding_children(daemon.process.pid)
+            os.kill(child, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and child in decoding_children(daemon.process.pid):
+                time.sleep(0.05)
+            later = collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 30, timeout=120, daemon=daemon)
+            replacement = decoding_children(daemon.process.pid)
+            daemon.terminate()
+            assert daemon.wait(60) == 0, daemon.stderr
+    finally:
+        camera.stop()
+    assert replacement and child not in replacement, "a new decoding process"
+    results = [m for m in first + later if m.type == "result"]
+    indexes = [m.header["frame"]["index"] for m in results]
+    assert indexes == sorted(set(indexes)), "frames in order, none twice"
+    assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(640, 272)}
+    assert {"person", "bicycle"} & {d["label"] for m in results for d in m.header["detections"]}
+
+
 def _pitched_plane_to_host(cupy, plane, width: int) -> np.ndarray:
     """A decoder plane (its ``__cuda_array_interface__``: rows of ``pitch`` bytes) as ``rows x width`` bytes
     on the host; cupy.asarray refuses PyNvVideoCodec's interface, whose shape is a list."""

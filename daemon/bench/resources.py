@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["rss_mib", "process_sample", "gpu_used_mib", "thread_clocks", "thread_cpu_by_role", "slope_per_minute"]
+__all__ = ["rss_mib", "process_sample", "gpu_used_mib", "thread_clocks", "thread_cpu_by_role", "children_sample", "slope_per_minute"]
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -48,6 +48,30 @@ def thread_cpu_by_role(pid: int) -> dict[str, float]:
         role = name.split(":", 1)[0]
         roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return roles
+
+
+def children_sample(pid: int) -> dict[str, float]:
+    """The direct child processes of ``pid`` (the demuxers, NVDEC decoding processes, analytics workers),
+    summed: how many, their CPU seconds so far (utime + stime) and resident memory (MiB), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    cpu = rss = 0.0
+    count = 0
+    for child in children:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+            rss += rss_mib(child)
+        except (OSError, ValueError):  # it ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu += (int(fields[11]) + int(fields[12])) / ticks
+        count += 1
+    return {"children": count, "children_cpu_s": cpu, "children_rss_mib": rss}
 
 
 def thread_clocks(wanted: Callable[[str], bool]) -> dict[str, int]:

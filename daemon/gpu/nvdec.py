@@ -29,6 +29,7 @@ import numpy as np
 from .. import cuda
 from ..bufferpool import BufferPool
 from ..capture import file_pts_ms
+from ..demux import NVDEC_CODECS
 from ..entities import DeviceFrame
 from ..errors import SourceError
 from ..redact import mask_text
@@ -229,11 +230,6 @@ class NvdecProducer:
         self._copier.close()
 
 
-# FFmpeg's codec names (the demuxer's header) -> PyNvVideoCodec's cudaVideoCodec member names
-_NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8", "mpeg2video": "MPEG2", "mpeg4": "MPEG4",
-                 "mjpeg": "JPEG", "vc1": "VC1"}
-
-
 class NvdecStreamProducer:
     """A network camera decoded by NVDEC (``decoder = "nvdec"`` on an rtsp/http(s)/... URL): packets from a
     demuxer process (:mod:`daemon.demux`: PyNvVideoCodec's demuxer keeps the GIL while it waits for the
@@ -251,7 +247,7 @@ class NvdecStreamProducer:
             packets.close()
             raise
         header = packets.header
-        codec = getattr(nvc.cudaVideoCodec, _NVDEC_CODECS.get(header.codec, ""), None)
+        codec = getattr(nvc.cudaVideoCodec, NVDEC_CODECS.get(header.codec, ""), None)
         if codec is None:
             packets.close()
             raise SourceError(f"NVDEC does not decode {header.codec!r} streams (use decoder = 'opencv')", retryable=False)
