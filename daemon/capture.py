@@ -341,7 +341,7 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
 
             return NvdecProcessProducer(source.uri, stream=kind is SourceKind.STREAM, slots=source.queue_size + 32,
                                         open_timeout_s=source.reconnect.open_timeout_s, read_timeout_s=source.reconnect.read_timeout_s,
-                                        rtsp_transport=source.rtsp_transport)
+                                        rtsp_transport=source.rtsp_transport, stop=stop)
         if kind is SourceKind.STREAM:  # demuxed in a process of its own (daemon/demux.py says why), decoded here
             from .demux import PacketStream
             from .gpu.nvdec import NvdecStreamProducer

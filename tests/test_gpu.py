@@ -501,7 +501,7 @@ def test_a_decoding_process_hands_over_exactly_what_nvdec_decodes():
                 held.clear()
         for old in held:
             old.release()
-        assert compared >= 35
+        assert compared >= 30
         assert not producer.grab(), "the clip's end"
         assert producer.rewind()
         assert producer.grab()

@@ -141,7 +141,9 @@ def _decode_file(nvc: Any, settings: dict[str, Any], handover: _Handover) -> Non
         )  # fmt: skip
         metadata = decoder.get_stream_metadata()
     except Exception as exc:
-        raise _Failure(f"NVDEC cannot decode {settings['url']}: {exc}", EXIT_FINAL) from None
+        # retryable, unlike in the daemon (daemon/gpu/nvdec.py): here it is also how a machine short of
+        # decoder or context resources answers, which a later attempt may find free
+        raise _Failure(f"NVDEC cannot decode {settings['url']}: {exc}", EXIT_RETRYABLE) from None
     fps = float(getattr(metadata, "average_fps", 0) or 0) or None
     frames = int(getattr(metadata, "num_frames", 0) or 0)  # asking past the end prints "INVALID INDEX" (nvdec.py)
     handover.header(fps, int(getattr(metadata, "width", 0) or 0), int(getattr(metadata, "height", 0) or 0), frames)

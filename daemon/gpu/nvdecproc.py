@@ -61,6 +61,22 @@ START_ALLOWANCE_S = 20.0
 """Beyond the source's own timeouts, how long the child may take to start (Python, PyNvVideoCodec, a CUDA
 context): many cameras starting at once on a busy machine take seconds each."""
 
+STARTING_AT_ONCE = 4
+"""Decoding processes starting at the same time (until their first frame, or their failure): 96 cameras
+starting together on the H200 made 96 CUDA contexts and NVDEC decoders at once, and most of them failed
+or missed their deadline; started a few at a time, each takes well under a second."""
+
+
+_start_turns = threading.BoundedSemaphore(STARTING_AT_ONCE)  # the daemon's: shared by every camera's reader
+
+
+def _error_text(stderr: bytes) -> str:
+    """The child's error as one line, masked: PyNvVideoCodec's exceptions span lines (the call, the
+    error, "at NvDecoder.cpp:430"), and the last alone says nothing. Capped, the end kept."""
+    text = " ".join(line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip())
+    text = mask_text(text)
+    return text if len(text) <= 400 else "..." + text[-400:]
+
 
 class _SlotPool:
     """The daemon's side of one child's frames: the device memory, the free/busy byte per slot, and how
@@ -134,8 +150,15 @@ class NvdecProcessProducer:
     are released from any thread."""
 
     def __init__(self, uri: str, *, stream: bool, slots: int, open_timeout_s: float, read_timeout_s: float,
-                 rtsp_transport: str = "auto", gpu: int = 0):
+                 rtsp_transport: str = "auto", gpu: int = 0, stop: threading.Event | None = None):
+        """``stop``: the reader's; set while this waits for its turn to start (``STARTING_AT_ONCE``), it
+        gives up (SourceError, retryable: the reader is stopping anyway)."""
         self._shown = mask_url(uri)
+        self._holds_start_turn = False
+        while not _start_turns.acquire(timeout=0.1):
+            if stop is not None and stop.is_set():
+                raise SourceError(f"{self._shown}: stopped while waiting to start its decoding process", retryable=True)
+        self._holds_start_turn = True
         self._stream = stream
         self._slots = slots
         self._read_timeout_s = read_timeout_s
@@ -155,6 +178,7 @@ class NvdecProcessProducer:
                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
             )  # fmt: skip
         except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
+            self._started()
             self._close_files()
             raise SourceError(f"{self._shown}: cannot start its decoding process: {exc}", retryable=True) from None
         self._pipe = PipeReader(self._process.stdout.fileno())
@@ -194,6 +218,7 @@ class NvdecProcessProducer:
             kind, slot, index, width, height = RECORD.unpack(record)
             if kind == FRAME and self._pool is not None and slot < self._slots:
                 self._first_deadline = None
+                self._started()
                 self._grabbed = (slot, index)
                 return True
             if kind == SIZE and self._pool is None:
@@ -229,6 +254,7 @@ class NvdecProcessProducer:
 
     def close(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL), then free what no frame holds any more; idempotent."""
+        self._started()
         self._drop_grabbed()
         process = self._process
         if process is not None:
@@ -247,6 +273,12 @@ class NvdecProcessProducer:
         self._close_files()
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _started(self) -> None:
+        """Its first frame came (or it failed, or closed): the next camera's child may start."""
+        if self._holds_start_turn:
+            self._holds_start_turn = False
+            _start_turns.release()
+
     def _drop_grabbed(self) -> None:
         """A frame grabbed and not retrieved (the reader skipped it: a full queue) goes back at once."""
         grabbed, self._grabbed = self._grabbed, None
@@ -287,8 +319,7 @@ class NvdecProcessProducer:
         said = ""
         if status is not None and not self._errors.closed:
             self._errors.seek(0)
-            lines = self._errors.read().decode(errors="replace").strip().splitlines()
-            said = mask_text(lines[-1]) if lines else ""
+            said = _error_text(self._errors.read())
         if said:
             return SourceError(f"{self._shown}: {said}", retryable=status != EXIT_FINAL)
         return SourceError(f"{self._shown}: {what}", retryable=True)
