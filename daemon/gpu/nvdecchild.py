@@ -29,6 +29,7 @@ RECORD = struct.Struct("<BxHIII")  # kind, slot, index, width, height
 SIZE, FRAME, END = 1, 2, 3
 EXIT_RETRYABLE, EXIT_FINAL = 1, 2
 MAX_HEADER = 1 << 16
+SLOT_POLL_MAX_S = 0.01
 
 
 # -- the child ---------------------------------------------------------------------------------------------
@@ -54,6 +55,7 @@ class _Handover:
         self._slots = int(settings["slots"])
         self._flags = mmap.mmap(int(settings["flags_fd"]), self._slots)
         self._stream = cuda.Stream(hold_gil=True)
+        self._copied = cuda.Event()  # blocking sync: waiting for a copy sleeps; a stream synchronize would spin a core
         self._memory: cuda.ImportedDeviceMemory | None = None
         self._size = (0, 0)
         self._index = 0
@@ -85,7 +87,8 @@ class _Handover:
         else:
             cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
             cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
-        self._stream.synchronize()  # complete before it is announced: no event has to cross processes
+        self._copied.record(self._stream)
+        self._copied.synchronize()  # complete before it is announced: no event has to cross processes
         self._flags[slot] = 1
         self._out.write(RECORD.pack(FRAME, slot, self._index, width, height))
         self._out.flush()
@@ -118,12 +121,17 @@ class _Handover:
         self._size = (width, height)
 
     def _free_slot(self) -> int:
-        """A slot the daemon gave back; waits (polling the shared bytes) while all are out."""
+        """A slot the daemon gave back; waits (polling the shared bytes) while all are out. A file runs
+        ahead of its paced reader until the pool is full and then waits here most of the time, so the
+        poll slows down to ``SLOT_POLL_MAX_S``: 2000 polls a second in each of 80 processes cost 8 cores
+        on the H200. A camera's frames arrive at its rate and rarely find the pool full."""
+        pause = 0.0005
         while True:
             slot = self._flags.find(b"\x00")
             if 0 <= slot < self._slots:
                 return slot
-            time.sleep(0.0005)
+            time.sleep(pause)
+            pause = min(pause * 2, SLOT_POLL_MAX_S)
 
     def _next_command(self) -> dict[str, Any]:
         line = self._commands.readline()
