@@ -11,12 +11,24 @@ blocks on it, and the kernel kills it when the daemon goes.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from typing import Any, BinaryIO
 
-__all__ = ["PipeReader", "die_with_parent"]
+from .errors import SourceError
+from .redact import mask_text
+
+__all__ = ["PipeReader", "SourceChild", "child_stdio", "die_with_parent"]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_FINAL = 2
+"""A source child's exit status when a retry cannot help (1: it may)."""
 
 
 def die_with_parent() -> None:
@@ -26,6 +38,18 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def child_stdio() -> BinaryIO:
+    """A source child's start: die with the daemon, end at SIGTERM even inside a C call that waits for the
+    network, and its records on a descriptor of their own (returned), with fd 1 made stderr so that a
+    library printing to stdout cannot break their framing."""
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
 
 
 class PipeReader:
@@ -62,3 +86,69 @@ class PipeReader:
         taken = bytes(self._buffer[:count])
         del self._buffer[:count]
         return taken
+
+
+class SourceChild:
+    """The daemon's side of a camera's helper process (``python -m module``): its stdin for JSON lines,
+    its stdout read through a :class:`PipeReader`, its stderr in a file (a chatty child never blocks on
+    it), and the :class:`SourceError` that names what went wrong with the child's own words. ``shown``:
+    the source as logs show it (masked). One owner: the source's reader thread."""
+
+    def __init__(self, module: str, shown: str, what: str, pass_fds: tuple[int, ...] = ()):
+        self.shown = shown
+        self._errors = tempfile.TemporaryFile()
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=self._errors, pass_fds=pass_fds, cwd=_REPO)
+        except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
+            self._errors.close()
+            raise SourceError(f"{shown}: cannot start its {what} process: {exc}", retryable=True) from None
+        self.pipe = PipeReader(self.process.stdout.fileno())
+
+    def send(self, message: dict[str, Any], last: bool = False) -> bool:
+        """One JSON line to the child (``last``: then its stdin closes); False when it is gone (its stderr
+        says why, read by :meth:`failure`)."""
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            if last:
+                self.process.stdin.close()
+            else:
+                self.process.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def exit_status(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def failure(self, what: str) -> SourceError:
+        """What went wrong: the child's own error when it exited with one (masked, as one line: library
+        errors span lines, and the last alone, "at NvDecoder.cpp:430", says nothing), else ``what``."""
+        status = self.process.poll()
+        if status is None and self.pipe.eof:
+            status = self.exit_status(2.0)
+        said = ""
+        if status is not None and not self._errors.closed:
+            self._errors.seek(0)
+            text = " ".join(line.strip() for line in self._errors.read().decode(errors="replace").splitlines() if line.strip())
+            said = mask_text(text) if len(text) <= 400 else "..." + mask_text(text[-400:])
+        if said:
+            return SourceError(f"{self.shown}: {said}", retryable=status != EXIT_FINAL)
+        return SourceError(f"{self.shown}: {what}", retryable=True)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL; the pipes and the error file closed. Idempotent."""
+        process = self.process
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pipe in (process.stdin, process.stdout, self._errors):
+            if pipe is not None and not pipe.closed:
+                pipe.close()

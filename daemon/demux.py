@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from .childproc import PipeReader, die_with_parent
-from .errors import SourceError
+from .childproc import EXIT_FINAL, SourceChild, child_stdio
 from .redact import mask_text, mask_url
 
 __all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketSink", "PacketStream", "SinkStopped", "StreamHeader", "run_demuxer", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
@@ -41,7 +36,7 @@ __all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketSink", "PacketStream", "Sin
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
 _KEY = 1
-EXIT_RETRYABLE, EXIT_FINAL = 1, 2
+EXIT_RETRYABLE = 1
 _MAX_HEADER = 1 << 20
 _MAX_PACKET = 64 << 20  # a packet larger than this is a broken stream, not a picture
 
@@ -69,102 +64,59 @@ class PacketStream:
 
     def __init__(self, url: str, *, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "auto",
                  demuxer: str = "auto"):
-        self._shown = mask_url(url)
         self._read_timeout_s = read_timeout_s
         settings = {"url": url, "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s,
                     "rtsp_transport": rtsp_transport, "demuxer": demuxer}
-        self._errors = tempfile.TemporaryFile()  # the child's stderr: a file, so a chatty child never blocks on it
+        self._child = SourceChild("daemon.demux", mask_url(url), "demuxer")
+        self._pipe = self._child.pipe
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "daemon.demux"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors,
-                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            )  # fmt: skip
-        except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
-            self._errors.close()
-            raise SourceError(f"{self._shown}: cannot start its demuxer process: {exc}", retryable=True) from None
-        self._pipe = PipeReader(self._process.stdout.fileno())
-        try:
-            try:
-                self._process.stdin.write(json.dumps(settings).encode() + b"\n")
-                self._process.stdin.close()
-            except OSError:  # it died at once: _failure below says why
-                pass
+            self._child.send(settings, last=True)  # it died at once: the failure below says why
             deadline = time.monotonic() + open_timeout_s + read_timeout_s  # the child's open, then its first read
             magic = self._pipe.take(len(MAGIC) + 4, deadline)
             if magic is None or magic[:4] != MAGIC:
-                raise self._failure("the demuxer process sent no stream header")
+                raise self._child.failure("the demuxer process sent no stream header")
             (length,) = struct.unpack("<I", magic[4:])
             body = self._pipe.take(length, deadline) if length <= _MAX_HEADER else None
             if body is None:
-                raise self._failure("the demuxer process sent a broken stream header")
+                raise self._child.failure("the demuxer process sent a broken stream header")
             try:
                 fields = json.loads(body)
                 self.header = StreamHeader(str(fields["codec"]), int(fields["width"]), int(fields["height"]),
                                            float(fields["fps"]) if fields.get("fps") else None, bytes.fromhex(fields.get("extradata", "")))
             except (ValueError, KeyError, TypeError):
-                raise self._failure("the demuxer process sent a broken stream header") from None
+                raise self._child.failure("the demuxer process sent a broken stream header") from None
         except BaseException:
             self.close()
             raise
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self._child.process.pid
 
     @property
     def shown(self) -> str:
         """The URL as logs show it (masked)."""
-        return self._shown
+        return self._child.shown
 
     def read(self) -> Packet | None:
         """The next packet; None at a clean end of stream; SourceError on a stall or the child's error."""
         deadline = time.monotonic() + self._read_timeout_s
         head = self._pipe.take(_HEAD.size, deadline)
         if head is None:
-            if self._pipe.eof and not self._pipe.buffered and self._exit_status(5.0) == 0:
+            if self._pipe.eof and not self._pipe.buffered and self._child.exit_status(5.0) == 0:
                 return None
-            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended")
+            raise self._child.failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended")
         size, flags = _HEAD.unpack(head)
         if size > _MAX_PACKET:
-            raise self._failure(f"a packet of {size} bytes")
+            raise self._child.failure(f"a packet of {size} bytes")
         data = self._pipe.take(size, deadline)
         if data is None:
-            raise self._failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended mid-packet")
+            raise self._child.failure(f"no packet within {self._read_timeout_s:g} s" if not self._pipe.eof else "the demuxer process ended mid-packet")
         return Packet(data, bool(flags & _KEY))
 
     def close(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL) and close the pipes; idempotent."""
-        process = self._process
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(2.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for pipe in (process.stdin, process.stdout, self._errors):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-
-    def _exit_status(self, timeout: float) -> int | None:
-        try:
-            return self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _failure(self, what: str) -> SourceError:
-        """What went wrong, with the child's own error line when it exited with one (masked again here)."""
-        status = self._process.poll()
-        if status is None and self._pipe.eof:
-            status = self._exit_status(2.0)
-        said = ""
-        if status is not None and not self._errors.closed:
-            self._errors.seek(0)
-            lines = self._errors.read().decode(errors="replace").strip().splitlines()
-            said = mask_text(lines[-1]) if lines else ""
-        if said:
-            return SourceError(f"{self._shown}: {said}", retryable=status != EXIT_FINAL)
-        return SourceError(f"{self._shown}: {what}", retryable=True)
+        self._child.stop()
 
 
 def nal_length_size(codec: str, extradata: bytes | None) -> int:
@@ -374,11 +326,7 @@ def run_demuxer(settings: dict[str, Any], sink: PacketSink) -> int:
 
 def main() -> int:
     """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
-    die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends it even inside a C call that waits for the network
-    out = os.fdopen(os.dup(1), "wb")  # the packets: a descriptor of their own ...
-    os.dup2(2, 1)  # ... and fd 1 is stderr, so a library printing to stdout cannot break their framing
-    sys.stdout = sys.stderr
+    out = child_stdio()
     settings = json.loads(sys.stdin.readline())
     return run_demuxer(settings, _PipeSink(out))
 

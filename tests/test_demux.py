@@ -206,7 +206,7 @@ def test_a_stream_opened_with_descriptors_past_1023_is_read(camera):
     try:
         stream = PacketStream(camera.url, open_timeout_s=5, read_timeout_s=3)
         try:
-            assert stream._process.stdout.fileno() > 1023
+            assert stream._child.process.stdout.fileno() > 1023
             assert all(stream.read() is not None for _ in range(10))
         finally:
             stream.close()

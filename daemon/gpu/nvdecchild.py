@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
-import signal
 import struct
 import sys
 import time
@@ -18,7 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import cuda
-from ..childproc import die_with_parent
+from ..childproc import EXIT_FINAL, child_stdio
 from ..demux import NVDEC_CODECS, SinkStopped, StreamHeader, run_demuxer
 from ..redact import mask_text
 
@@ -27,7 +25,7 @@ __all__ = ["END", "EXIT_FINAL", "EXIT_RETRYABLE", "FRAME", "MAGIC", "MAX_HEADER"
 MAGIC = b"TSNV"
 RECORD = struct.Struct("<BxHIII")  # kind, slot, index, width, height
 SIZE, FRAME, END = 1, 2, 3
-EXIT_RETRYABLE, EXIT_FINAL = 1, 2
+EXIT_RETRYABLE = 1
 MAX_HEADER = 1 << 16
 SLOT_POLL_MAX_S = 0.01
 
@@ -206,11 +204,7 @@ class _DecodingSink:
 
 def main() -> int:
     """``python -m daemon.gpu.nvdecchild``: settings as one JSON line on stdin (module docstring)."""
-    die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends it even inside a C call that waits for the network
-    out = os.fdopen(os.dup(1), "wb")  # the records: a descriptor of their own ...
-    os.dup2(2, 1)  # ... and fd 1 is stderr, so a library printing to stdout cannot break their framing
-    sys.stdout = sys.stderr
+    out = child_stdio()
     commands = sys.stdin.buffer
     settings = json.loads(commands.readline())
     try:

@@ -38,20 +38,16 @@ import logging
 import mmap
 import os
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from typing import Any
 
 from .. import cuda
 from ..capture import file_pts_ms
-from ..childproc import PipeReader
+from ..childproc import SourceChild
 from ..entities import DeviceFrame
 from ..errors import SourceError
-from ..redact import mask_text, mask_url
-from .nvdecchild import END, EXIT_FINAL, FRAME, MAGIC, MAX_HEADER, RECORD, SIZE
+from ..redact import mask_url
+from .nvdecchild import END, FRAME, MAGIC, MAX_HEADER, RECORD, SIZE
 
 __all__ = ["NvdecProcessProducer", "ProcessImage"]
 
@@ -68,14 +64,6 @@ or missed their deadline; started a few at a time, each takes well under a secon
 
 
 _start_turns = threading.BoundedSemaphore(STARTING_AT_ONCE)  # the daemon's: shared by every camera's reader
-
-
-def _error_text(stderr: bytes) -> str:
-    """The child's error as one line, masked: PyNvVideoCodec's exceptions span lines (the call, the
-    error, "at NvDecoder.cpp:430"), and the last alone says nothing. Capped, the end kept."""
-    text = " ".join(line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip())
-    text = mask_text(text)
-    return text if len(text) <= 400 else "..." + text[-400:]
 
 
 class _SlotPool:
@@ -164,30 +152,24 @@ class NvdecProcessProducer:
         self._read_timeout_s = read_timeout_s
         self._pool: _SlotPool | None = None
         self._grabbed: tuple[int, int] | None = None  # (slot, index) of the frame grab() took
-        self._process: subprocess.Popen | None = None
-        self._errors = tempfile.TemporaryFile()
         self._flags_fd = os.memfd_create("trtstream-nvdec-slots", os.MFD_CLOEXEC)
         os.ftruncate(self._flags_fd, slots)
         self._flags = mmap.mmap(self._flags_fd, slots)
         settings = {"url": uri, "stream": stream, "slots": slots, "flags_fd": self._flags_fd, "gpu": gpu,
                     "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s, "rtsp_transport": rtsp_transport}
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "daemon.gpu.nvdecchild"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._errors, pass_fds=(self._flags_fd,),
-                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-            )  # fmt: skip
-        except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
+            self._child = SourceChild("daemon.gpu.nvdecchild", self._shown, "decoding", pass_fds=(self._flags_fd,))
+        except SourceError:
             self._started()
-            self._close_files()
-            raise SourceError(f"{self._shown}: cannot start its decoding process: {exc}", retryable=True) from None
-        self._pipe = PipeReader(self._process.stdout.fileno())
+            self._close_flags()
+            raise
+        self._pipe = self._child.pipe
         try:
-            self._command(settings)
+            self._child.send(settings)
             deadline = time.monotonic() + open_timeout_s + read_timeout_s + START_ALLOWANCE_S
             head = self._pipe.take(len(MAGIC) + 4, deadline)
             if head is None or head[:4] != MAGIC:
-                raise self._failure("the decoding process sent no stream header")
+                raise self._child.failure("the decoding process sent no stream header")
             (length,) = struct.unpack("<I", head[4:])
             body = self._pipe.take(length, deadline) if length <= MAX_HEADER else None
             try:
@@ -197,7 +179,7 @@ class NvdecProcessProducer:
             except (ValueError, KeyError, TypeError):
                 fields = None
             if fields is None:
-                raise self._failure("the decoding process sent a broken stream header")
+                raise self._child.failure("the decoding process sent a broken stream header")
             self._first_deadline: float | None = deadline  # the first frame may need the decoder's start as well
         except BaseException:
             self.close()
@@ -212,8 +194,8 @@ class NvdecProcessProducer:
                 wait = max(wait, self._first_deadline - time.monotonic())
             record = self._pipe.take(RECORD.size, time.monotonic() + wait)
             if record is None:
-                if not (self._pipe.eof and self._exit_status(5.0) == 0):
-                    log.warning("%s", self._failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
+                if not (self._pipe.eof and self._child.exit_status(5.0) == 0):
+                    log.warning("%s", self._child.failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
                 return False
             kind, slot, index, width, height = RECORD.unpack(record)
             if kind == FRAME and self._pool is not None and slot < self._slots:
@@ -248,29 +230,18 @@ class NvdecProcessProducer:
 
     def rewind(self) -> bool:
         """Files: the child waits at the end for this; False for streams or a child that is gone."""
-        if self._stream or self._process.poll() is not None:
+        if self._stream or self._child.process.poll() is not None:
             return False
-        return self._command({"rewind": True})
+        return self._child.send({"rewind": True})
 
     def close(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL), then free what no frame holds any more; idempotent."""
         self._started()
         self._drop_grabbed()
-        process = self._process
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            for pipe in (process.stdin, process.stdout):
-                if pipe is not None and not pipe.closed:
-                    pipe.close()
+        self._child.stop()
         if self._pool is not None:
             self._pool.close()  # the child is gone: nothing writes into it any more
-        self._close_files()
+        self._close_flags()
 
     # -- internals ------------------------------------------------------------------------------------------
     def _started(self) -> None:
@@ -295,38 +266,9 @@ class NvdecProcessProducer:
         except cuda.CudaError as exc:
             log.warning("%s: cannot share frame memory with its decoding process: %s; reconnecting", self._shown, exc)
             return False
-        return self._command({"pool": handle.hex()})
+        return self._child.send({"pool": handle.hex()})
 
-    def _command(self, message: dict[str, Any]) -> bool:
-        try:
-            self._process.stdin.write(json.dumps(message).encode() + b"\n")
-            self._process.stdin.flush()
-            return True
-        except (OSError, ValueError):  # it died: its stderr says why, read where the stream ends
-            return False
-
-    def _exit_status(self, timeout: float) -> int | None:
-        try:
-            return self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _failure(self, what: str) -> SourceError:
-        """What went wrong, with the child's own error line when it exited with one (masked again here)."""
-        status = self._process.poll()
-        if status is None and self._pipe.eof:
-            status = self._exit_status(2.0)
-        said = ""
-        if status is not None and not self._errors.closed:
-            self._errors.seek(0)
-            said = _error_text(self._errors.read())
-        if said:
-            return SourceError(f"{self._shown}: {said}", retryable=status != EXIT_FINAL)
-        return SourceError(f"{self._shown}: {what}", retryable=True)
-
-    def _close_files(self) -> None:
-        if not self._errors.closed:
-            self._errors.close()
+    def _close_flags(self) -> None:
         if self._flags_fd >= 0:
             self._flags.close()
             os.close(self._flags_fd)
