@@ -524,10 +524,11 @@ def test_the_daemon_serves_an_nvdec_source_decoded_in_a_process_of_its_own(start
     assert {m.header["model"]["backend"] for m in results} == {"torch"}
 
 
-def test_an_http_camera_decoded_in_its_own_process_comes_back_after_that_process_is_killed(start_daemon, free_port):
-    """A network camera with ``decode_process = true``: demuxed and decoded by NVDEC in one child. SIGKILL
-    of that child mid-stream is a camera gone: the reader reconnects with its backoff (a new child), the
-    results go on, in order, none twice, and the daemon exits cleanly at SIGTERM."""
+def test_http_cameras_decoded_in_a_shared_process_come_back_after_that_process_is_killed(start_daemon, free_port):
+    """Two network cameras with ``decode_process = true``: each demuxed by a process of its own and decoded
+    by NVDEC in one decoding process they share (one CUDA context). SIGKILL of that process mid-stream is
+    both cameras gone: their readers reconnect with their backoff (to a new decoding process), the results
+    go on, each camera's in order, none twice, and the daemon exits cleanly at SIGTERM."""
     pytest.importorskip("PyNvVideoCodec", reason="needs PyNvVideoCodec (carried as a wheel to the GPU machine)")
     import os
     import signal
@@ -554,29 +555,32 @@ def test_an_http_camera_decoded_in_its_own_process_comes_back_after_that_process
 
     camera = TsCamera(clip).start()
     try:
-        config = detector_config(
-            f'[[sources]]\nid = "ts"\nuri = "{camera.url}"\ndecoder = "nvdec"\ndecode_process = true\n'
-            '[sources.reconnect]\nopen_timeout_s = 10\nread_timeout_s = 5\ninitial_delay_s = 0.2\n',
-            free_port, engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"',
-        ) + "\n[daemon]\nexit_when_sources_end = false\n"  # fmt: skip
+        sources = "".join(
+            f'[[sources]]\nid = "{name}"\nuri = "{camera.url}"\ndecoder = "nvdec"\ndecode_process = true\n'
+            '[sources.reconnect]\nopen_timeout_s = 10\nread_timeout_s = 5\ninitial_delay_s = 0.2\n' for name in ("ts", "ts2"))
+        config = detector_config(sources, free_port, engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"',
+                                 ) + "\n[daemon]\nexit_when_sources_end = false\n"  # fmt: skip
         with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
             daemon = start_daemon(config)
-            first = collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 30, timeout=120, daemon=daemon)
-            (child,) = decoding_children(daemon.process.pid)
+            first = collect(subscriber, lambda ms: {m.source_id for m in ms if m.type == "result"} == {"ts", "ts2"}
+                            and sum(m.type == "result" for m in ms) >= 60, timeout=120, daemon=daemon)
+            (child,) = decoding_children(daemon.process.pid)  # one process for both
             os.kill(child, signal.SIGKILL)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and child in decoding_children(daemon.process.pid):
                 time.sleep(0.05)
-            later = collect(subscriber, lambda ms: sum(m.type == "result" for m in ms) >= 30, timeout=120, daemon=daemon)
+            later = collect(subscriber, lambda ms: {m.source_id for m in ms if m.type == "result"} == {"ts", "ts2"}
+                            and sum(m.type == "result" for m in ms) >= 60, timeout=120, daemon=daemon)
             replacement = decoding_children(daemon.process.pid)
             daemon.terminate()
             assert daemon.wait(60) == 0, daemon.stderr
     finally:
         camera.stop()
-    assert replacement and child not in replacement, "a new decoding process"
+    assert len(replacement) == 1 and child not in replacement, "one new decoding process for both"
     results = [m for m in first + later if m.type == "result"]
-    indexes = [m.header["frame"]["index"] for m in results]
-    assert indexes == sorted(set(indexes)), "frames in order, none twice"
+    for name in ("ts", "ts2"):
+        indexes = [m.header["frame"]["index"] for m in results if m.source_id == name]
+        assert indexes == sorted(set(indexes)), f"{name}: frames in order, none twice"
     assert {(m.header["frame"]["width"], m.header["frame"]["height"]) for m in results} == {(640, 272)}
     assert {"person", "bicycle"} & {d["label"] for m in results for d in m.header["detections"]}
 

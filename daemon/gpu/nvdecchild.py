@@ -1,15 +1,26 @@
-"""The child of :mod:`daemon.gpu.nvdecproc` (``python -m daemon.gpu.nvdecchild``): one camera demuxed,
-decoded by NVDEC and copied into the daemon's frame memory; that module's docstring says why and how,
-and this one holds the wire format both sides speak. It imports only what it needs (no OpenCV, no
-configuration models): there is one per camera.
+"""The child of :mod:`daemon.gpu.nvdecproc` (``python -m daemon.gpu.nvdecchild``): a decoding process that
+serves up to ``CAMERAS_PER_PROCESS`` cameras, each on a thread of its own, demuxed, decoded by NVDEC and
+copied into the daemon's frame memory; that module's docstring says why and how, and this one holds the
+wire format both sides speak. It imports only what it needs (no OpenCV, no configuration models).
+
+The daemon hands it a camera over its control socket (``AF_UNIX``, ``SCM_RIGHTS``): the camera's settings
+as JSON and three descriptors, the write end of the camera's record pipe, the read end of its command
+pipe, and its slot bytes (a ``memfd``). A camera ends when the daemon closes its command pipe (or at its
+own error, sent as an ``ERROR`` record); the thread then lets go of the daemon's memory and closes the
+record pipe, which tells the daemon that the memory may be freed. The process ends when the control
+socket closes, or with the daemon (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
+import select
+import socket
 import struct
 import sys
+import threading
 import time
 from typing import Any, BinaryIO
 
@@ -17,41 +28,49 @@ import numpy as np
 
 from .. import cuda
 from ..childproc import EXIT_FINAL, child_stdio
-from ..demux import NVDEC_CODECS, SinkStopped, StreamHeader, run_demuxer
+from ..demux import NVDEC_CODECS, PacketStream
+from ..errors import SourceError
 from ..redact import mask_text
 
-__all__ = ["END", "EXIT_FINAL", "EXIT_RETRYABLE", "FRAME", "MAGIC", "MAX_HEADER", "RECORD", "SIZE", "main"]
+__all__ = ["CAMERAS_PER_PROCESS", "END", "ERROR", "EXIT_FINAL", "EXIT_RETRYABLE", "FRAME", "MAGIC", "MAX_HEADER", "RECORD", "SIZE", "main"]
+
+CAMERAS_PER_PROCESS = 8
+"""Cameras one decoding process serves. Each process is a CUDA context, and a GPU has only so many: on the
+H200, one process per camera failed past about 76 of them (docs/benchmarks.md). Eight share one GIL for
+their decode calls and copies, about 240 frames a second at 1080p30."""
 
 MAGIC = b"TSNV"
 RECORD = struct.Struct("<BxHIII")  # kind, slot, index, width, height
-SIZE, FRAME, END = 1, 2, 3
+SIZE, FRAME, END, ERROR = 1, 2, 3, 4  # ERROR: slot = exit status (1 retry may help, 2 not), index = length of the text after it
 EXIT_RETRYABLE = 1
 MAX_HEADER = 1 << 16
 SLOT_POLL_MAX_S = 0.01
 
 
-# -- the child ---------------------------------------------------------------------------------------------
-class _Failure(SinkStopped):
-    """The child's error: its line (printed masked) and exit status. A :class:`SinkStopped`, so that the
-    demuxer ends with this line and not its own "cannot demux"."""
+class _Failure(Exception):
+    """A camera's error: its line (sent masked) and whether a retry may help (its status)."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
 
 
-class _Stopped(SinkStopped):
-    """The daemon closed the command pipe: end quietly."""
-
-    def __init__(self) -> None:
-        super().__init__("", 0)
+class _Stopped(Exception):
+    """The daemon closed the camera's command pipe: end quietly."""
 
 
 class _Handover:
-    """The child's side: the slots it may fill (the shared bytes), the daemon's memory it fills, and the
-    records it writes. One thread: the child's main thread."""
+    """One camera's side in this process: the slots it may fill (the shared bytes), the daemon's memory it
+    fills, the records it writes and the commands it reads. One thread: the camera's."""
 
-    def __init__(self, settings: dict[str, Any], out: BinaryIO, commands: BinaryIO):
+    def __init__(self, settings: dict[str, Any], out: BinaryIO, commands: BinaryIO, flags_fd: int):
         self._out = out
         self._commands = commands
+        self._hang_up = select.poll()  # the daemon closed the command pipe: the camera is gone
+        self._hang_up.register(commands.fileno(), select.POLLIN | select.POLLHUP)
         self._slots = int(settings["slots"])
-        self._flags = mmap.mmap(int(settings["flags_fd"]), self._slots)
+        self._flags = mmap.mmap(flags_fd, self._slots)
+        os.close(flags_fd)
         self._stream = cuda.Stream(hold_gil=True)
         self._copied = cuda.Event()  # blocking sync: waiting for a copy sleeps; a stream synchronize would spin a core
         self._memory: cuda.ImportedDeviceMemory | None = None
@@ -92,6 +111,25 @@ class _Handover:
         self._out.flush()
         self._index += 1
 
+    def error(self, line: str, status: int) -> None:
+        text = mask_text(line).encode()[:4000]
+        self._out.write(RECORD.pack(ERROR, status, len(text), 0, 0) + text)
+        self._out.flush()
+
+    def close(self) -> None:
+        """Let go of the daemon's memory (all copies are done: each was awaited), then the pipes: the
+        record pipe's end tells the daemon it may free that memory."""
+        if self._memory is not None:
+            self._memory.close()
+        self._copied.close()
+        self._stream.close()
+        self._flags.close()
+        for pipe in (self._out, self._commands):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
     def end(self) -> bool:
         """A file's end: say so, then wait for the daemon. True: rewind; False: it closed the pipe."""
         self._out.write(RECORD.pack(END, 0, self._index, *self._size))
@@ -128,6 +166,8 @@ class _Handover:
             slot = self._flags.find(b"\x00")
             if 0 <= slot < self._slots:
                 return slot
+            if self._hang_up.poll(0):  # a command now is a hang-up or a protocol error: either way, stop
+                raise _Stopped()
             time.sleep(pause)
             pause = min(pause * 2, SLOT_POLL_MAX_S)
 
@@ -149,7 +189,7 @@ def _decode_file(nvc: Any, settings: dict[str, Any], handover: _Handover) -> Non
     except Exception as exc:
         # retryable, unlike in the daemon (daemon/gpu/nvdec.py): here it is also how a machine short of
         # decoder or context resources answers, which a later attempt may find free
-        raise _Failure(f"NVDEC cannot decode {settings['url']}: {exc}", EXIT_RETRYABLE) from None
+        raise _Failure(f"NVDEC cannot decode it: {exc}", EXIT_RETRYABLE) from None
     fps = float(getattr(metadata, "average_fps", 0) or 0) or None
     frames = int(getattr(metadata, "num_frames", 0) or 0)  # asking past the end prints "INVALID INDEX" (nvdec.py)
     handover.header(fps, int(getattr(metadata, "width", 0) or 0), int(getattr(metadata, "height", 0) or 0), frames)
@@ -166,68 +206,110 @@ def _decode_file(nvc: Any, settings: dict[str, Any], handover: _Handover) -> Non
         index = 0
 
 
-class _DecodingSink:
-    """The network demuxer's packets (:func:`daemon.demux.run_demuxer`) decoded here by NVDEC."""
-
-    def __init__(self, nvc: Any, settings: dict[str, Any], handover: _Handover):
-        self._nvc = nvc
-        self._gpu = int(settings["gpu"])
-        self._handover = handover
-        self._decoder: Any = None
-        self._prefix = b""
-
-    def header(self, header: StreamHeader) -> None:
-        codec = getattr(self._nvc.cudaVideoCodec, NVDEC_CODECS.get(header.codec, ""), None)
+def _decode_stream(nvc: Any, settings: dict[str, Any], handover: _Handover) -> None:
+    """A network camera: demuxed by a process of its own (:class:`daemon.demux.PacketStream`: PyNvVideoCodec's
+    demuxer keeps the GIL while it waits for the network, which would stall this process's other cameras),
+    decoded here."""
+    gpu = int(settings["gpu"])
+    try:
+        packets = PacketStream(settings["url"], open_timeout_s=settings["open_timeout_s"], read_timeout_s=settings["read_timeout_s"],
+                               rtsp_transport=settings["rtsp_transport"])
+    except SourceError as exc:
+        raise _Failure(str(exc).split(": ", 1)[-1], EXIT_RETRYABLE if exc.retryable else EXIT_FINAL) from None
+    try:
+        header = packets.header
+        codec = getattr(nvc.cudaVideoCodec, NVDEC_CODECS.get(header.codec, ""), None)
         if codec is None:
             raise _Failure(f"NVDEC does not decode {header.codec!r} streams (use decoder = 'opencv')", EXIT_FINAL)
         try:
-            self._decoder = self._nvc.CreateDecoder(gpuid=self._gpu, codec=codec, cudacontext=cuda.primary_context_handle(self._gpu),
-                                                    cudastream=self._handover.stream.handle, usedevicememory=True)
+            decoder = nvc.CreateDecoder(gpuid=gpu, codec=codec, cudacontext=cuda.primary_context_handle(gpu),
+                                        cudastream=handover.stream.handle, usedevicememory=True)
         except Exception as exc:
-            raise _Failure(f"NVDEC cannot decode this {header.codec} stream: {exc}", EXIT_FINAL) from None
-        self._prefix = header.extradata
-        self._handover.header(header.fps, header.width, header.height)
+            raise _Failure(f"NVDEC cannot decode this {header.codec} stream: {exc}", EXIT_RETRYABLE) from None
+        handover.header(header.fps, header.width, header.height)
+        prefix = header.extradata  # out-of-band parameter sets, in front of the first packet
+        while True:
+            try:
+                packet = packets.read()
+            except SourceError as exc:
+                raise _Failure(str(exc).split(": ", 1)[-1], EXIT_RETRYABLE) from None
+            if packet is None:
+                return
+            payload = np.frombuffer(prefix + packet.data if prefix else packet.data, np.uint8)  # alive until Decode returns
+            prefix = b""
+            data = nvc.PacketData()
+            data.bsl_data = payload.ctypes.data
+            data.bsl = payload.size
+            try:
+                frames = list(decoder.Decode(data))
+            except Exception as exc:
+                raise _Failure(f"NVDEC decoding failed: {mask_text(str(exc)) or type(exc).__name__}", EXIT_RETRYABLE) from None
+            for frame in frames:
+                handover.frame(frame)
+    finally:
+        packets.close()
 
-    def packet(self, data: bytes, key: bool) -> None:
-        payload = np.frombuffer(self._prefix + data if self._prefix else data, np.uint8)
-        self._prefix = b""
-        packet = self._nvc.PacketData()
-        packet.bsl_data = payload.ctypes.data
-        packet.bsl = payload.size
+
+def _serve_camera(nvc: Any, settings: dict[str, Any], fds: list[int]) -> None:
+    """One camera, start to end, on its own thread; its error goes to the daemon as an ERROR record."""
+    records, commands, flags_fd = fds
+    handover = None
+    try:
+        cuda.primary_context_handle(int(settings["gpu"]))  # current on this thread: the enqueues go through libcuda
+        handover = _Handover(settings, os.fdopen(records, "wb"), os.fdopen(commands, "rb"), flags_fd)
         try:
-            frames = list(self._decoder.Decode(packet))
-        except Exception as exc:
-            raise _Failure(f"NVDEC decoding failed: {mask_text(str(exc)) or type(exc).__name__}", EXIT_RETRYABLE) from None
-        for frame in frames:
-            self._handover.frame(frame)
+            (_decode_stream if settings["stream"] else _decode_file)(nvc, settings, handover)
+        except _Failure as exc:
+            handover.error(str(exc), exc.status)
+        except cuda.CudaError as exc:
+            handover.error(f"CUDA: {exc}", EXIT_RETRYABLE)
+    except (_Stopped, OSError, ValueError):  # the daemon let the camera go (a closed pipe)
+        pass
+    except Exception as exc:  # PyNvVideoCodec's errors outside the calls above: this camera ends, the others go on
+        try:
+            if handover is not None:
+                handover.error(f"{type(exc).__name__}: {exc}", EXIT_RETRYABLE)
+        except OSError:
+            pass
+    finally:
+        if handover is not None:
+            handover.close()
+        else:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def main() -> int:
-    """``python -m daemon.gpu.nvdecchild``: settings as one JSON line on stdin (module docstring)."""
-    out = child_stdio()
-    commands = sys.stdin.buffer
-    settings = json.loads(commands.readline())
+    """``python -m daemon.gpu.nvdecchild``: its settings as one JSON line on stdin (the control socket's
+    descriptor, the GPU), then cameras over that socket until it closes (module docstring)."""
+    child_stdio()
+    settings = json.loads(sys.stdin.readline())
+    control = socket.socket(fileno=int(settings["control_fd"]))
     try:
         import PyNvVideoCodec as nvc
     except Exception as exc:
         print(f"NVDEC needs PyNvVideoCodec and the NVIDIA driver: {exc}", file=sys.stderr)
         return EXIT_FINAL
     try:
-        handover = _Handover(settings, out, commands)
-        if not settings["stream"]:
-            _decode_file(nvc, settings, handover)
-            return 0
-        return run_demuxer({**settings, "demuxer": settings.get("demuxer", "auto")}, _DecodingSink(nvc, settings, handover))
-    except _Stopped:
-        return 0
-    except _Failure as exc:
-        print(mask_text(str(exc)), file=sys.stderr)
-        return exc.status
-    except BrokenPipeError:  # the daemon closed the stream
-        return 0
+        cuda.primary_context_handle(int(settings["gpu"]))  # the one CUDA context every camera here shares
     except cuda.CudaError as exc:
         print(f"CUDA: {exc}", file=sys.stderr)
         return EXIT_RETRYABLE
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 16, 3)
+        except OSError:
+            return 0
+        if not message:
+            return 0  # the daemon closed the control socket
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        threading.Thread(target=_serve_camera, args=(nvc, json.loads(message), fds), name="camera", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -1,34 +1,37 @@
-"""NVDEC decoding in a process of its own (``sources[].decode_process = true``): the camera's demuxing,
-decoding and frame copies run beside the daemon's interpreter, and the daemon's reader only takes a
-16-byte record per frame.
+"""NVDEC decoding in processes beside the daemon (``sources[].decode_process = true``): a camera's demuxing,
+decoding and frame copies run in a decoding process, and the daemon's reader only takes a 16-byte record
+per frame.
 
 Why: every reader thread of the daemon shares one GIL with the batcher, the completer and the
 publisher. With 96 NVDEC cameras on the H200 the readers used 1.0-1.4 cores under that GIL (their
 decode calls, frame copies, event records and packet reads), and they were the limit once tracking had
-moved out (docs/benchmarks.md). Here each camera's child has a GIL of its own.
+moved out (docs/benchmarks.md). A decoding process has a GIL of its own. It serves up to
+:data:`daemon.gpu.nvdecchild.CAMERAS_PER_PROCESS` cameras, one thread each, in one CUDA context: one
+process per camera failed past about 76 contexts on the H200.
 
-How: the daemon allocates the frame pool (``slots`` NV12 frames in one ``cudaMalloc``) when the child
-reports the first frame's size, and gives the child its IPC handle (:func:`daemon.cuda.ipc_memory_handle`).
-The memory stays the daemon's: a child that dies cannot free a frame a batch is still reading. The child
-decodes into PyNvVideoCodec's surfaces, copies each frame into a free slot, waits for that copy (so a
-frame is complete when its record arrives and needs no event across processes) and writes
-``(kind, slot, index)``. Which slots are free is a byte per slot in shared memory (a ``memfd``): the
-child sets it when it fills the slot, the daemon clears it when the frame's batch has completed or the
-queue dropped it — a byte written under the GIL, no system call, nothing for the completer to wait for.
-A full pool is backpressure: the child waits for a slot.
+How: the daemon allocates a camera's frame pool (``slots`` NV12 frames in one ``cudaMalloc``) when the
+child reports the first frame's size, and gives the child its IPC handle (:func:`daemon.cuda.ipc_memory_handle`).
+The memory stays the daemon's: a child that dies cannot free a frame a batch is still reading, and the
+daemon frees it only after the child let go of it (the camera's record pipe closed). The child decodes
+into PyNvVideoCodec's surfaces, copies each frame into a free slot, waits for that copy (so a frame is
+complete when its record arrives and needs no event across processes) and writes ``(kind, slot, index)``.
+Which slots are free is a byte per slot in shared memory (a ``memfd``): the child sets it when it fills
+the slot, the daemon clears it when the frame's batch has completed or the queue dropped it — a byte
+written under the GIL, no system call, nothing for the completer to wait for. A full pool is
+backpressure: the child waits for a slot.
 
 Files are decoded with ``SimpleDecoder`` as :class:`daemon.gpu.nvdec.NvdecProducer` does, and at their
-end the child waits for ``rewind``; network streams are demuxed in the child (:func:`daemon.demux.run_demuxer`:
-blocking there stalls no one else) and decoded with ``CreateDecoder``. A stall (no frame within the read
-timeout) or the child's error reads as "no frame": the reader reconnects (a new child) with its backoff,
-as for the other producers, and the child's error line (URL masked) is logged.
+end the child waits for ``rewind``; network streams are demuxed by a process of their own
+(:class:`daemon.demux.PacketStream`, started by the decoding process) and decoded with ``CreateDecoder``.
+A stall (no frame within the read timeout) or the camera's error reads as "no frame": the reader
+reconnects with its backoff, as for the other producers, and the error (URL masked) is logged.
 
-Wire format, child to daemon (stdout): ``MAGIC``, a 4-byte length and a JSON header (fps, frame count,
-width and height when known), then 16-byte records ``<BxHIII``: kind, slot, frame index, width,
-height. Kinds: ``SIZE`` (the first frame's size: the child then waits for the pool), ``FRAME``, ``END``
-(a file's end). Daemon to child (stdin): JSON lines: the settings, ``{"pool": hex}``, ``{"rewind": true}``.
-A clean end is the pipe closing with status 0; an error is one line on stderr and status 1 (retry may
-help) or 2 (it cannot).
+Wire format, per camera, child to daemon (its record pipe): ``MAGIC``, a 4-byte length and a JSON header
+(fps, frame count, width and height when known), then 16-byte records ``<BxHIII``: kind, slot, frame
+index, width, height. Kinds: ``SIZE`` (the first frame's size: the child then waits for the pool),
+``FRAME``, ``END`` (a file's end), ``ERROR`` (status in the slot field, the text's length in the index
+field, the text after it). Daemon to child (its command pipe): JSON lines ``{"pool": hex}``,
+``{"rewind": true}``; closing it ends the camera.
 """
 
 from __future__ import annotations
@@ -37,17 +40,19 @@ import json
 import logging
 import mmap
 import os
+import socket
 import struct
 import threading
 import time
+from typing import Any
 
 from .. import cuda
 from ..capture import file_pts_ms
-from ..childproc import SourceChild
+from ..childproc import EXIT_FINAL, PipeReader, SourceChild
 from ..entities import DeviceFrame
 from ..errors import SourceError
 from ..redact import mask_url
-from .nvdecchild import END, FRAME, MAGIC, MAX_HEADER, RECORD, SIZE
+from .nvdecchild import CAMERAS_PER_PROCESS, END, ERROR, FRAME, MAGIC, MAX_HEADER, RECORD, SIZE
 
 __all__ = ["NvdecProcessProducer", "ProcessImage"]
 
@@ -58,18 +63,90 @@ START_ALLOWANCE_S = 20.0
 context): many cameras starting at once on a busy machine take seconds each."""
 
 STARTING_AT_ONCE = 4
-"""Decoding processes starting at the same time (until their first frame, or their failure): 96 cameras
-starting together on the H200 made 96 CUDA contexts and NVDEC decoders at once, and most of them failed
-or missed their deadline; started a few at a time, each takes well under a second."""
+"""Cameras starting in the decoding processes at the same time (until their first frame, or their
+failure): 96 cameras starting together on the H200 made 96 CUDA contexts and NVDEC decoders at once, and
+most of them failed or missed their deadline; started a few at a time, each takes well under a second."""
 
+RELEASE_WAIT_S = 120.0
+"""How long a closed camera's memory waits for its decoding thread to let go (a thread in a network read
+ends within its read timeout). Past it the memory is left allocated, logged: freeing memory a child may
+still write into would be worse than keeping it."""
 
 _start_turns = threading.BoundedSemaphore(STARTING_AT_ONCE)  # the daemon's: shared by every camera's reader
 
 
+class _Host:
+    """One decoding process and its control socket; ``cameras``: how many it serves now."""
+
+    def __init__(self, gpu: int):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.child = SourceChild("daemon.gpu.nvdecchild", "its NVDEC decoding process", "decoding", pass_fds=(theirs.fileno(),))
+            self.child.send({"control_fd": theirs.fileno(), "gpu": gpu}, last=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.control = ours
+        self.cameras = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.child.process.poll() is None
+
+    def stop(self) -> None:
+        self.control.close()
+        self.child.stop()
+
+
+class _Hosts:
+    """The daemon's decoding processes: a camera goes to the one with the fewest cameras that has room, or a
+    new one; a process whose last camera left is stopped (its CUDA context freed). Shared by the readers
+    (one lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: list[_Host] = []
+
+    def take(self, gpu: int) -> _Host:
+        with self._lock:
+            for host in [h for h in self._hosts if not h.alive]:  # died: its cameras reconnect, each to another
+                self._hosts.remove(host)
+                host.stop()
+            room = [h for h in self._hosts if h.cameras < CAMERAS_PER_PROCESS]
+            host = min(room, key=lambda h: h.cameras) if room else None
+            if host is None:
+                host = _Host(gpu)
+                self._hosts.append(host)
+            host.cameras += 1
+            return host
+
+    def give_back(self, host: _Host) -> None:
+        with self._lock:
+            host.cameras -= 1
+            if host.cameras > 0:
+                return
+            if host in self._hosts:
+                self._hosts.remove(host)
+        host.stop()
+
+    @property
+    def processes(self) -> int:
+        with self._lock:
+            return len(self._hosts)
+
+
+hosts = _Hosts()
+"""The decoding processes of this daemon."""
+
+
 class _SlotPool:
-    """The daemon's side of one child's frames: the device memory, the free/busy byte per slot, and how
-    many frames are still out (queued or in a batch). Closing frees the memory once the last frame is
-    back, never under a batch that reads it; a frame given back after that is ignored."""
+    """The daemon's side of one camera's frames: the device memory, the free/busy byte per slot, and how
+    many frames are still out (queued or in a batch). Closing is two steps: :meth:`detach` when the
+    camera closes (no byte is written after it: its shared memory goes), :meth:`let_go` once the decoding
+    thread no longer writes into the memory. The memory is freed after both and the last frame's return,
+    never under a batch that reads it."""
 
     def __init__(self, flags: mmap.mmap, slots: int, width: int, height: int):
         self.width, self.height = width, height
@@ -78,7 +155,8 @@ class _SlotPool:
         self._flags = flags
         self._lock = threading.Lock()
         self._out = 0
-        self._closing = False
+        self._detached = False
+        self._let_go = False
 
     def image(self, slot: int) -> "ProcessImage":
         with self._lock:
@@ -88,19 +166,36 @@ class _SlotPool:
     def give_back(self, slot: int) -> None:
         with self._lock:
             self._out -= 1
-            free_now = self._closing and self._out == 0
-            if not self._closing:
+            if not self._detached:
                 self._flags[slot] = 0  # the child may fill it again
+            free_now = self._detached and self._let_go and self._out == 0
         if free_now:
             self.memory.close()
 
-    def close(self) -> None:
-        """After the child is gone: free the memory now, or when the last frame comes back."""
+    def detach(self) -> None:
         with self._lock:
-            self._closing = True
+            self._detached = True
+
+    def let_go(self) -> None:
+        with self._lock:
+            self._detached = self._let_go = True
             free_now = self._out == 0
         if free_now:
             self.memory.close()
+
+
+def _free_when_let_go(pool: "_SlotPool", records: Any, pipe: PipeReader, shown: str) -> None:
+    """A closed camera's memory: freed once its decoding thread closed its end of the record pipe (it
+    let go of the memory), and its frames still in the pipeline came back (:meth:`_SlotPool.let_go`)."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while not pipe.eof and time.monotonic() < deadline:
+        pipe.take(1 << 16, deadline)  # records of a camera that is gone: read and forgotten
+    records.close()
+    if pipe.eof:
+        pool.let_go()
+    else:
+        log.warning("%s: its decoding thread did not let go of its frame memory within %g s; that memory stays allocated",
+                    shown, RELEASE_WAIT_S)
 
 
 class ProcessImage(DeviceFrame):
@@ -152,24 +247,35 @@ class NvdecProcessProducer:
         self._read_timeout_s = read_timeout_s
         self._pool: _SlotPool | None = None
         self._grabbed: tuple[int, int] | None = None  # (slot, index) of the frame grab() took
-        self._flags_fd = os.memfd_create("trtstream-nvdec-slots", os.MFD_CLOEXEC)
-        os.ftruncate(self._flags_fd, slots)
-        self._flags = mmap.mmap(self._flags_fd, slots)
-        settings = {"url": uri, "stream": stream, "slots": slots, "flags_fd": self._flags_fd, "gpu": gpu,
-                    "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s, "rtsp_transport": rtsp_transport}
+        self._host: _Host | None = None
+        self._commands: Any = None
+        self._pipe: PipeReader | None = None
+        self._flags_fd = -1
         try:
-            self._child = SourceChild("daemon.gpu.nvdecchild", self._shown, "decoding", pass_fds=(self._flags_fd,))
-        except SourceError:
-            self._started()
-            self._close_flags()
-            raise
-        self._pipe = self._child.pipe
-        try:
-            self._child.send(settings)
+            self._flags_fd = os.memfd_create("trtstream-nvdec-slots", os.MFD_CLOEXEC)
+            os.ftruncate(self._flags_fd, slots)
+            self._flags = mmap.mmap(self._flags_fd, slots)
+            self._host = hosts.take(gpu)
+            records_r, records_w = os.pipe2(os.O_CLOEXEC)
+            commands_r, commands_w = os.pipe2(os.O_CLOEXEC)
+            self._records = os.fdopen(records_r, "rb", buffering=0)
+            self._commands = os.fdopen(commands_w, "wb")
+            self._pipe = PipeReader(records_r)
+            settings = {"url": uri, "stream": stream, "slots": slots, "gpu": gpu, "open_timeout_s": open_timeout_s,
+                        "read_timeout_s": read_timeout_s, "rtsp_transport": rtsp_transport}
+            try:
+                socket.send_fds(self._host.control, [json.dumps(settings).encode()], [records_w, commands_r, self._flags_fd])
+            except OSError:
+                pass  # it died: the header's failure below says why
+            finally:
+                os.close(records_w)
+                os.close(commands_r)
             deadline = time.monotonic() + open_timeout_s + read_timeout_s + START_ALLOWANCE_S
             head = self._pipe.take(len(MAGIC) + 4, deadline)
+            if head is not None and head[:1] == bytes([ERROR]):
+                raise self._error(head)
             if head is None or head[:4] != MAGIC:
-                raise self._child.failure("the decoding process sent no stream header")
+                raise self._failure("its decoding process sent no stream header")
             (length,) = struct.unpack("<I", head[4:])
             body = self._pipe.take(length, deadline) if length <= MAX_HEADER else None
             try:
@@ -179,7 +285,7 @@ class NvdecProcessProducer:
             except (ValueError, KeyError, TypeError):
                 fields = None
             if fields is None:
-                raise self._child.failure("the decoding process sent a broken stream header")
+                raise self._failure("its decoding process sent a broken stream header")
             self._first_deadline: float | None = deadline  # the first frame may need the decoder's start as well
         except BaseException:
             self.close()
@@ -194,8 +300,7 @@ class NvdecProcessProducer:
                 wait = max(wait, self._first_deadline - time.monotonic())
             record = self._pipe.take(RECORD.size, time.monotonic() + wait)
             if record is None:
-                if not (self._pipe.eof and self._child.exit_status(5.0) == 0):
-                    log.warning("%s", self._child.failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
+                log.warning("%s", self._failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
                 return False
             kind, slot, index, width, height = RECORD.unpack(record)
             if kind == FRAME and self._pool is not None and slot < self._slots:
@@ -208,6 +313,9 @@ class NvdecProcessProducer:
                     return False
                 continue
             if kind == END:
+                return False
+            if kind == ERROR:
+                log.warning("%s", self._error(record))
                 return False
             log.warning("%s: the decoding process sent a broken record (kind %d); reconnecting", self._shown, kind)
             return False
@@ -230,17 +338,31 @@ class NvdecProcessProducer:
 
     def rewind(self) -> bool:
         """Files: the child waits at the end for this; False for streams or a child that is gone."""
-        if self._stream or self._child.process.poll() is not None:
-            return False
-        return self._child.send({"rewind": True})
+        return not self._stream and self._command({"rewind": True})
 
     def close(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL), then free what no frame holds any more; idempotent."""
         self._started()
         self._drop_grabbed()
-        self._child.stop()
-        if self._pool is not None:
-            self._pool.close()  # the child is gone: nothing writes into it any more
+        if self._commands is not None and not self._commands.closed:
+            try:
+                self._commands.close()  # the camera's thread in the decoding process ends
+            except OSError:
+                pass
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.detach()  # its slot bytes are closed below
+        if self._pipe is not None and not self._records.closed:
+            records, pipe = self._records, self._pipe
+            if pool is None:
+                records.close()
+            else:  # free the memory only once the child let go of it: its end of the record pipe closed
+                threading.Thread(target=_free_when_let_go, args=(pool, records, pipe, self._shown), name="nvdec-release", daemon=True).start()
+        elif pool is not None:
+            pool.let_go()
+        if self._host is not None:
+            host, self._host = self._host, None
+            hosts.give_back(host)
         self._close_flags()
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -266,7 +388,34 @@ class NvdecProcessProducer:
         except cuda.CudaError as exc:
             log.warning("%s: cannot share frame memory with its decoding process: %s; reconnecting", self._shown, exc)
             return False
-        return self._child.send({"pool": handle.hex()})
+        return self._command({"pool": handle.hex()})
+
+    def _command(self, message: dict[str, Any]) -> bool:
+        try:
+            self._commands.write(json.dumps(message).encode() + b"\n")
+            self._commands.flush()
+            return True
+        except (OSError, ValueError):  # the camera's thread or its process is gone: the next read says why
+            return False
+
+    def _error(self, head: bytes) -> SourceError:
+        """The camera's ERROR record (``head``: the part of it read so far) and its text, as the
+        SourceError it stands for."""
+        if len(head) < RECORD.size:
+            head += self._pipe.take(RECORD.size - len(head), time.monotonic() + 5.0) or b""
+        if len(head) < RECORD.size:
+            return SourceError(f"{self._shown}: its decoding process sent a broken error record", retryable=True)
+        _, status, length, _, _ = RECORD.unpack(head)
+        text = (self._pipe.take(length, time.monotonic() + 5.0) or b"") if length else b""
+        return SourceError(f"{self._shown}: {text.decode(errors='replace')}", retryable=status != EXIT_FINAL)
+
+    def _failure(self, what: str) -> SourceError:
+        """No record came: the camera stalled, or its decoding process died (its own error line, then)."""
+        host = self._host
+        if host is not None and self._pipe is not None and self._pipe.eof and host.child.exit_status(2.0) is not None:
+            said = host.child.failure(what)
+            return SourceError(f"{self._shown}: {str(said).split(': ', 1)[-1]}", retryable=said.retryable)
+        return SourceError(f"{self._shown}: {what}", retryable=True)
 
     def _close_flags(self) -> None:
         if self._flags_fd >= 0:
