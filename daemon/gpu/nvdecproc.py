@@ -67,6 +67,9 @@ STARTING_AT_ONCE = 4
 failure): 96 cameras starting together on the H200 made 96 CUDA contexts and NVDEC decoders at once, and
 most of them failed or missed their deadline; started a few at a time, each takes well under a second."""
 
+STOP_CHECK_S = 0.1
+"""How often a reader waiting for its next frame looks whether it was stopped."""
+
 RELEASE_WAIT_S = 120.0
 """How long a closed camera's memory waits for its decoding thread to let go (a thread in a network read
 ends within its read timeout). Past it the memory is left allocated, logged: freeing memory a child may
@@ -242,6 +245,7 @@ class NvdecProcessProducer:
             if stop is not None and stop.is_set():
                 raise SourceError(f"{self._shown}: stopped while waiting to start its decoding process", retryable=True)
         self._holds_start_turn = True
+        self._stop = stop or threading.Event()
         self._stream = stream
         self._slots = slots
         self._read_timeout_s = read_timeout_s
@@ -298,9 +302,10 @@ class NvdecProcessProducer:
             wait = self._read_timeout_s
             if self._first_deadline is not None:
                 wait = max(wait, self._first_deadline - time.monotonic())
-            record = self._pipe.take(RECORD.size, time.monotonic() + wait)
+            record = self._next_record(time.monotonic() + wait)
             if record is None:
-                log.warning("%s", self._failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
+                if not self._stop.is_set():
+                    log.warning("%s", self._failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
                 return False
             kind, slot, index, width, height = RECORD.unpack(record)
             if kind == FRAME and self._pool is not None and slot < self._slots:
@@ -389,6 +394,15 @@ class NvdecProcessProducer:
             log.warning("%s: cannot share frame memory with its decoding process: %s; reconnecting", self._shown, exc)
             return False
         return self._command({"pool": handle.hex()})
+
+    def _next_record(self, deadline: float) -> bytes | None:
+        """The next record by ``deadline``, or None then, at the pipe's end, or once the reader is stopped:
+        at shutdown the pipeline stops taking frames, the child finds no free slot and sends nothing, and a
+        reader waiting out its whole read timeout would outlive the daemon's join."""
+        while True:
+            record = self._pipe.take(RECORD.size, min(deadline, time.monotonic() + STOP_CHECK_S))
+            if record is not None or self._pipe.eof or self._stop.is_set() or time.monotonic() >= deadline:
+                return record
 
     def _command(self, message: dict[str, Any]) -> bool:
         try:
