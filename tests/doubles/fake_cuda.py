@@ -215,6 +215,22 @@ class _Graph(_Owned):
         self._fake.calls.append(("cuda.CudaGraph.close", (self.id,), {}))
 
 
+class _ImportedDeviceMemory(_Owned):
+    """Another process's exported memory, in this double the same fake device's (one process): the handle
+    carries the address, and opening it checks that the allocation is live."""
+
+    def __init__(self, handle: bytes):
+        if len(handle) != 64:
+            raise CudaError(f"an IPC memory handle has 64 bytes, not {len(handle)}")
+        self.ptr = int.from_bytes(handle[:8], "little")
+        self._fake.device.view(self.ptr, 1)
+        self._closed = False
+        self._fake.calls.append(("cuda.ImportedDeviceMemory", (self.ptr,), {}))
+
+    def _free(self) -> None:
+        self._fake.calls.append(("cuda.ImportedDeviceMemory.close", (self.ptr,), {}))
+
+
 class FakeCuda:
     """A stand-in for the ``daemon.cuda`` module, with its own fake device and call record."""
 
@@ -248,6 +264,12 @@ class FakeCuda:
         self.Stream = type("Stream", (_Stream,), {"_fake": self})
         self.Event = type("Event", (_Event,), {"_fake": self})
         self.CudaGraph = type("CudaGraph", (_Graph,), {"_fake": self})
+        self.ImportedDeviceMemory = type("ImportedDeviceMemory", (_ImportedDeviceMemory,), {"_fake": self})
+
+    def ipc_memory_handle(self, buffer: Any) -> bytes:
+        """The address as the handle's first 8 bytes (the double's device is this process's)."""
+        self.device.view(buffer.ptr, 1)
+        return buffer.ptr.to_bytes(8, "little").ljust(64, b"\0")
 
     @staticmethod
     def cuda_call(result: Any, what: str = "") -> Any:
