@@ -5,16 +5,28 @@ the child decodes and hands frames over through CUDA IPC is a GPU test (tests/te
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import mmap
 import os
+import signal
+import sys
+import threading
+import time
+import types
+from pathlib import Path
 
+import numpy as np
 import pytest
+
+from daemon import cuda
 
 from daemon.capture import open_producer
 from daemon.config import SourceConfig
 from daemon.errors import SourceError
 
 from .conftest import asset
+from .test_demux import camera  # noqa: F401 (fixture)
 
 
 def _open_descriptors() -> set[str]:
@@ -47,3 +59,225 @@ def _is_our_child(pid: int) -> bool:
     except OSError:
         return False
     return int(fields[1]) == os.getpid() and b"daemon.gpu.nvdecchild" in command and fields[0] != "Z"
+
+
+# -- the decoding process's protocol, with TEST DOUBLES of CUDA and PyNvVideoCodec ---------------------------
+# The child is the real `python -m daemon.gpu.nvdecchild` with its real pipes, control socket (SCM_RIGHTS),
+# slot bytes and threads; only CUDA and NVDEC are stood in for (tests/doubles/nvdec_child: "device" memory
+# is host memory, the daemon's frame memory a shared file). That NVDEC and CUDA IPC work is tests/test_gpu.py.
+
+DOUBLES = Path(__file__).parent / "doubles" / "nvdec_child"
+
+
+class FileDeviceBuffer:
+    """TEST DOUBLE of daemon.cuda.DeviceBuffer for the daemon's side: a shared file mapped here (its address
+    is the "device pointer"); its IPC handle is the file's path, which the child's double maps."""
+
+    live: list["FileDeviceBuffer"] = []
+
+    def __init__(self, nbytes: int, folder: Path):
+        self.path = folder / f"frames-{len(FileDeviceBuffer.live)}-{id(self)}"
+        self.path.write_bytes(b"\0" * nbytes)
+        self._file = open(self.path, "r+b")
+        self._map = mmap.mmap(self._file.fileno(), nbytes)
+        self.ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        self.nbytes = nbytes
+        self.closed = False
+        FileDeviceBuffer.live.append(self)
+
+    def close(self) -> None:
+        self.closed = True  # the mapping stays until the test ends: frames read after this would still be readable
+
+
+@pytest.fixture
+def decoding(monkeypatch, tmp_path):
+    """The daemon's side of the decoding processes on the doubles; yields the module."""
+    import daemon.gpu.nvdecproc as nvdecproc
+
+    fake = types.SimpleNamespace(
+        DeviceBuffer=lambda nbytes: FileDeviceBuffer(nbytes, tmp_path),
+        ipc_memory_handle=lambda buffer: str(buffer.path).encode(),
+        CudaError=cuda.CudaError,
+    )
+    monkeypatch.setattr(nvdecproc, "cuda", fake)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(DOUBLES), str(Path(__file__).parent.parent)]))
+    monkeypatch.setenv("TRTSTREAM_FAKE_CUDA_CHILD", "1")
+    FileDeviceBuffer.live.clear()
+    yield nvdecproc
+    assert nvdecproc.hosts.processes == 0, "every decoding process stopped with its last camera"
+
+
+def _nv12(image) -> np.ndarray:
+    return np.frombuffer(ctypes.string_at(image.y_ptr, image.nbytes), np.uint8).reshape(image.height * 3 // 2, image.width)
+
+
+def _expected(index: int) -> np.ndarray:
+    sys.path.insert(0, str(DOUBLES))
+    try:
+        import PyNvVideoCodec as double  # the child's double, for its pictures
+    finally:
+        sys.path.remove(str(DOUBLES))
+    return double.picture(index)[:, : double.WIDTH]
+
+
+def _open(decoding, uri: str, slots: int = 3, stop: threading.Event | None = None, stream: bool = False):
+    return decoding.NvdecProcessProducer(uri, stream=stream, slots=slots, open_timeout_s=10, read_timeout_s=10, stop=stop)
+
+
+def test_a_file_s_frames_arrive_in_order_through_a_small_pool_and_start_again_after_a_rewind(decoding):
+    producer = _open(decoding, str(asset("media/bikes.mp4")))
+    try:
+        assert producer.fps == 25.0 and (producer.width, producer.height) == (64, 48)
+        held = []
+        for index in range(20):
+            assert producer.grab(), index
+            if index % 5 == 2:
+                continue  # grabbed, never retrieved (a full queue): its slot must come back, or 3 slots run dry
+            image, pts = producer.retrieve()
+            assert pts == pytest.approx(index * 40.0)
+            assert np.array_equal(_nv12(image), _expected(index)), f"frame {index}"
+            held.append(image)
+            if len(held) == 2:  # two frames out at once (queued, in a batch), then back
+                for old in held:
+                    old.release()
+                held.clear()
+        for old in held:
+            old.release()
+        assert not producer.grab(), "the end of the file"
+        assert producer.rewind() and producer.grab()
+        image, pts = producer.retrieve()
+        assert pts == 0 and np.array_equal(_nv12(image), _expected(0))
+        image.release()
+    finally:
+        producer.close()
+    _await(lambda: all(buffer.closed for buffer in FileDeviceBuffer.live), "the frame memory freed once the child let go")
+
+
+def test_cameras_share_a_decoding_process_and_memory_is_freed_only_after_its_last_frame_returns(decoding):
+    first, second = _open(decoding, str(asset("media/bikes.mp4"))), _open(decoding, str(asset("media/bikes.mp4")))
+    try:
+        assert decoding.hosts.processes == 1
+        assert first.grab() and second.grab()
+        kept, _ = first.retrieve()
+        other, _ = second.retrieve()
+        assert np.array_equal(_nv12(kept), _expected(0)) and np.array_equal(_nv12(other), _expected(0))
+        other.release()
+    finally:
+        first.close()
+    _await(lambda: decoding.hosts.processes == 1 and len(FileDeviceBuffer.live) == 2, "the first camera closed")
+    time.sleep(0.3)  # a window in which a wrong free would happen: the frame below is still out
+    assert not FileDeviceBuffer.live[0].closed, "a frame still in the pipeline keeps its memory"
+    kept.release()
+    _await(lambda: FileDeviceBuffer.live[0].closed, "freed at its last frame's return")
+    assert second.grab(), "the other camera goes on"
+    second.close()
+
+
+def test_a_killed_decoding_process_reads_as_no_frame_and_the_next_open_starts_another(decoding, caplog):
+    producer = _open(decoding, str(asset("media/bikes.mp4")))
+    host = decoding.hosts._hosts[0]
+    assert producer.grab()
+    os.kill(host.child.process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    while producer.grab() and time.monotonic() - started < 10:
+        pass  # frames already in the pipe come first
+    assert time.monotonic() - started < 10
+    assert "decoding process ended" in caplog.text
+    producer.close()
+    again = _open(decoding, str(asset("media/bikes.mp4")))
+    try:
+        assert decoding.hosts._hosts[0] is not host and again.grab()
+    finally:
+        again.close()
+
+
+def test_a_reader_waiting_for_a_frame_sees_its_stop_at_once(decoding):
+    stop = threading.Event()
+    producer = _open(decoding, str(asset("media/bikes.mp4")), slots=2, stop=stop)
+    try:
+        held = []
+        for _ in range(2):
+            assert producer.grab()
+            held.append(producer.retrieve()[0])  # both slots out: the child waits, no record comes
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        assert not producer.grab()
+        assert time.monotonic() - started < 2, "not its 10 s read timeout"
+        for image in held:
+            image.release()
+    finally:
+        producer.close()
+
+
+def _await(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(0.02)
+
+
+def test_a_network_camera_is_demuxed_by_its_own_process_and_decoded_in_the_shared_one(decoding, camera, caplog):  # noqa: F811
+    """The real HTTP MPEG-TS camera, its real demuxer process (started by the decoding process), the
+    decoder double numbering one picture per packet: every picture in order past the clip's loop point
+    (10 s), the password never in a log line, and the demuxer gone with the camera."""
+    url = camera.url.replace("http://", "http://viewer:s3cret-pw@")
+    producer = _open(decoding, url, slots=4, stream=True)
+    try:
+        assert producer.fps == pytest.approx(25.0)
+        for index in range(300):
+            assert producer.grab(), f"picture {index}: {caplog.text[-300:]}"
+            image, pts = producer.retrieve()
+            assert pts is None and np.array_equal(_nv12(image), _expected(index)), f"picture {index}"
+            image.release()
+        host = decoding.hosts._hosts[0].child.process.pid
+        assert _demuxers_of(host), "the camera's demuxer is a process of its own"
+    finally:
+        producer.close()
+    assert "s3cret-pw" not in caplog.text
+    _await(lambda: not _demuxers_of(host), "the demuxer stopped with its camera")
+
+
+def _demuxers_of(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                        if b"daemon.demux" in cmdline.read():
+                            found.append(int(child))
+    except OSError:  # the decoding process is gone: so are its children
+        return []
+    return found
+
+
+def test_a_stream_its_camera_ends_reads_as_that_end_with_its_own_line(decoding, tmp_path, free_port, caplog):
+    """A finite MPEG-TS over plain HTTP: every picture, then the camera's end (the reader reconnects), said
+    as such: not a stall, not a dead process."""
+    import logging
+    import subprocess
+
+    from .test_demux import remux_to_ts
+
+    remux_to_ts(asset("media/bikes.mp4"), tmp_path / "clip.ts")
+    server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", str(free_port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "Serving HTTP" in server.stdout.readline()  # it listens
+        caplog.set_level(logging.INFO, "trtstream.capture")
+        producer = _open(decoding, f"http://127.0.0.1:{free_port}/clip.ts", stream=True)
+        try:
+            count = 0
+            while producer.grab():
+                image, _ = producer.retrieve()
+                image.release()
+                count += 1
+            assert count == 250
+        finally:
+            producer.close()
+    finally:
+        server.kill()
+        server.wait(10)
+    assert "the camera ended its stream" in caplog.text
+    assert "WARNING" not in caplog.text

@@ -116,6 +116,11 @@ class _Handover:
         self._out.write(RECORD.pack(ERROR, status, len(text), 0, 0) + text)
         self._out.flush()
 
+    def stream_ended(self) -> None:
+        """A network camera ended its stream (its demuxer's clean end)."""
+        self._out.write(RECORD.pack(END, 0, self._index, *self._size))
+        self._out.flush()
+
     def close(self) -> None:
         """Let go of the daemon's memory (all copies are done: each was awaited), then the pipes: the
         record pipe's end tells the daemon it may free that memory."""
@@ -251,26 +256,27 @@ def _decode_stream(nvc: Any, settings: dict[str, Any], handover: _Handover) -> N
 
 
 def _serve_camera(nvc: Any, settings: dict[str, Any], fds: list[int]) -> None:
-    """One camera, start to end, on its own thread; its error goes to the daemon as an ERROR record."""
+    """One camera, start to end, on its own thread. Every end but the daemon's own hang-up is sent as a
+    record (``END`` for a stream the camera ended, ``ERROR`` with the reason), so that no camera stops
+    without its reader being told why."""
     records, commands, flags_fd = fds
     handover = None
     try:
         cuda.primary_context_handle(int(settings["gpu"]))  # current on this thread: the enqueues go through libcuda
         handover = _Handover(settings, os.fdopen(records, "wb"), os.fdopen(commands, "rb"), flags_fd)
-        try:
-            (_decode_stream if settings["stream"] else _decode_file)(nvc, settings, handover)
-        except _Failure as exc:
-            handover.error(str(exc), exc.status)
-        except cuda.CudaError as exc:
-            handover.error(f"CUDA: {exc}", EXIT_RETRYABLE)
-    except (_Stopped, OSError, ValueError):  # the daemon let the camera go (a closed pipe)
+        if settings["stream"]:
+            _decode_stream(nvc, settings, handover)
+            handover.stream_ended()
+        else:
+            _decode_file(nvc, settings, handover)
+    except (_Stopped, BrokenPipeError):  # the daemon let the camera go: it closed the camera's pipes
         pass
+    except _Failure as exc:
+        _report(handover, records, str(exc), exc.status)
+    except cuda.CudaError as exc:
+        _report(handover, records, f"CUDA: {exc}", EXIT_RETRYABLE)
     except Exception as exc:  # PyNvVideoCodec's errors outside the calls above: this camera ends, the others go on
-        try:
-            if handover is not None:
-                handover.error(f"{type(exc).__name__}: {exc}", EXIT_RETRYABLE)
-        except OSError:
-            pass
+        _report(handover, records, f"{type(exc).__name__}: {exc}", EXIT_RETRYABLE)
     finally:
         if handover is not None:
             handover.close()
@@ -280,6 +286,19 @@ def _serve_camera(nvc: Any, settings: dict[str, Any], fds: list[int]) -> None:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _report(handover: "_Handover | None", records: int, line: str, status: int) -> None:
+    """A camera's error to its reader: through its handover, or straight onto its record pipe when it
+    failed before it had one."""
+    try:
+        if handover is not None:
+            handover.error(line, status)
+        else:
+            text = mask_text(line).encode()[:4000]
+            os.write(records, RECORD.pack(ERROR, status, len(text), 0, 0) + text)
+    except OSError:  # the daemon closed the camera meanwhile
+        pass
 
 
 def main() -> int:

@@ -317,7 +317,9 @@ class NvdecProcessProducer:
                 if not self._start_pool(width, height):
                     return False
                 continue
-            if kind == END:
+            if kind == END:  # a file's end, or a stream its camera ended: the reader loops or reconnects
+                if self._stream:
+                    log.info("%s: the camera ended its stream", self._shown)
                 return False
             if kind == ERROR:
                 log.warning("%s", self._error(record))
@@ -393,7 +395,10 @@ class NvdecProcessProducer:
         except cuda.CudaError as exc:
             log.warning("%s: cannot share frame memory with its decoding process: %s; reconnecting", self._shown, exc)
             return False
-        return self._command({"pool": handle.hex()})
+        if not self._command({"pool": handle.hex()}):
+            log.warning("%s", self._failure("its decoding thread went away before it took its frame memory"))
+            return False
+        return True
 
     def _next_record(self, deadline: float) -> bytes | None:
         """The next record by ``deadline``, or None then, at the pipe's end, or once the reader is stopped:
@@ -426,9 +431,11 @@ class NvdecProcessProducer:
     def _failure(self, what: str) -> SourceError:
         """No record came: the camera stalled, or its decoding process died (its own error line, then)."""
         host = self._host
-        if host is not None and self._pipe is not None and self._pipe.eof and host.child.exit_status(2.0) is not None:
-            said = host.child.failure(what)
-            return SourceError(f"{self._shown}: {str(said).split(': ', 1)[-1]}", retryable=said.retryable)
+        if host is not None and self._pipe is not None and self._pipe.eof:
+            if host.child.exit_status(2.0) is not None:  # its end of the pipe closes just before the process is reaped
+                said = host.child.failure(what)
+                return SourceError(f"{self._shown}: {str(said).split(': ', 1)[-1]}", retryable=said.retryable)
+            return SourceError(f"{self._shown}: its decoding thread ended without a word (a bug: please report it)", retryable=True)
         return SourceError(f"{self._shown}: {what}", retryable=True)
 
     def _close_flags(self) -> None:
