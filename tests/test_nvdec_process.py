@@ -112,12 +112,17 @@ def _nv12(image) -> np.ndarray:
 
 
 def _expected(index: int) -> np.ndarray:
-    sys.path.insert(0, str(DOUBLES))
-    try:
-        import PyNvVideoCodec as double  # the child's double, for its pictures
-    finally:
-        sys.path.remove(str(DOUBLES))
-    return double.picture(index)[:, : double.WIDTH]
+    """Picture ``index`` of the child's decoder double, loaded here under another name: as
+    ``PyNvVideoCodec`` it would stand in for the real one in every later test of this process."""
+    global _DOUBLE
+    if _DOUBLE is None:
+        spec = importlib.util.spec_from_file_location("nvdec_child_double", DOUBLES / "PyNvVideoCodec.py")
+        _DOUBLE = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_DOUBLE)
+    return _DOUBLE.picture(index)[:, : _DOUBLE.WIDTH]
+
+
+_DOUBLE = None
 
 
 def _open(decoding, uri: str, slots: int = 3, stop: threading.Event | None = None, stream: bool = False):
