@@ -41,6 +41,7 @@ from .analytics.workers import make_analytics
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import AutoDecoderFactory, open_producer, resolve_decoder
+from .gpu.nvdecproc import hosts as decoding_hosts
 from .sinks import MessageSink
 from .view import regions_by_source
 from .view.hub import ViewHub
@@ -547,6 +548,7 @@ class Daemon:
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
             **({"analytics_workers": workers} if self._analytics is not None and (workers := self._analytics.status()) else {}),
+            **({"decoding_processes": decoding} if (decoding := decoding_hosts.status()) else {}),
             **({"sinks": [sink.status() for sink in self._sinks]} if self._sinks else {}),
             **({"view": {"viewers": self._view.viewers(), **self._view.stats.snapshot()}} if self._view is not None else {}),
         }

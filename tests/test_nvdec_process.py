@@ -162,6 +162,9 @@ def test_cameras_share_a_decoding_process_and_memory_is_freed_only_after_its_las
     first, second = _open(decoding, str(asset("media/bikes.mp4"))), _open(decoding, str(asset("media/bikes.mp4")))
     try:
         assert decoding.hosts.processes == 1
+        status = decoding.hosts.status()
+        assert status == {"processes": 1, "cameras": 2, "started": status["started"], "lost": status["lost"]}
+        _validate_heartbeat_field(status)
         assert first.grab() and second.grab()
         kept, _ = first.retrieve()
         other, _ = second.retrieve()
@@ -188,7 +191,9 @@ def test_a_killed_decoding_process_reads_as_no_frame_and_the_next_open_starts_an
         pass  # frames already in the pipe come first
     assert time.monotonic() - started < 10
     assert "decoding process ended" in caplog.text
+    lost = decoding.hosts.status()["lost"]
     producer.close()
+    assert decoding.hosts.status()["lost"] == lost + 1, "the heartbeat counts the process that died"
     again = _open(decoding, str(asset("media/bikes.mp4")))
     try:
         assert decoding.hosts._hosts[0] is not host and again.grab()
@@ -212,6 +217,30 @@ def test_a_reader_waiting_for_a_frame_sees_its_stop_at_once(decoding):
             image.release()
     finally:
         producer.close()
+
+
+def _validate_heartbeat_field(status: dict) -> None:
+    """``status`` against the heartbeat's ``decoding_processes`` in the published JSON Schema."""
+    import json
+
+    import jsonschema
+
+    def find(node):
+        if isinstance(node, dict):
+            if "decoding_processes" in node.get("properties", {}):
+                return node["properties"]["decoding_processes"]
+            for value in node.values():
+                if (found := find(value)) is not None:
+                    return found
+        elif isinstance(node, list):
+            for value in node:
+                if (found := find(value)) is not None:
+                    return found
+        return None
+
+    schema = find(json.loads((Path(__file__).parent.parent / "docs" / "schema" / "message-v1.schema.json").read_text()))
+    assert schema is not None, "the schema documents the field"
+    jsonschema.validate(status, schema)
 
 
 def _await(condition, what: str, timeout: float = 10.0) -> None:

@@ -111,17 +111,21 @@ class _Hosts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._hosts: list[_Host] = []
+        self._started = 0
+        self._lost = 0
 
     def take(self, gpu: int) -> _Host:
         with self._lock:
             for host in [h for h in self._hosts if not h.alive]:  # died: its cameras reconnect, each to another
                 self._hosts.remove(host)
+                self._lost += 1
                 host.stop()
             room = [h for h in self._hosts if h.cameras < CAMERAS_PER_PROCESS]
             host = min(room, key=lambda h: h.cameras) if room else None
             if host is None:
                 host = _Host(gpu)
                 self._hosts.append(host)
+                self._started += 1
             host.cameras += 1
             return host
 
@@ -132,12 +136,23 @@ class _Hosts:
                 return
             if host in self._hosts:
                 self._hosts.remove(host)
+                if not host.alive:
+                    self._lost += 1
         host.stop()
 
     @property
     def processes(self) -> int:
         with self._lock:
             return len(self._hosts)
+
+    def status(self) -> dict[str, int]:
+        """The heartbeat's ``decoding_processes`` (empty while none ever started): how many run, the cameras
+        they serve, how many were started, and how many died (their cameras reconnected to another)."""
+        with self._lock:
+            if not self._started:
+                return {}
+            return {"processes": len(self._hosts), "cameras": sum(h.cameras for h in self._hosts), "started": self._started,
+                    "lost": self._lost}
 
 
 hosts = _Hosts()
