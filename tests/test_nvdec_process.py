@@ -315,3 +315,25 @@ def test_a_stream_its_camera_ends_reads_as_that_end_with_its_own_line(decoding, 
         server.wait(10)
     assert "the camera ended its stream" in caplog.text
     assert "WARNING" not in caplog.text
+
+
+def test_a_decoding_process_outlives_the_reader_thread_that_needed_it_first(decoding):
+    """The kernel kills a child when the thread that started it ends (PR_SET_PDEATHSIG): a camera's reader
+    thread ends with its camera, while the process it caused to start serves other cameras too."""
+    opened: list = []
+    first = threading.Thread(target=lambda: opened.append(_open(decoding, str(asset("media/bikes.mp4")))))
+    first.start()
+    first.join(30)
+    second = _open(decoding, str(asset("media/bikes.mp4")))
+    lost = decoding.hosts.status()["lost"]
+    try:
+        host = decoding.hosts._hosts[0]
+        closer = threading.Thread(target=opened[0].close)
+        closer.start()
+        closer.join(30)  # the first camera's reader is gone, and so is the thread that started its process
+        for _ in range(5):
+            assert second.grab()
+            second.retrieve()[0].release()
+        assert host.alive and decoding.hosts.status()["lost"] == lost
+    finally:
+        second.close()

@@ -44,6 +44,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import cuda
@@ -82,6 +83,7 @@ class _Host:
     """One decoding process and its control socket; ``cameras``: how many it serves now."""
 
     def __init__(self, gpu: int):
+        self.gpu = gpu
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.child = SourceChild("daemon.gpu.nvdecchild", "its NVDEC decoding process", "decoding", pass_fds=(theirs.fileno(),))
@@ -113,6 +115,10 @@ class _Hosts:
         self._hosts: list[_Host] = []
         self._started = 0
         self._lost = 0
+        # Processes are started from one thread that lives as long as the daemon: the kernel kills a child
+        # when the *thread* that started it ends (PR_SET_PDEATHSIG), and a camera's reader thread, which
+        # would otherwise start it, ends with its camera while the process serves others.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvdec-spawner")
 
     def take(self, gpu: int) -> _Host:
         with self._lock:
@@ -120,10 +126,10 @@ class _Hosts:
                 self._hosts.remove(host)
                 self._lost += 1
                 host.stop()
-            room = [h for h in self._hosts if h.cameras < CAMERAS_PER_PROCESS]
+            room = [h for h in self._hosts if h.gpu == gpu and h.cameras < CAMERAS_PER_PROCESS]
             host = min(room, key=lambda h: h.cameras) if room else None
             if host is None:
-                host = _Host(gpu)
+                host = self._spawner.submit(_Host, gpu).result()
                 self._hosts.append(host)
                 self._started += 1
             host.cameras += 1
