@@ -96,6 +96,48 @@ def serve_nvdec_clip(start_daemon, port: int, engine: str, env: dict | None = No
     return daemon, results
 
 
+def child_processes(pid: int, command_part: bytes) -> list[int]:
+    """The direct children of process ``pid`` whose command line holds ``command_part`` (b"daemon.demux",
+    b"daemon.gpu.nvdecchild", ...); none once ``pid`` is gone."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    try:
+                        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                            if command_part in cmdline.read():
+                                found.append(int(child))
+                    except OSError:  # it ended meanwhile
+                        continue
+    except OSError:  # the process is gone: so are its children
+        return []
+    return found
+
+
+def read_through_a_small_pool(producer, count: int, skip, check, on_grab=None) -> None:
+    """The NVDEC decoding process's pool under a reader's use (tests/test_nvdec_process.py on the CPU,
+    tests/test_gpu.py on the GPU): ``count`` frames grabbed; those where ``skip(index)`` are never retrieved
+    (a full queue skips them: their slots must come back); the others are retrieved, passed to
+    ``check(index, image, pts, grabbed)`` (``grabbed``: what ``on_grab(index)`` returned right after the
+    grab), and held two at a time before they go back, as frames queued and in a batch are."""
+    held = []
+    for index in range(count):
+        assert producer.grab(), f"frame {index}"
+        grabbed = on_grab(index) if on_grab is not None else None
+        if skip(index):
+            continue
+        image, pts = producer.retrieve()
+        check(index, image, pts, grabbed)
+        held.append(image)
+        if len(held) == 2:
+            for old in held:
+                old.release()
+            held.clear()
+    for old in held:
+        old.release()
+
+
 def asset(relative: str) -> Path:
     path = ASSETS / relative
     if not path.is_file():

@@ -462,7 +462,7 @@ def test_a_decoding_process_hands_over_exactly_what_nvdec_decodes():
     from daemon import cuda
     from daemon.gpu.nvdecproc import NvdecProcessProducer
 
-    from .conftest import REPO
+    from .conftest import REPO, read_through_a_small_pool
 
     clip = REPO / ".cache" / "bikes_1080p30.mp4"
     if not clip.is_file():
@@ -480,28 +480,19 @@ def test_a_decoding_process_hands_over_exactly_what_nvdec_decodes():
 
     try:
         assert producer.fps and abs(producer.fps - 30) < 0.1
-        held = []
-        compared = 0
-        for index in range(300):
-            assert producer.grab(), f"frame {index}"
-            expected = reference_frame()
-            if index % 7 == 3:
-                continue  # grabbed, never retrieved: its slot must come back, or the 3-slot pool would run dry
-            image, pts = producer.retrieve()
+        compared = []
+
+        def check(index, image, pts, expected):
             assert (image.width, image.height, image.ready) == (1920, 1080, None)
             assert pts == pytest.approx(index * 1000 / 30, abs=0.01)
             if index % 10 == 0 or index > 290:
                 got = _device_nv12_to_host(cupy, image)
                 assert np.array_equal(got, expected), f"frame {index}: {int((got != expected).sum())} bytes differ"
-                compared += 1
-            held.append(image)
-            if len(held) == 2:  # two frames out at once (queued, in a batch), then back
-                for old in held:
-                    old.release()
-                held.clear()
-        for old in held:
-            old.release()
-        assert compared >= 30
+                compared.append(index)
+
+        # frames grabbed and never retrieved give their slot back, or the 3-slot pool would run dry
+        read_through_a_small_pool(producer, 300, lambda index: index % 7 == 3, check, on_grab=lambda index: reference_frame())
+        assert len(compared) >= 30
         assert not producer.grab(), "the clip's end"
         assert producer.rewind()
         assert producer.grab()
@@ -536,7 +527,7 @@ def test_http_cameras_decoded_in_a_shared_process_come_back_after_that_process_i
 
     from daemon.client import ResultSubscriber
 
-    from .conftest import REPO, collect, detector_config
+    from .conftest import REPO, child_processes, collect, detector_config
     from .test_http_ts import TsCamera
 
     clip = REPO / ".cache" / "bikes.ts"
@@ -544,14 +535,7 @@ def test_http_cameras_decoded_in_a_shared_process_come_back_after_that_process_i
         pytest.fail(f"missing {clip}: scripts/gpu-carry makes it")
 
     def decoding_children(pid: int) -> list[int]:
-        found = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as children:
-                for child in children.read().split():
-                    with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-                        if b"daemon.gpu.nvdecchild" in cmdline.read():
-                            found.append(int(child))
-        return found
+        return child_processes(pid, b"daemon.gpu.nvdecchild")
 
     camera = TsCamera(clip).start()
     try:

@@ -25,7 +25,7 @@ from daemon.capture import open_producer
 from daemon.config import SourceConfig
 from daemon.errors import SourceError
 
-from .conftest import asset
+from .conftest import asset, child_processes, read_through_a_small_pool
 from .test_demux import camera  # noqa: F401 (fixture)
 
 
@@ -133,21 +133,13 @@ def test_a_file_s_frames_arrive_in_order_through_a_small_pool_and_start_again_af
     producer = _open(decoding, str(asset("media/bikes.mp4")))
     try:
         assert producer.fps == 25.0 and (producer.width, producer.height) == (64, 48)
-        held = []
-        for index in range(20):
-            assert producer.grab(), index
-            if index % 5 == 2:
-                continue  # grabbed, never retrieved (a full queue): its slot must come back, or 3 slots run dry
-            image, pts = producer.retrieve()
+
+        def check(index, image, pts, _):
             assert pts == pytest.approx(index * 40.0)
             assert np.array_equal(_nv12(image), _expected(index)), f"frame {index}"
-            held.append(image)
-            if len(held) == 2:  # two frames out at once (queued, in a batch), then back
-                for old in held:
-                    old.release()
-                held.clear()
-        for old in held:
-            old.release()
+
+        # grabbed and never retrieved (a full queue): their slots must come back, or 3 slots run dry
+        read_through_a_small_pool(producer, 20, lambda index: index % 5 == 2, check)
         assert not producer.grab(), "the end of the file"
         assert producer.rewind() and producer.grab()
         image, pts = producer.retrieve()
@@ -273,17 +265,7 @@ def test_a_network_camera_is_demuxed_by_its_own_process_and_decoded_in_the_share
 
 
 def _demuxers_of(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as children:
-                for child in children.read().split():
-                    with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-                        if b"daemon.demux" in cmdline.read():
-                            found.append(int(child))
-    except OSError:  # the decoding process is gone: so are its children
-        return []
-    return found
+    return child_processes(pid, b"daemon.demux")
 
 
 def test_a_stream_its_camera_ends_reads_as_that_end_with_its_own_line(decoding, tmp_path, free_port, caplog):
