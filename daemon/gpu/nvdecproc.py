@@ -296,13 +296,13 @@ class NvdecProcessProducer:
                 os.close(records_w)
                 os.close(commands_r)
             deadline = time.monotonic() + open_timeout_s + read_timeout_s + START_ALLOWANCE_S
-            head = self._pipe.take(len(MAGIC) + 4, deadline)
+            head = self._take(len(MAGIC) + 4, deadline)
             if head is not None and head[:1] == bytes([ERROR]):
                 raise self._error(head)
             if head is None or head[:4] != MAGIC:
                 raise self._failure("its decoding process sent no stream header")
             (length,) = struct.unpack("<I", head[4:])
-            body = self._pipe.take(length, deadline) if length <= MAX_HEADER else None
+            body = self._take(length, deadline) if length <= MAX_HEADER else None
             try:
                 fields = json.loads(body) if body is not None else None
                 self.fps = float(fields["fps"]) if fields and fields.get("fps") else None
@@ -323,7 +323,7 @@ class NvdecProcessProducer:
             wait = self._read_timeout_s
             if self._first_deadline is not None:
                 wait = max(wait, self._first_deadline - time.monotonic())
-            record = self._next_record(time.monotonic() + wait)
+            record = self._take(RECORD.size, time.monotonic() + wait)
             if record is None:
                 if not self._stop.is_set():
                     log.warning("%s", self._failure(f"no frame within {wait:g} s" if not self._pipe.eof else "its decoding process ended"))
@@ -421,14 +421,15 @@ class NvdecProcessProducer:
             return False
         return True
 
-    def _next_record(self, deadline: float) -> bytes | None:
-        """The next record by ``deadline``, or None then, at the pipe's end, or once the reader is stopped:
-        at shutdown the pipeline stops taking frames, the child finds no free slot and sends nothing, and a
-        reader waiting out its whole read timeout would outlive the daemon's join."""
+    def _take(self, count: int, deadline: float) -> bytes | None:
+        """``count`` bytes of the camera's records by ``deadline``, or None then, at the pipe's end, or once
+        the reader is stopped: at shutdown the pipeline stops taking frames, the child finds no free slot
+        and sends nothing, and a reader waiting out its whole read timeout (or a camera's open) would
+        outlive the daemon's join."""
         while True:
-            record = self._pipe.take(RECORD.size, min(deadline, time.monotonic() + STOP_CHECK_S))
-            if record is not None or self._pipe.eof or self._stop.is_set() or time.monotonic() >= deadline:
-                return record
+            taken = self._pipe.take(count, min(deadline, time.monotonic() + STOP_CHECK_S))
+            if taken is not None or self._pipe.eof or self._stop.is_set() or time.monotonic() >= deadline:
+                return taken
 
     def _command(self, message: dict[str, Any]) -> bool:
         try:
