@@ -26,12 +26,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from .childproc import EXIT_FINAL, SourceChild, child_stdio
 from .redact import mask_text, mask_url
 
-__all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketSink", "PacketStream", "SinkStopped", "StreamHeader", "run_demuxer", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
+__all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketStream", "StreamHeader", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
 
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
@@ -70,7 +70,7 @@ class PacketStream:
         self._child = SourceChild("daemon.demux", mask_url(url), "demuxer")
         self._pipe = self._child.pipe
         try:
-            self._child.send(settings, last=True)  # it died at once: the failure below says why
+            self._child.send(settings, last=True)  # False when it died at once: the header failure below says why
             deadline = time.monotonic() + open_timeout_s + read_timeout_s  # the child's open, then its first read
             magic = self._pipe.take(len(MAGIC) + 4, deadline)
             if magic is None or magic[:4] != MAGIC:
@@ -184,47 +184,24 @@ def _copy_nal_units(record: bytes, offset: int, count: int, out: bytearray) -> i
 
 
 # -- the child ---------------------------------------------------------------------------------------------
-class PacketSink(Protocol):
-    """Where a demuxer's output goes: this module's pipe to the daemon, or a decoder in the same process
-    (:mod:`daemon.gpu.nvdecproc`)."""
-
-    def header(self, header: StreamHeader) -> None: ...
-
-    def packet(self, data: bytes, key: bool) -> None: ...
+def _write_header(out: BinaryIO, header: StreamHeader) -> None:
+    body = json.dumps({"codec": header.codec, "width": header.width, "height": header.height, "fps": header.fps,
+                       "extradata": header.extradata.hex()}).encode()
+    out.write(MAGIC + struct.pack("<I", len(body)) + body)
+    out.flush()
 
 
-class SinkStopped(Exception):
-    """Raised by a sink to end demuxing with its own error line and exit status (a decoder that refused
-    the stream, say): the demuxer's own wording ("cannot demux") would be wrong for it."""
-
-    def __init__(self, line: str, status: int = EXIT_RETRYABLE):
-        super().__init__(line)
-        self.status = status
-
-
-class _PipeSink:
-    """The wire format of the module docstring on ``out``."""
-
-    def __init__(self, out: BinaryIO):
-        self._out = out
-
-    def header(self, header: StreamHeader) -> None:
-        body = json.dumps({"codec": header.codec, "width": header.width, "height": header.height, "fps": header.fps,
-                           "extradata": header.extradata.hex()}).encode()
-        self._out.write(MAGIC + struct.pack("<I", len(body)) + body)
-        self._out.flush()
-
-    def packet(self, data: bytes, key: bool) -> None:
-        self._out.write(_HEAD.pack(len(data), _KEY if key else 0))
-        self._out.write(data)
-        self._out.flush()
+def _write_packet(out: BinaryIO, data: bytes, key: bool) -> None:
+    out.write(_HEAD.pack(len(data), _KEY if key else 0))
+    out.write(data)
+    out.flush()
 
 
 class _Unavailable(Exception):
     """No demuxer library in this interpreter."""
 
 
-def _demux_with_pyav(settings: dict[str, Any], sink: PacketSink) -> None:
+def _demux_with_pyav(settings: dict[str, Any], out: BinaryIO) -> None:
     try:
         import av
     except ImportError:
@@ -238,13 +215,13 @@ def _demux_with_pyav(settings: dict[str, Any], sink: PacketSink) -> None:
         context = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate and 0 < float(rate) < 1000 else None
-        sink.header(StreamHeader(context.name, int(context.width), int(context.height), fps,
-                                 annexb_parameter_sets(context.name, context.extradata)))
+        _write_header(out, StreamHeader(context.name, int(context.width), int(context.height), fps,
+                                        annexb_parameter_sets(context.name, context.extradata)))
         length_size = nal_length_size(context.name, context.extradata)  # RTMP, HTTP-FLV, fragmented MP4
         for packet in container.demux(stream):
             if packet.size:
                 data = bytes(packet)
-                sink.packet(annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
+                _write_packet(out, annexb_packet(data, length_size) if length_size else data, bool(packet.is_keyframe))
 
 
 # FFmpeg's codec names (the demuxer's header) -> PyNvVideoCodec's cudaVideoCodec member names
@@ -255,7 +232,7 @@ _NVC_CODEC_NAMES = {"H264": "h264", "HEVC": "hevc", "AV1": "av1", "VP9": "vp9", 
                     "MPEG4": "mpeg4", "JPEG": "mjpeg", "VC1": "vc1"}
 
 
-def _demux_with_pynvvideocodec(settings: dict[str, Any], sink: PacketSink) -> None:
+def _demux_with_pynvvideocodec(settings: dict[str, Any], out: BinaryIO) -> None:
     try:
         import PyNvVideoCodec as nvc
     except Exception:
@@ -264,10 +241,10 @@ def _demux_with_pynvvideocodec(settings: dict[str, Any], sink: PacketSink) -> No
     codec = demuxer.GetNvCodecId()
     codec_id = str(getattr(codec, "name", codec)).rsplit(".", 1)[-1]
     width, height, fps = _nvc_geometry(demuxer)
-    sink.header(StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
+    _write_header(out, StreamHeader(_NVC_CODEC_NAMES.get(codec_id, codec_id.lower()), width, height, fps, b""))
     for packet in demuxer:
         if packet.bsl:
-            sink.packet(ctypes.string_at(packet.bsl_data, packet.bsl), bool(getattr(packet, "key", 0)))
+            _write_packet(out, ctypes.string_at(packet.bsl_data, packet.bsl), bool(getattr(packet, "key", 0)))
 
 
 def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
@@ -295,25 +272,21 @@ def _nvc_geometry(demuxer: Any) -> tuple[int, int, float | None]:
     return width, height, fps
 
 
-def run_demuxer(settings: dict[str, Any], sink: PacketSink) -> int:
-    """Demux ``settings["url"]`` into ``sink`` with the first demuxer this interpreter has (``settings
-    ["demuxer"]``: auto, pyav, pynvvideocodec); the child's exit status (module docstring), its error
-    line printed to stderr."""
+def main() -> int:
+    """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
+    out = child_stdio()
+    settings = json.loads(sys.stdin.readline())
     order = {"auto": (_demux_with_pyav, _demux_with_pynvvideocodec), "pyav": (_demux_with_pyav,),
              "pynvvideocodec": (_demux_with_pynvvideocodec,)}[settings.get("demuxer", "auto")]
     missing = []
     for demux in order:
         try:
-            demux(settings, sink)
+            demux(settings, out)
             return 0
         except _Unavailable as exc:
             missing.append(str(exc))
         except BrokenPipeError:  # the daemon closed the stream: nothing to say
             return 0
-        except SinkStopped as exc:
-            if str(exc):
-                print(mask_text(str(exc)), file=sys.stderr)
-            return exc.status
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_FINAL
@@ -322,13 +295,6 @@ def run_demuxer(settings: dict[str, Any], sink: PacketSink) -> int:
             return EXIT_RETRYABLE
     print(f"no demuxer: needs {' or '.join(missing)}", file=sys.stderr)
     return EXIT_FINAL
-
-
-def main() -> int:
-    """``python -m daemon.demux``: settings as one JSON line on stdin; packets on stdout (module docstring)."""
-    out = child_stdio()
-    settings = json.loads(sys.stdin.readline())
-    return run_demuxer(settings, _PipeSink(out))
 
 
 if __name__ == "__main__":
