@@ -124,9 +124,12 @@ class SourceChild:
         except subprocess.TimeoutExpired:
             return None
 
-    def failure(self, what: str) -> SourceError:
+    def failure(self, what: str, shown: str | None = None) -> SourceError:
         """What went wrong: the child's own error when it exited with one (masked, as one line: library
-        errors span lines, and the last alone, "at NvDecoder.cpp:430", says nothing), else ``what``."""
+        errors span lines, and the last alone, "at NvDecoder.cpp:430", says nothing), else ``what``;
+        naming ``shown`` (default: this child's source; a process several cameras share names the one
+        asking)."""
+        shown = self.shown if shown is None else shown
         status = self.process.poll()
         if status is None and self.pipe.eof:
             status = self.exit_status(2.0)
@@ -136,8 +139,8 @@ class SourceChild:
             text = " ".join(line.strip() for line in self._errors.read().decode(errors="replace").splitlines() if line.strip())
             said = mask_text(text) if len(text) <= 400 else "..." + mask_text(text[-400:])
         if said:
-            return SourceError(f"{self.shown}: {said}", retryable=status != EXIT_FINAL)
-        return SourceError(f"{self.shown}: {what}", retryable=True)
+            return SourceError(f"{shown}: {said}", retryable=status != EXIT_FINAL)
+        return SourceError(f"{shown}: {what}", retryable=True)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; the pipes and the error file closed. Idempotent."""

@@ -30,7 +30,7 @@ from .. import cuda
 from ..childproc import EXIT_FINAL, child_stdio
 from ..demux import NVDEC_CODECS, PacketStream
 from ..errors import SourceError
-from ..redact import mask_text
+from ..redact import mask_text, mask_url
 
 __all__ = ["CAMERAS_PER_PROCESS", "END", "ERROR", "EXIT_FINAL", "EXIT_RETRYABLE", "FRAME", "MAGIC", "MAX_HEADER", "RECORD", "SIZE", "main"]
 
@@ -216,11 +216,16 @@ def _decode_stream(nvc: Any, settings: dict[str, Any], handover: _Handover) -> N
     demuxer keeps the GIL while it waits for the network, which would stall this process's other cameras),
     decoded here."""
     gpu = int(settings["gpu"])
+    own_name = f"{mask_url(settings['url'])}: "  # the demuxer's errors name the camera; the daemon names it again
+
+    def reason(exc: SourceError) -> str:
+        return str(exc).removeprefix(own_name)
+
     try:
         packets = PacketStream(settings["url"], open_timeout_s=settings["open_timeout_s"], read_timeout_s=settings["read_timeout_s"],
                                rtsp_transport=settings["rtsp_transport"])
     except SourceError as exc:
-        raise _Failure(str(exc).split(": ", 1)[-1], EXIT_RETRYABLE if exc.retryable else EXIT_FINAL) from None
+        raise _Failure(reason(exc), EXIT_RETRYABLE if exc.retryable else EXIT_FINAL) from None
     try:
         header = packets.header
         codec = getattr(nvc.cudaVideoCodec, NVDEC_CODECS.get(header.codec, ""), None)
@@ -237,7 +242,7 @@ def _decode_stream(nvc: Any, settings: dict[str, Any], handover: _Handover) -> N
             try:
                 packet = packets.read()
             except SourceError as exc:
-                raise _Failure(str(exc).split(": ", 1)[-1], EXIT_RETRYABLE) from None
+                raise _Failure(reason(exc), EXIT_RETRYABLE) from None
             if packet is None:
                 return
             payload = np.frombuffer(prefix + packet.data if prefix else packet.data, np.uint8)  # alive until Decode returns

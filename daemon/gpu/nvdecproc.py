@@ -455,8 +455,7 @@ class NvdecProcessProducer:
         host = self._host
         if host is not None and self._pipe is not None and self._pipe.eof:
             if host.child.exit_status(2.0) is not None:  # its end of the pipe closes just before the process is reaped
-                said = host.child.failure(what)
-                return SourceError(f"{self._shown}: {str(said).split(': ', 1)[-1]}", retryable=said.retryable)
+                return host.child.failure(what, self._shown)
             return SourceError(f"{self._shown}: its decoding thread ended without a word (a bug: please report it)", retryable=True)
         return SourceError(f"{self._shown}: {what}", retryable=True)
 
