@@ -169,10 +169,10 @@ class SourceConfig(StrictModel):
         "(one per core plus one: 17 per camera on a 16-core machine).",
     )
     decode_process: bool = Field(
-        False, description="NVDEC sources (decoder 'nvdec', or 'auto' when it picks NVDEC): demux, decode and copy this "
-        "camera's frames in a process of its own, which hands them to the daemon through CUDA IPC, so the daemon's "
-        "interpreter does next to nothing per frame. For many cameras on one GPU; costs a CUDA context per camera "
-        "(GPU memory) and needs CUDA IPC (discrete GPUs on Linux, not Jetson).",
+        False, description="NVDEC sources (decoder 'nvdec', or 'auto' when it picks NVDEC): decode and copy this "
+        "camera's frames in a decoding process beside the daemon (up to 8 cameras per process, one CUDA context each), "
+        "which hands them over through CUDA IPC, so the daemon's interpreter does next to nothing per frame. For many "
+        "cameras on one GPU; needs CUDA IPC (discrete GPUs on Linux, not Jetson).",
     )
     rtsp_transport: Literal["auto", "tcp", "udp"] = Field(
         "auto", description="RTSP sources: how RTP travels. 'tcp' interleaved in the RTSP connection (through NAT and "

@@ -31,29 +31,31 @@ def process_sample(pid: int) -> dict[str, float]:
     return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+def _cpu_seconds(stat: str) -> float:
+    """utime + stime of a /proc/.../stat line, in seconds (the fields after the parenthesised name)."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu_by_role(pid: int) -> dict[str, float]:
     """CPU seconds so far of another process's threads, summed by role: the thread name up to its first
     ':' (``capture:cam007`` counts as ``capture``), from /proc/PID/task/*/stat (utime + stime). Native
     threads that name themselves (FFmpeg's, CUDA's) keep their own names; two readings' difference over
     the seconds between them says which threads the time went to."""
-    ticks = os.sysconf("SC_CLK_TCK")
     roles: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except OSError:  # the thread ended meanwhile
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        role = name.split(":", 1)[0]
-        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        role = stat[stat.index("(") + 1 : stat.rindex(")")].split(":", 1)[0]
+        roles[role] = roles.get(role, 0.0) + _cpu_seconds(stat)
     return roles
 
 
 def children_sample(pid: int) -> dict[str, float]:
     """The direct child processes of ``pid`` (the demuxers, NVDEC decoding processes, analytics workers),
     summed: how many, their CPU seconds so far (utime + stime) and resident memory (MiB), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     children: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -68,8 +70,7 @@ def children_sample(pid: int) -> dict[str, float]:
             rss += rss_mib(child)
         except (OSError, ValueError):  # it ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu += (int(fields[11]) + int(fields[12])) / ticks
+        cpu += _cpu_seconds(stat)
         count += 1
     return {"children": count, "children_cpu_s": cpu, "children_rss_mib": rss}
 
