@@ -24,11 +24,11 @@ from typing import Any, BinaryIO
 from .errors import SourceError
 from .redact import mask_text
 
-__all__ = ["PipeReader", "SourceChild", "child_stdio", "die_with_parent"]
+__all__ = ["EXIT_FINAL", "EXIT_RETRYABLE", "PipeReader", "SourceChild", "child_stdio", "die_with_parent"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_FINAL = 2
-"""A source child's exit status when a retry cannot help (1: it may)."""
+EXIT_RETRYABLE, EXIT_FINAL = 1, 2
+"""A source child's exit status on an error a retry may mend, and on one it cannot (0: a clean end)."""
 
 
 def die_with_parent() -> None:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .childproc import EXIT_FINAL, SourceChild, child_stdio
+from .childproc import EXIT_FINAL, EXIT_RETRYABLE, SourceChild, child_stdio
 from .redact import mask_text, mask_url
 
 __all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketStream", "StreamHeader", "annexb_packet", "annexb_parameter_sets", "main", "nal_length_size"]
@@ -36,7 +36,6 @@ __all__ = ["MAGIC", "NVDEC_CODECS", "Packet", "PacketStream", "StreamHeader", "a
 MAGIC = b"TSDM"
 _HEAD = struct.Struct("<IB")  # payload size, flags
 _KEY = 1
-EXIT_RETRYABLE = 1
 _MAX_HEADER = 1 << 20
 _MAX_PACKET = 64 << 20  # a packet larger than this is a broken stream, not a picture
 

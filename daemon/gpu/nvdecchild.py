@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import cuda
-from ..childproc import EXIT_FINAL, child_stdio
+from ..childproc import EXIT_FINAL, EXIT_RETRYABLE, child_stdio
 from ..demux import NVDEC_CODECS, PacketStream
 from ..errors import SourceError
 from ..redact import mask_text, mask_url
@@ -42,7 +42,6 @@ their decode calls and copies, about 240 frames a second at 1080p30."""
 MAGIC = b"TSNV"
 RECORD = struct.Struct("<BxHIII")  # kind, slot, index, width, height
 SIZE, FRAME, END, ERROR = 1, 2, 3, 4  # ERROR: slot = exit status (1 retry may help, 2 not), index = length of the text after it
-EXIT_RETRYABLE = 1
 MAX_HEADER = 1 << 16
 SLOT_POLL_MAX_S = 0.01
 

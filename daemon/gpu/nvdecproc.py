@@ -369,7 +369,9 @@ class NvdecProcessProducer:
         return not self._stream and self._command({"rewind": True})
 
     def close(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL), then free what no frame holds any more; idempotent."""
+        """End the camera's thread in its decoding process (its command pipe closes), free its memory once
+        that thread let go of it and no frame holds it, and give the process back (stopped with its last
+        camera); idempotent."""
         self._started()
         self._drop_grabbed()
         if self._commands is not None and not self._commands.closed:
@@ -386,8 +388,6 @@ class NvdecProcessProducer:
                 records.close()
             else:  # free the memory only once the child let go of it: its end of the record pipe closed
                 threading.Thread(target=_free_when_let_go, args=(pool, records, pipe, self._shown), name="nvdec-release", daemon=True).start()
-        elif pool is not None:
-            pool.let_go()
         if self._host is not None:
             host, self._host = self._host, None
             hosts.give_back(host)
