@@ -33,6 +33,7 @@ from ..demux import NVDEC_CODECS
 from ..entities import DeviceFrame
 from ..errors import SourceError
 from ..redact import mask_text
+from .nv12 import Nv12Planes
 
 __all__ = ["DeviceImage", "DeviceImagePool", "FrameCopier", "NvdecProducer", "NvdecStreamProducer", "Surface", "nvdec_available"]
 
@@ -136,9 +137,8 @@ class FrameCopier:
         while the pool was empty. ``size`` is then the last frame's (width, height)."""
         if frame is None:
             return None
-        planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
-        height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
-        nbytes = width * height * 3 // 2
+        planes = Nv12Planes.of(frame)
+        width, height, nbytes = planes.width, planes.height, planes.nbytes
         if self._pool is None or nbytes != self._frame_bytes:  # the first frame, or a camera that changed its size
             if self._pool is not None:
                 self._pool.close()  # idle buffers now, busy ones when their batch is done
@@ -146,15 +146,7 @@ class FrameCopier:
         surface = self._pool.take(self._stop)
         if surface is None:
             return None
-        dst = surface.buffer.ptr
-        y_ptr, uv_ptr = int(planes[0]["data"][0]), int(planes[1]["data"][0])
-        y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
-        uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
-        if uv_pitch == y_pitch and uv_ptr == y_ptr + y_pitch * height:  # one allocation, chroma after luma: one copy
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height + height // 2, self._stream)
-        else:
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
-            cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
+        planes.copy_to(surface.buffer.ptr, lambda *args: cuda.memcpy2d_dtod_async(*args, self._stream))
         surface.copied.record(self._stream)
         self._last_copy = surface.copied
         self.size = (width, height)

@@ -31,6 +31,7 @@ from ..childproc import EXIT_FINAL, EXIT_RETRYABLE, child_stdio
 from ..demux import NVDEC_CODECS, PacketStream
 from ..errors import SourceError
 from ..redact import mask_text, mask_url
+from .nv12 import Nv12Planes
 
 __all__ = ["CAMERAS_PER_PROCESS", "END", "ERROR", "EXIT_FINAL", "EXIT_RETRYABLE", "FRAME", "MAGIC", "MAX_HEADER", "RECORD", "SIZE", "main"]
 
@@ -87,22 +88,14 @@ class _Handover:
 
     def frame(self, frame: Any) -> None:
         """One decoded frame (PyNvVideoCodec's, NV12 planes) into a free slot of the daemon's pool."""
-        planes = [plane.__cuda_array_interface__ for plane in frame.cuda()]
-        height, width = int(planes[0]["shape"][0]), int(planes[0]["shape"][1])
+        planes = Nv12Planes.of(frame)
+        width, height = planes.width, planes.height
         if self._memory is None:
             self._open_pool(width, height)
         elif (width, height) != self._size:
             raise _Failure(f"the stream changed its frame size from {self._size[0]}x{self._size[1]} to {width}x{height}", EXIT_RETRYABLE)
         slot = self._free_slot()
-        dst = self._memory.ptr + slot * (width * height * 3 // 2)
-        y_ptr, uv_ptr = int(planes[0]["data"][0]), int(planes[1]["data"][0])
-        y_pitch = planes[0]["strides"][0] if planes[0].get("strides") else width
-        uv_pitch = planes[1]["strides"][0] if planes[1].get("strides") else width
-        if uv_pitch == y_pitch and uv_ptr == y_ptr + y_pitch * height:  # one allocation, chroma after luma
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height + height // 2, self._stream)
-        else:
-            cuda.memcpy2d_dtod_async(dst, width, y_ptr, y_pitch, width, height, self._stream)
-            cuda.memcpy2d_dtod_async(dst + width * height, width, uv_ptr, uv_pitch, width, height // 2, self._stream)
+        planes.copy_to(self._memory.ptr + slot * planes.nbytes, lambda *args: cuda.memcpy2d_dtod_async(*args, self._stream))
         self._copied.record(self._stream)
         self._copied.synchronize()  # complete before it is announced: no event has to cross processes
         self._flags[slot] = 1
