@@ -47,18 +47,7 @@ def test_without_pynvvideocodec_the_child_s_one_line_fails_the_source_for_good(u
     assert not caught.value.retryable
     assert "hunter2" not in message
     assert _open_descriptors() <= before, "the pipes, the error file and the slot memory are closed"
-    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_our_child(int(pid))], "no decoding process left"
-
-
-def _is_our_child(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            command = cmdline.read()
-    except OSError:
-        return False
-    return int(fields[1]) == os.getpid() and b"daemon.gpu.nvdecchild" in command and fields[0] != "Z"
+    assert not child_processes(os.getpid(), b"daemon.gpu.nvdecchild"), "no decoding process left, not even unreaped"
 
 
 # -- the decoding process's protocol, with TEST DOUBLES of CUDA and PyNvVideoCodec ---------------------------
