@@ -142,6 +142,11 @@ class SourceChild:
             return SourceError(f"{shown}: {said}", retryable=status != EXIT_FINAL)
         return SourceError(f"{shown}: {what}", retryable=True)
 
+    def terminate(self) -> None:
+        """SIGTERM, if it still runs (a child ends at once: :func:`child_stdio`); :meth:`stop` reaps it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; the pipes and the error file closed. Idempotent."""
         process = self.process

@@ -519,6 +519,8 @@ class Daemon:
         for reader in readers:
             if not reader.join(max(0.0, deadline - time.monotonic())):
                 log.warning("source %s: reader did not stop in time (blocked in a read)", reader.config.id)
+        if not decoding_hosts.wait_stopped(READER_STOP_S):
+            log.warning("the decoding processes did not all end within %.0f s of their last camera", READER_STOP_S)
         publisher.stop()
         for sink in self._sinks:  # after the publisher: its final messages are in their outboxes
             sink.stop()

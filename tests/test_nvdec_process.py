@@ -24,6 +24,7 @@ from daemon import cuda
 from daemon.capture import open_producer
 from daemon.config import SourceConfig
 from daemon.errors import SourceError
+from daemon.gpu import nvdecproc
 
 from .conftest import asset, child_processes, read_through_a_small_pool
 from .test_demux import camera  # noqa: F401 (fixture)
@@ -46,6 +47,7 @@ def test_without_pynvvideocodec_the_child_s_one_line_fails_the_source_for_good(u
     assert "NVDEC needs PyNvVideoCodec" in message and "\n" not in message
     assert not caught.value.retryable
     assert "hunter2" not in message
+    assert nvdecproc.hosts.wait_stopped(10.0), "the decoding process is reaped (on the spawner's thread)"
     assert _open_descriptors() <= before, "the pipes, the error file and the slot memory are closed"
     assert not child_processes(os.getpid(), b"daemon.gpu.nvdecchild"), "no decoding process left, not even unreaped"
 

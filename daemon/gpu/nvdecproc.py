@@ -44,6 +44,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -101,7 +102,11 @@ class _Host:
         return self.child.process.poll() is None
 
     def stop(self) -> None:
+        """Tell the process to end now (its control socket closes, SIGTERM); :meth:`reap` waits for it."""
         self.control.close()
+        self.child.terminate()
+
+    def reap(self) -> None:
         self.child.stop()
 
 
@@ -125,7 +130,7 @@ class _Hosts:
             for host in [h for h in self._hosts if not h.alive]:  # died: its cameras reconnect, each to another
                 self._hosts.remove(host)
                 self._lost += 1
-                host.stop()
+                self._stop(host)
             room = [h for h in self._hosts if h.gpu == gpu and h.cameras < CAMERAS_PER_PROCESS]
             host = min(room, key=lambda h: h.cameras) if room else None
             if host is None:
@@ -144,7 +149,20 @@ class _Hosts:
                 self._hosts.remove(host)
                 if not host.alive:
                     self._lost += 1
+        self._stop(host)
+
+    def _stop(self, host: _Host) -> None:
+        """End ``host`` without making the camera that left last wait for it: a process with a CUDA context
+        and NVDEC decoders takes a while to exit (at a daemon's stop, a dozen of them one after another took
+        longer than the readers' 2 s), so it is reaped on the spawner's thread; :meth:`wait_stopped` waits."""
         host.stop()
+        self._spawner.submit(host.reap)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once every process stopped so far has been reaped (the spawner's queue is in order), False
+        after ``timeout`` seconds; at the daemon's stop, after its readers, so that it ends after its children."""
+        done, _ = futures.wait([self._spawner.submit(lambda: None)], timeout)
+        return bool(done)
 
     @property
     def processes(self) -> int:
