@@ -119,7 +119,11 @@ class Multiplexer:
             self.not_empty.notify_all()
 
     def _take_round(self, into: Gathered, max_batch: int) -> None:
-        """Take frames round-robin (one per source per round) and the ends of drained, closed queues."""
+        """Take frames round-robin (one per source per round) and the ends of drained, closed queues. The
+        next batch starts after the last source taken from: with more sources than a batch holds (an
+        overloaded daemon), each batch goes on where the last one stopped, so every source waits at most
+        one turn of the sources. (Starting one source further per batch, as before, served a window of
+        max_batch sources sliding by one: a source then waited about sources - max_batch batches at a time.)"""
         queues = self._queues
         count = len(queues)
         progress = True
@@ -128,11 +132,14 @@ class Multiplexer:
             for offset in range(count):
                 if len(into.frames) >= max_batch:
                     break
-                queue = queues[(self._next + offset) % count]
+                index = (self._next + offset) % count
+                queue = queues[index]
                 if queue._frames:
                     into.frames.append(queue._frames.popleft())
                     progress = True
-            self._next = (self._next + 1) % max(count, 1)
+                    last = index
+            if progress:
+                self._next = (last + 1) % count
         for queue in queues:
             if queue._end is not None and not queue._frames and not queue._end_delivered:
                 queue._end_delivered = True

@@ -69,6 +69,20 @@ def test_round_robin_is_fair_and_keeps_per_source_order():
     assert [f.index for f in rest.frames] == list(range(2, 10))
 
 
+def test_with_more_sources_than_a_batch_holds_each_batch_goes_on_where_the_last_stopped():
+    """Overload: every queue full, 10 sources, batches of 4. Each source is served once per turn of the
+    sources, in turn, not a window of 4 sliding by one source per batch (which served sources 1-3 again
+    in the second batch while 4-9 waited)."""
+    mux = Multiplexer()
+    queues = [mux.add_queue(f"cam{i}", 4, DropPolicy.DROP_OLDEST) for i in range(10)]
+    for i, queue in enumerate(queues):
+        for n in range(4):
+            queue.put(frame(f"cam{i}", n))
+    batches = [[f.source_id for f in mux.next_batch(4, 0, threading.Event()).frames] for _ in range(5)]
+    assert batches == [["cam0", "cam1", "cam2", "cam3"], ["cam4", "cam5", "cam6", "cam7"], ["cam8", "cam9", "cam0", "cam1"],
+                       ["cam2", "cam3", "cam4", "cam5"], ["cam6", "cam7", "cam8", "cam9"]]
+
+
 def test_end_of_stream_comes_after_the_sources_last_frame():
     mux = Multiplexer()
     queue = mux.add_queue("a", 10, DropPolicy.BLOCK)
