@@ -119,6 +119,13 @@ class OpenCVProducer:
         pts = file_pts_ms(self._capture.get(cv2.CAP_PROP_POS_MSEC)) if self._kind is SourceKind.FILE else None
         return image, pts
 
+    def retrieve_into(self, target: np.ndarray) -> bool:
+        """Convert the grabbed frame straight into ``target`` (a slot of a decoding process's shared memory,
+        :mod:`daemon.cpudecodechild`). False when there is none, or it is not of ``target``'s size and
+        format (OpenCV then converted it into memory of its own, and ``target`` is untouched)."""
+        ok, image = self._capture.retrieve(target)
+        return bool(ok) and image is not None and image.ctypes.data == target.ctypes.data
+
     def _new_pool(self, shape: tuple[int, ...]) -> None:
         from .pinned import PinnedImagePool
 
@@ -312,8 +319,9 @@ class AutoDecoderFactory:
     the source for a reason a retry cannot change (a codec it does not decode): the camera keeps working,
     one log line says why. One per source reader (its thread alone calls it)."""
 
-    def __init__(self, pinned_frames: int = 0):
+    def __init__(self, pinned_frames: int = 0, copy_frames: bool = False):
         self._pinned_frames = pinned_frames
+        self._copy_frames = copy_frames
         self._opencv = False
 
     def __call__(self, source: SourceConfig, stop: "threading.Event | None" = None) -> FrameProducer:
@@ -325,14 +333,22 @@ class AutoDecoderFactory:
                     raise
                 log.warning("source %s: %s; decoding it with OpenCV instead (decoder = 'auto')", source.id, exc)
                 self._opencv = True
-        return open_producer(source.model_copy(update={"decoder": "opencv"}), stop, self._pinned_frames)
+        return open_producer(source.model_copy(update={"decoder": "opencv"}), stop, self._pinned_frames, self._copy_frames)
 
 
-def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, pinned_frames: int = 0) -> FrameProducer:
+def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, pinned_frames: int = 0, copy_frames: bool = False) -> FrameProducer:
     """Open a source, or raise SourceError (URI masked) saying whether a retry may help. ``pinned_frames``:
-    the size of the pinned frame pool for OpenCV sources (0: ordinary memory)."""
+    the size of the pinned frame pool for OpenCV sources (0: ordinary memory). ``copy_frames``: frames are
+    used after their batch completed (thumbnails), so pooled shared memory is copied out."""
     kind = source.resolved_kind
     shown = mask_url(source.uri)
+    if source.decode_process and source.decoder == "opencv":  # decoded in a process of its own (daemon/cpudecodeproc.py)
+        if kind is SourceKind.FILE and not os.path.isfile(source.uri):
+            raise SourceError(f"file not found: {shown}", retryable=False)
+        from .cpudecodeproc import OpenCvProcessProducer
+
+        return OpenCvProcessProducer(source, stream=kind is SourceKind.STREAM, slots=max(pinned_frames, source.queue_size + 6),
+                                     pin=pinned_frames > 0, copy_frames=copy_frames, stop=stop)
     if source.decoder == "nvdec":
         if source.decode_process:  # demuxed, decoded and copied in a process of its own (daemon/gpu/nvdecproc.py)
             if kind is SourceKind.FILE and not os.path.isfile(source.uri):

@@ -169,10 +169,11 @@ class SourceConfig(StrictModel):
         "(one per core plus one: 17 per camera on a 16-core machine).",
     )
     decode_process: bool = Field(
-        False, description="NVDEC sources (decoder 'nvdec', or 'auto' when it picks NVDEC): decode and copy this "
-        "camera's frames in a decoding process beside the daemon (up to 8 cameras per process, one CUDA context each), "
-        "which hands them over through CUDA IPC, so the daemon's interpreter does next to nothing per frame. For many "
-        "cameras on one GPU; needs CUDA IPC (discrete GPUs on Linux, not Jetson).",
+        False, description="Files and network streams: decode this camera in a decoding process beside the daemon (up "
+        "to 8 cameras per process), so the daemon's interpreter does next to nothing per frame. NVDEC (decoder 'nvdec', "
+        "or 'auto' when it picks NVDEC): one CUDA context per process, frames handed over through CUDA IPC (discrete GPUs "
+        "on Linux, not Jetson). OpenCV: frames converted to BGR straight into shared memory (page-locked for the GPU). "
+        "For many cameras; each process costs about 100 MB of memory.",
     )
     rtsp_transport: Literal["auto", "tcp", "udp"] = Field(
         "auto", description="RTSP sources: how RTP travels. 'tcp' interleaved in the RTSP connection (through NAT and "
@@ -256,8 +257,10 @@ class SourceConfig(StrictModel):
             raise ValueError("loop and pace apply to file sources only")
         if self.decoder == "nvdec" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'nvdec' applies to files and network streams (rtsp://, http(s)://, ...)")
-        if self.decode_process and self.decoder not in ("nvdec", "auto"):
-            raise ValueError("decode_process applies to NVDEC sources (decoder = 'nvdec' or 'auto')")
+        if self.decode_process and self.decoder == "pyav":
+            raise ValueError("decode_process applies to decoder = 'nvdec', 'opencv' or 'auto', not 'pyav'")
+        if self.decode_process and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
+            raise ValueError("decode_process applies to files and network streams (rtsp://, http(s)://, ...)")
         if self.decoder == "pyav" and self.resolved_kind not in (SourceKind.FILE, SourceKind.STREAM):
             raise ValueError("decoder = 'pyav' applies to files and network streams")
         if self.live is not None and self.resolved_kind is not SourceKind.GSTREAMER:

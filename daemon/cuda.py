@@ -311,6 +311,23 @@ class PinnedBuffer(_Resource):
         cuda_call(_runtime().cudaFreeHost(self.ptr), "cudaFreeHost")
 
 
+class HostRegistration(_Resource):
+    """Host memory that is not CUDA's page-locked in place (``cudaHostRegister``): shared memory a decoding
+    process writes frames into, which the GPU then copies from asynchronously like a :class:`PinnedBuffer`.
+    Keeps ``array`` alive; unregistered at :meth:`close`, before the memory may go."""
+
+    def __init__(self, array: np.ndarray):
+        self.ptr = int(array.ctypes.data)
+        self.nbytes = int(array.nbytes)
+        self._array = array
+        cuda_call(_runtime().cudaHostRegister(self.ptr, self.nbytes, 0), f"cudaHostRegister({self.nbytes} bytes)")
+        self._closed = False
+
+    def _free(self) -> None:
+        cuda_call(_runtime().cudaHostUnregister(self.ptr), "cudaHostUnregister")
+        self._array = None
+
+
 class DeviceBuffer(_Resource):
     """Device memory (``cudaMalloc``; 256-byte aligned, as TensorRT wants). ``ptr`` is the address as an int."""
 

@@ -299,12 +299,13 @@ class Daemon:
             self._publisher.source_added(source.id)
         queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy)
         pinned = self._pinned_frames_for(source)
-        factory = functools.partial(open_producer, pinned_frames=pinned) if pinned else open_producer
+        copy = self._publisher is None or self._publisher.config.thumbnail.enabled  # frames used after their batch: no pooled memory
+        factory = functools.partial(open_producer, pinned_frames=pinned, copy_frames=copy)
         if source.decoder == "auto":
             decoder = resolve_decoder(source, self._scheduler is not None and self._scheduler.backend.info.takes_device_frames)
             log.info("source %s: decoder 'auto' decodes with %s", source.id, "NVDEC" if decoder == "nvdec" else "OpenCV")
             if decoder == "nvdec":
-                factory = AutoDecoderFactory(pinned)
+                factory = AutoDecoderFactory(pinned, copy)
             else:
                 source = source.model_copy(update={"decoder": "opencv"})
         reader = SourceReader(source, queue, self.source_stats[source.id], producer_factory=factory)
