@@ -350,6 +350,33 @@ def test_the_daemon_serves_bikes_with_the_torch_backend_and_gpu_preprocessing(st
     assert "preprocessing on the GPU" in daemon.stderr
 
 
+def test_opencv_frames_decoded_beside_the_daemon_reach_gpu_preprocessing_from_page_locked_shared_memory(start_daemon, free_port):
+    """``decoder = "opencv"`` with ``decode_process = true`` beside the same file decoded in the daemon, on
+    the torch backend with GPU preprocessing: the decoding process's shared memory is page-locked
+    (``cudaHostRegister``: no warning) and every frame's detections match the in-daemon camera's (the same
+    pixels; boxes within IoU 0.99)."""
+    from daemon.client import ResultSubscriber
+
+    from .conftest import all_ended, collect, detector_config
+
+    sources = "".join(f'[[sources]]\nid = "{name}"\nuri = "{asset("media/bikes.mp4")}"\ndecode_process = {flag}\n'
+                      for name, flag in (("in", "false"), ("beside", "true")))
+    config = detector_config(sources, free_port, engine='backend = "torch"\nmax_batch = 8\nstreams = 2\npreprocess = "gpu"')
+    with ResultSubscriber(f"tcp://127.0.0.1:{free_port}") as subscriber:
+        daemon = start_daemon(config)
+        messages = collect(subscriber, all_ended, timeout=120, daemon=daemon)
+        assert daemon.wait(60) == 0, daemon.stderr
+    assert "cannot page-lock" not in daemon.stderr
+    by_source = {name: {m.header["frame"]["index"]: m.header["detections"] for m in messages if m.type == "result" and m.source_id == name}
+                 for name in ("in", "beside")}
+    assert sorted(by_source["beside"]) == sorted(by_source["in"]) == list(range(250))
+    for index, expected in by_source["in"].items():
+        got = by_source["beside"][index]
+        assert [d["label"] for d in got] == [d["label"] for d in expected], f"frame {index}"
+        for a, b in zip(got, expected):
+            assert iou(a["box"], b["box"]) >= 0.99, f"frame {index}"
+
+
 def test_the_daemon_serves_an_nvdec_source_straight_from_device_memory(start_daemon, free_port):
     """1080p H.264 decoded by NVDEC into device memory, NV12 kernel into the input tensor: no host copy of
     pixels."""

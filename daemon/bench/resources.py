@@ -54,8 +54,8 @@ def thread_cpu_by_role(pid: int) -> dict[str, float]:
 
 
 def children_sample(pid: int) -> dict[str, float]:
-    """The direct child processes of ``pid`` (the demuxers, NVDEC decoding processes, analytics workers),
-    summed: how many, their CPU seconds so far (utime + stime) and resident memory (MiB), from /proc."""
+    """The direct child processes of ``pid`` (the demuxers, decoding processes, analytics workers), summed:
+    how many, their CPU seconds so far (utime + stime), resident memory (MiB) and threads, from /proc."""
     children: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -63,16 +63,17 @@ def children_sample(pid: int) -> dict[str, float]:
         except OSError:
             continue
     cpu = rss = 0.0
-    count = 0
+    count = threads = 0
     for child in children:
         try:
             stat = Path(f"/proc/{child}/stat").read_text()
             rss += rss_mib(child)
+            threads += len(os.listdir(f"/proc/{child}/task"))
         except (OSError, ValueError):  # it ended meanwhile
             continue
         cpu += _cpu_seconds(stat)
         count += 1
-    return {"children": count, "children_cpu_s": cpu, "children_rss_mib": rss}
+    return {"children": count, "children_cpu_s": cpu, "children_rss_mib": rss, "children_threads": threads}
 
 
 def thread_clocks(wanted: Callable[[str], bool]) -> dict[str, int]:
