@@ -30,7 +30,7 @@ import numpy as np
 
 from . import cuda
 from .config import SourceConfig
-from .decodeproc import ProcessProducer
+from .decodeproc import ProcessProducer, SlotAccounts
 from .entities import PooledImage
 from .pinned import PinnedImage
 
@@ -63,13 +63,14 @@ class SlotImage(np.ndarray):
 PooledImage.register(SlotImage)
 
 
-class _HostSlotPool:
-    """The daemon's side of one camera's frames in shared host memory: the mapping, its page-locking, the
-    free/busy byte per slot and how many frames are still out. Closing is :meth:`detach` (the camera
-    closed: no byte is written after it) and :meth:`let_go` (the child no longer writes); the page-lock is
-    undone after both and the last frame's return, and the mapping goes with the last view of it."""
+class _HostSlotPool(SlotAccounts):
+    """The daemon's side of one camera's BGR frames in shared host memory: the mapping and its page-lock
+    (and the slot bookkeeping of :class:`daemon.decodeproc.SlotAccounts`). The page-lock is undone after
+    the camera closed, its decoding thread let go and the last frame came back; the mapping goes with the
+    last view of it."""
 
     def __init__(self, flags: mmap.mmap, flags_fd: int, slots: int, width: int, height: int, pin: bool):
+        super().__init__(flags)
         self.width, self.height = width, height
         self.offset = -(-slots // mmap.PAGESIZE) * mmap.PAGESIZE  # the frames start on the page after the slot bytes
         nbytes = slots * width * height * 3
@@ -85,40 +86,17 @@ class _HostSlotPool:
             if kind is PinnedImage:
                 image._buffer = None
             self._images.append(image)
-        self._flags = flags
-        self._lock = threading.Lock()
-        self._out = 0
-        self._detached = False
-        self._let_go = False
 
     def image(self, slot: int) -> np.ndarray:
-        with self._lock:
-            self._out += 1
+        self._taken()
         image = self._images[slot]
         image._released = False
         return image
 
     def give_back(self, image: np.ndarray) -> None:
-        with self._lock:
-            self._out -= 1
-            if not self._detached:
-                self._flags[image._slot] = 0  # the child may fill it again
-            done = self._detached and self._let_go and self._out == 0
-        if done:
-            self._unlock()
+        self._returned(image._slot)
 
-    def detach(self) -> None:
-        with self._lock:
-            self._detached = True
-
-    def let_go(self) -> None:
-        with self._lock:
-            self._detached = self._let_go = True
-            done = self._out == 0
-        if done:
-            self._unlock()
-
-    def _unlock(self) -> None:
+    def _free(self) -> None:
         registration, self._registration = self._registration, None
         if registration is not None:
             registration.close()

@@ -40,7 +40,7 @@ from .decodechild import CAMERAS_PER_PROCESS, END, ERROR, FRAME, MAGIC, MAX_HEAD
 from .errors import SourceError
 from .redact import mask_url
 
-__all__ = ["ProcessProducer", "hosts"]
+__all__ = ["ProcessProducer", "SlotAccounts", "hosts"]
 
 log = logging.getLogger("trtstream.capture")
 
@@ -166,6 +166,48 @@ class _Hosts:
 
 hosts = _Hosts()
 """The decoding processes of this daemon."""
+
+
+class SlotAccounts:
+    """What every frame pool of a decoding process keeps: the free/busy byte per slot (shared with the
+    child) and how many frames are still out (queued or in a batch). Closing is two steps: :meth:`detach`
+    when the camera closes (no byte is written after it: its shared memory goes), :meth:`let_go` once the
+    decoding thread no longer writes into the memory; :meth:`_free` runs after both and the last frame's
+    return, never under a batch that reads it. Subclasses own the memory and free it there."""
+
+    def __init__(self, flags: mmap.mmap):
+        self._flags = flags
+        self._lock = threading.Lock()
+        self._out = 0
+        self._detached = False
+        self._let_go = False
+
+    def _taken(self) -> None:
+        with self._lock:
+            self._out += 1
+
+    def _returned(self, slot: int) -> None:
+        with self._lock:
+            self._out -= 1
+            if not self._detached:
+                self._flags[slot] = 0  # the child may fill it again
+            done = self._detached and self._let_go and self._out == 0
+        if done:
+            self._free()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._detached = True
+
+    def let_go(self) -> None:
+        with self._lock:
+            self._detached = self._let_go = True
+            done = self._out == 0
+        if done:
+            self._free()
+
+    def _free(self) -> None:
+        raise NotImplementedError
 
 
 class FramePool(Protocol):

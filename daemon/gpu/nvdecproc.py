@@ -1,37 +1,17 @@
-"""NVDEC decoding in processes beside the daemon (``sources[].decode_process = true``): a camera's demuxing,
-decoding and frame copies run in a decoding process, and the daemon's reader only takes a 16-byte record
-per frame.
+"""NVDEC decoding in processes beside the daemon (``sources[].decode_process = true`` with NVDEC): a camera's
+demuxing, decoding and frame copies run in a decoding process (:mod:`daemon.gpu.nvdecchild`), and the
+daemon's reader only takes a 16-byte record per frame. :mod:`daemon.decodeproc` says why and holds the
+handover every decoding process shares; :mod:`daemon.decodechild` the wire format.
 
-Why: every reader thread of the daemon shares one GIL with the batcher, the completer and the
-publisher. With 96 NVDEC cameras on the H200 the readers used 1.0-1.4 cores under that GIL (their
-decode calls, frame copies, event records and packet reads), and they were the limit once tracking had
-moved out (docs/benchmarks.md). A decoding process has a GIL of its own. It serves up to
-:data:`daemon.gpu.nvdecchild.CAMERAS_PER_PROCESS` cameras, one thread each, in one CUDA context: one
-process per camera failed past about 76 contexts on the H200.
-
-How: the daemon allocates a camera's frame pool (``slots`` NV12 frames in one ``cudaMalloc``) when the
-child reports the first frame's size, and gives the child its IPC handle (:func:`daemon.cuda.ipc_memory_handle`).
-The memory stays the daemon's: a child that dies cannot free a frame a batch is still reading, and the
-daemon frees it only after the child let go of it (the camera's record pipe closed). The child decodes
-into PyNvVideoCodec's surfaces, copies each frame into a free slot, waits for that copy (so a frame is
-complete when its record arrives and needs no event across processes) and writes ``(kind, slot, index)``.
-Which slots are free is a byte per slot in shared memory (a ``memfd``): the child sets it when it fills
-the slot, the daemon clears it when the frame's batch has completed or the queue dropped it — a byte
-written under the GIL, no system call, nothing for the completer to wait for. A full pool is
-backpressure: the child waits for a slot.
-
-Files are decoded with ``SimpleDecoder`` as :class:`daemon.gpu.nvdec.NvdecProducer` does, and at their
-end the child waits for ``rewind``; network streams are demuxed by a process of their own
-(:class:`daemon.demux.PacketStream`, started by the decoding process) and decoded with ``CreateDecoder``.
-A stall (no frame within the read timeout) or the camera's error reads as "no frame": the reader
-reconnects with its backoff, as for the other producers, and the error (URL masked) is logged.
-
-Wire format, per camera, child to daemon (its record pipe): ``MAGIC``, a 4-byte length and a JSON header
-(fps, frame count, width and height when known), then 16-byte records ``<BxHIII``: kind, slot, frame
-index, width, height. Kinds: ``SIZE`` (the first frame's size: the child then waits for the pool),
-``FRAME``, ``END`` (a file's end), ``ERROR`` (status in the slot field, the text's length in the index
-field, the text after it). Daemon to child (its command pipe): JSON lines ``{"pool": hex}``,
-``{"rewind": true}``; closing it ends the camera.
+Here: the frame pool is ``slots`` NV12 frames in one ``cudaMalloc`` of the daemon's, made when the child
+reports the first frame's size; the child gets its IPC handle (:func:`daemon.cuda.ipc_memory_handle`,
+``{"pool": hex}``), copies each decoded frame into a free slot and waits for that copy, so a frame is
+complete when its record arrives and needs no event across processes. The memory stays the daemon's: a
+child that dies cannot free a frame a batch is still reading. Each process is one CUDA context and serves
+up to 8 cameras: one process per camera failed past about 76 contexts on the H200. Files are decoded
+with ``SimpleDecoder`` as :class:`daemon.gpu.nvdec.NvdecProducer` does, and at their end the child waits
+for ``rewind``; network streams are demuxed by a process of their own (:class:`daemon.demux.PacketStream`,
+started by the decoding process) and decoded with ``CreateDecoder``.
 """
 
 from __future__ import annotations
@@ -41,7 +21,7 @@ import mmap
 import threading
 
 from .. import cuda
-from ..decodeproc import ProcessProducer, hosts
+from ..decodeproc import ProcessProducer, SlotAccounts, hosts
 from ..entities import DeviceFrame
 
 __all__ = ["NvdecProcessProducer", "ProcessImage", "hosts"]
@@ -49,47 +29,26 @@ __all__ = ["NvdecProcessProducer", "ProcessImage", "hosts"]
 log = logging.getLogger("trtstream.capture")
 
 
-class _SlotPool:
-    """The daemon's side of one camera's frames: the device memory, the free/busy byte per slot, and how
-    many frames are still out (queued or in a batch). Closing is two steps: :meth:`detach` when the
-    camera closes (no byte is written after it: its shared memory goes), :meth:`let_go` once the decoding
-    thread no longer writes into the memory. The memory is freed after both and the last frame's return,
-    never under a batch that reads it."""
+class _SlotPool(SlotAccounts):
+    """The daemon's side of one camera's NV12 frames: its device memory (and the slot bookkeeping of
+    :class:`daemon.decodeproc.SlotAccounts`), freed after the camera closed, its decoding thread let go and
+    the last frame came back."""
 
     def __init__(self, flags: mmap.mmap, slots: int, width: int, height: int):
+        super().__init__(flags)
         self.width, self.height = width, height
         self.slot_bytes = width * height * 3 // 2
         self.memory = cuda.DeviceBuffer(self.slot_bytes * slots)
-        self._flags = flags
-        self._lock = threading.Lock()
-        self._out = 0
-        self._detached = False
-        self._let_go = False
 
     def image(self, slot: int) -> "ProcessImage":
-        with self._lock:
-            self._out += 1
+        self._taken()
         return ProcessImage(self, slot)
 
     def give_back(self, slot: int) -> None:
-        with self._lock:
-            self._out -= 1
-            if not self._detached:
-                self._flags[slot] = 0  # the child may fill it again
-            free_now = self._detached and self._let_go and self._out == 0
-        if free_now:
-            self.memory.close()
+        self._returned(slot)
 
-    def detach(self) -> None:
-        with self._lock:
-            self._detached = True
-
-    def let_go(self) -> None:
-        with self._lock:
-            self._detached = self._let_go = True
-            free_now = self._out == 0
-        if free_now:
-            self.memory.close()
+    def _free(self) -> None:
+        self.memory.close()
 
 
 class ProcessImage(DeviceFrame):
