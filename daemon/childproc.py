@@ -24,11 +24,23 @@ from typing import Any, BinaryIO
 from .errors import SourceError
 from .redact import mask_text
 
-__all__ = ["EXIT_FINAL", "EXIT_RETRYABLE", "PipeReader", "SourceChild", "child_stdio", "die_with_parent"]
+__all__ = ["EXIT_FINAL", "EXIT_RETRYABLE", "PipeReader", "SourceChild", "child_environment", "child_stdio", "die_with_parent"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_RETRYABLE, EXIT_FINAL = 1, 2
 """A source child's exit status on an error a retry may mend, and on one it cannot (0: a clean end)."""
+
+
+def child_environment() -> dict[str, str]:
+    """The environment a helper process starts with: the daemon's, with one thread for the numeric
+    libraries (OpenBLAS, OpenMP, MKL). OpenBLAS starts a thread per core when numpy is imported (one more
+    thread on a 2-core machine, none with ``OPENBLAS_NUM_THREADS=1``), and a helper does no large linear
+    algebra: on a 16-core box a dozen decoding processes and workers would hold 180 idle threads. An
+    explicit setting in the daemon's environment is kept."""
+    env = dict(os.environ)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
+    return env
 
 
 def die_with_parent() -> None:
@@ -98,7 +110,7 @@ class SourceChild:
         self.shown = shown
         self._errors = tempfile.TemporaryFile()
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            self.process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_environment(),
                                             stderr=self._errors, pass_fds=pass_fds, cwd=_REPO)
         except OSError as exc:  # out of processes or descriptors: the next attempt may succeed
             self._errors.close()

@@ -63,6 +63,10 @@ def test_a_file_s_frames_are_opencv_s_own_through_a_small_pool_and_again_after_a
             assert np.array_equal(image, expected[index]), f"frame {index}"
             seen.append(index)
 
+        (child,) = child_processes(os.getpid(), b"daemon.cpudecodechild")
+        environment = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
+        if "OPENBLAS_NUM_THREADS" not in os.environ:
+            assert b"OPENBLAS_NUM_THREADS=1" in environment, "no idle thread per core for numpy's OpenBLAS"
         read_through_a_small_pool(producer, 250, lambda index: index % 7 == 3, check)
         assert len(seen) == 250 - len(range(3, 250, 7))
         assert not producer.grab(), "the end of the file"

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..childproc import PipeReader, die_with_parent
+from ..childproc import PipeReader, child_environment, die_with_parent
 from ..entities import EndOfStream, Frame, FrameResult, ImageShape
 from .snapshots import BestShots
 from .stage import Analytics, AnalyticsMessage, AnalyticsSettings, infer_this_frame
@@ -93,7 +93,7 @@ class _Worker:
         self._errors = tempfile.TemporaryFile()  # its stderr: a file, so a chatty worker never blocks on it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon.analytics.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._errors, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+            stderr=self._errors, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), env=child_environment(),
         )  # fmt: skip
         self._out = self.process.stdin
         self._fd = self.process.stdout.fileno()
