@@ -21,7 +21,7 @@ from daemon.decodeproc import hosts
 from daemon.errors import SourceError
 
 from .conftest import REPO, all_ended, asset, child_processes, collect, detector_config, read_through_a_small_pool
-from .test_http_ts import TsCamera
+from .test_http_ts import TsCamera, remux_to_ts
 
 
 @pytest.fixture
@@ -95,14 +95,11 @@ def test_copied_frames_give_their_slot_back_at_once(no_process_left):
         producer.close()
 
 
-def test_a_network_camera_whose_process_is_killed_comes_back_through_a_new_one(no_process_left):
+def test_a_network_camera_whose_process_is_killed_comes_back_through_a_new_one(no_process_left, tmp_path):
     """An HTTP MPEG-TS camera (daemon/bench/tsserver.py, a real server) decoded beside the daemon; its
     decoding process SIGKILLed mid-stream: the next read fails (retryable), and the camera reopens in a
     new process."""
-    camera = TsCamera(REPO / ".cache" / "bikes.ts")
-    if not camera.clip.is_file():
-        pytest.fail(f"missing {camera.clip}: scripts/gpu-carry makes it")
-    camera.start()
+    camera = TsCamera(remux_to_ts(asset("media/bikes.mp4"), tmp_path / "bikes.ts")).start()
     try:
         producer = _open(camera.url)
         try:
