@@ -342,17 +342,15 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
     used after their batch completed (thumbnails), so pooled shared memory is copied out."""
     kind = source.resolved_kind
     shown = mask_url(source.uri)
+    if kind is SourceKind.FILE and not os.path.isfile(source.uri):  # every decoder's answer, before any starts
+        raise SourceError(f"file not found: {shown}", retryable=False)
     if source.decode_process and source.decoder == "opencv":  # decoded in a process of its own (daemon/cpudecodeproc.py)
-        if kind is SourceKind.FILE and not os.path.isfile(source.uri):
-            raise SourceError(f"file not found: {shown}", retryable=False)
         from .cpudecodeproc import OpenCvProcessProducer
 
         return OpenCvProcessProducer(source, stream=kind is SourceKind.STREAM, slots=max(pinned_frames, source.queue_size + 6),
                                      pin=pinned_frames > 0, copy_frames=copy_frames, stop=stop)
     if source.decoder == "nvdec":
         if source.decode_process:  # demuxed, decoded and copied in a process of its own (daemon/gpu/nvdecproc.py)
-            if kind is SourceKind.FILE and not os.path.isfile(source.uri):
-                raise SourceError(f"file not found: {shown}", retryable=False)
             from .gpu.nvdecproc import NvdecProcessProducer
 
             return NvdecProcessProducer(source.uri, stream=kind is SourceKind.STREAM, slots=source.queue_size + 32,
@@ -366,20 +364,14 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
                                    read_timeout_s=source.reconnect.read_timeout_s, rtsp_transport=source.rtsp_transport)
             return NvdecStreamProducer(packets, source.queue_size + 32, stop or threading.Event(),
                                        picture_timeout_s=max(source.reconnect.read_timeout_s, 5.0))
-        if not os.path.isfile(source.uri):
-            raise SourceError(f"file not found: {shown}", retryable=False)
         from .gpu.nvdec import NvdecProducer
 
         return NvdecProducer(source.uri, source.queue_size + 32, stop or threading.Event())
     if kind is SourceKind.SYNTHETIC:
         return SyntheticProducer(*parse_synthetic_uri(source.uri))
     if source.decoder == "pyav":
-        if kind is SourceKind.FILE and not os.path.isfile(source.uri):
-            raise SourceError(f"file not found: {shown}", retryable=False)
         return open_pyav(source, kind, shown)
     if kind is SourceKind.FILE:
-        if not os.path.isfile(source.uri):
-            raise SourceError(f"file not found: {shown}", retryable=False)
         capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, decoder_threads(source.decoder_threads))
         if not capture.isOpened():  # not FFmpeg's (a build whose files go through another backend): any backend
             capture.release()
