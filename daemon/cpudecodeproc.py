@@ -31,8 +31,7 @@ import numpy as np
 from . import cuda
 from .config import SourceConfig
 from .decodeproc import ProcessProducer, SlotAccounts
-from .entities import PooledImage
-from .pinned import PinnedImage
+from .pinned import PinnedImage, PooledArray
 
 __all__ = ["OpenCvProcessProducer", "SlotImage"]
 
@@ -41,26 +40,12 @@ log = logging.getLogger("trtstream.capture")
 _pin_warning = threading.Event()  # "cannot page-lock": once per daemon, not per camera
 
 
-class SlotImage(np.ndarray):
+class SlotImage(PooledArray):
     """A BGR frame in a slot of a decoding process's shared memory, not page-locked (no GPU, or
-    ``cudaHostRegister`` refused it): an ``np.ndarray`` that gives its slot back on :meth:`release`. Page-
-    locked slots are :class:`daemon.pinned.PinnedImage`, which the GPU runtime copies from in place."""
+    ``cudaHostRegister`` refused it): it gives its slot back on ``release()``. Page-locked slots are
+    :class:`daemon.pinned.PinnedImage`, which the GPU runtime copies from in place."""
 
-    _pool: "_HostSlotPool | None"
     _slot: int
-    _released: bool
-
-    def __array_finalize__(self, obj) -> None:  # views and slices do not own the slot
-        self._pool = None
-        self._released = True
-
-    def release(self) -> None:
-        if not self._released and self._pool is not None:
-            self._released = True
-            self._pool.give_back(self)
-
-
-PooledImage.register(SlotImage)
 
 
 class _HostSlotPool(SlotAccounts):
@@ -83,8 +68,6 @@ class _HostSlotPool(SlotAccounts):
         for slot in range(slots):
             image = frames[slot].view(kind)
             image._pool, image._slot = self, slot
-            if kind is PinnedImage:
-                image._buffer = None
             self._images.append(image)
 
     def image(self, slot: int) -> np.ndarray:

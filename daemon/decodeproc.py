@@ -107,7 +107,7 @@ class _Hosts:
         # Processes are started from one thread that lives as long as the daemon: the kernel kills a child
         # when the *thread* that started it ends (PR_SET_PDEATHSIG), and a camera's reader thread, which
         # would otherwise start it, ends with its camera while the process serves others.
-        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvdec-spawner")
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-spawner")
 
     def take(self, module: str, what: str, gpu: int) -> _Host:
         """A process of ``module`` (``what``: its name in errors) for one more camera on ``gpu``."""
@@ -381,7 +381,7 @@ class ProcessProducer:
             if pool is None:
                 records.close()
             else:  # free the memory only once the child let go of it: its end of the record pipe closed
-                threading.Thread(target=_free_when_let_go, args=(pool, records, pipe, self._shown), name="nvdec-release", daemon=True).start()
+                threading.Thread(target=_free_when_let_go, args=(pool, records, pipe, self._shown), name="decode-release", daemon=True).start()
         if self._host is not None:
             host, self._host = self._host, None
             hosts.give_back(host)

@@ -16,6 +16,7 @@ instead (counted), so the pool is sized for the steady state, not the worst case
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -23,26 +24,36 @@ from . import cuda
 from .bufferpool import BufferPool
 from .entities import PooledImage
 
-__all__ = ["PinnedImage", "PinnedImagePool"]
+__all__ = ["PinnedImage", "PinnedImagePool", "PooledArray"]
 
 
-class PinnedImage(np.ndarray):
-    """A BGR frame over a pooled pinned buffer (an ndarray subclass so the CPU paths need no change)."""
+class PooledArray(np.ndarray):
+    """A frame over memory a pool owns, as an ``np.ndarray`` (every CPU consumer works unchanged), that goes
+    back to its pool on :meth:`release`: ``pool.give_back(self)``. Pinned buffers here, and the slots of a
+    decoding process's shared memory (:class:`daemon.cpudecodeproc.SlotImage`)."""
 
-    _pool: "PinnedImagePool | None"
-    _buffer: "cuda.PinnedBuffer | None"
+    _pool: Any
     _released: bool
 
-    def __array_finalize__(self, obj) -> None:  # views and slices do not own the buffer
+    def __array_finalize__(self, obj) -> None:  # views and slices do not own the memory
         self._pool = None
-        self._buffer = None
         self._released = True
 
     def release(self) -> None:
-        """Give the buffer back to its pool (once; a no-op on views and after the first call)."""
+        """Give the memory back to its pool (once; a no-op on views and after the first call)."""
         if not self._released and self._pool is not None:
             self._released = True
             self._pool.give_back(self)
+
+
+class PinnedImage(PooledArray):
+    """A BGR frame over a pooled pinned buffer: the GPU runtime copies it to the device in place."""
+
+    _buffer: "cuda.PinnedBuffer | None"
+
+    def __array_finalize__(self, obj) -> None:
+        super().__array_finalize__(obj)
+        self._buffer = None
 
 
 class PinnedImagePool(BufferPool[PinnedImage]):
@@ -68,4 +79,4 @@ class PinnedImagePool(BufferPool[PinnedImage]):
         return image
 
 
-PooledImage.register(PinnedImage)  # an ndarray subclass cannot also derive from the ABC's metaclass cheaply
+PooledImage.register(PooledArray)  # an ndarray subclass cannot also derive from the ABC's metaclass cheaply
