@@ -372,7 +372,7 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
     if source.decoder == "pyav":
         return open_pyav(source, kind, shown)
     if kind is SourceKind.FILE:
-        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, decoder_threads(source.decoder_threads))
+        capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, decoder_threads(source.resolved_decoder_threads))
         if not capture.isOpened():  # not FFmpeg's (a build whose files go through another backend): any backend
             capture.release()
             capture = cv2.VideoCapture(source.uri)
@@ -384,7 +384,7 @@ def open_producer(source: SourceConfig, stop: "threading.Event | None" = None, p
             int(source.reconnect.read_timeout_s * 1000),
         ]
         with ffmpeg_capture_options(rtsp_options(source)):
-            capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source.decoder_threads))
+            capture = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, timeouts + decoder_threads(source.resolved_decoder_threads))
     elif kind is SourceKind.USB:
         device = source.uri.removeprefix("usb:")
         capture = cv2.VideoCapture(int(device) if device.isdigit() else device)

@@ -163,10 +163,12 @@ class SourceConfig(StrictModel):
         "Files and network streams: 'pyav' decodes with PyAV, each frame at its real size (OpenCV rescales a stream whose "
         "resolution changes to its first size)."
     )
-    decoder_threads: int = Field(
-        2, ge=0, le=64, description="OpenCV decoding threads per file or network source (FFmpeg's frame threads): 2 = three "
-        "threads beside the reader, 1 = decoding on the reader thread alone (many cameras), 0 = FFmpeg's own choice "
-        "(one per core plus one: 17 per camera on a 16-core machine).",
+    decoder_threads: int | None = Field(
+        None, ge=0, le=64, description="OpenCV decoding threads per file or network source (FFmpeg's frame threads). "
+        "Unset: 2 in the daemon (three threads beside the reader), 1 in a decoding process (decode_process = true: "
+        "eight cameras a process, each decoding on its own thread, as many cameras at work as there are cores). "
+        "1 = decoding on the reader thread alone, 0 = FFmpeg's own choice (one per core plus one: 17 per camera on a "
+        "16-core machine).",
     )
     decode_process: bool = Field(
         False, description="Files and network streams: decode this camera in a decoding process beside the daemon (up "
@@ -207,6 +209,15 @@ class SourceConfig(StrictModel):
     @property
     def resolved_kind(self) -> SourceKind:
         return resolve_source_kind(self.uri, self.kind)
+
+    @property
+    def resolved_decoder_threads(self) -> int:
+        """``decoder_threads`` as OpenCV gets it. In a decoding process the cameras outnumber the cores, so each
+        decodes on its own thread: FFmpeg's two frame threads and its scaling thread would add three threads
+        a camera (counted in the process's /proc) and no frames a core can give."""
+        if self.decoder_threads is not None:
+            return self.decoder_threads
+        return 1 if self.decode_process else 2
 
     @property
     def is_live(self) -> bool:

@@ -109,7 +109,8 @@ class OpenCvProcessProducer(ProcessProducer):
                  stop: threading.Event | None = None):
         self._pin = pin
         self._copy_frames = copy_frames
-        opened = source.model_copy(update={"decode_process": False, "decoder": "opencv"})
+        opened = source.model_copy(update={"decode_process": False, "decoder": "opencv",  # the child opens it in place
+                                           "decoder_threads": source.resolved_decoder_threads})
         super().__init__(source.uri, stream=stream, slots=slots, open_timeout_s=source.reconnect.open_timeout_s,
                          read_timeout_s=source.reconnect.read_timeout_s, settings={"source": opened.model_dump(mode="json")}, stop=stop)
 

@@ -47,6 +47,25 @@ def _opencv_frames(path: str, count: int) -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.skipif(not hasattr(cv2, "CAP_PROP_N_THREADS"), reason="OpenCV < 4.7 has no CAP_PROP_N_THREADS")
+@pytest.mark.parametrize("decoder_threads, most, least", [(None, 2, 2), (2, 5, 3)])
+def test_a_camera_in_a_decoding_process_decodes_on_its_own_thread_unless_told_otherwise(no_process_left, decoder_threads, most, least):
+    """Issue 13's threads per camera: unset, a camera in a decoding process decodes on its thread alone (the
+    process: its main thread and the camera's); ``decoder_threads = 2`` brings FFmpeg's two frame threads
+    and its scaling thread back (counted in the child's /proc after two frames)."""
+    producer = _open(str(asset("media/bikes.mp4")), decoder_threads=decoder_threads)
+    try:
+        for _ in range(2):
+            assert producer.grab()
+            image, _ = producer.retrieve()
+            image.release()
+        (child,) = child_processes(os.getpid(), b"daemon.cpudecodechild")
+        threads = len(os.listdir(f"/proc/{child}/task"))
+        assert least <= threads <= most, f"decoder_threads = {decoder_threads}: {threads} threads in the decoding process"
+    finally:
+        producer.close()
+
+
 def test_a_file_s_frames_are_opencv_s_own_through_a_small_pool_and_again_after_a_rewind(no_process_left):
     """Frame for frame what OpenCV decodes in this process (same library, same options), in order, through
     a pool of 7 slots read with skipped frames (their slots come back); the end, then a rewind."""

@@ -39,5 +39,7 @@ def test_a_capture_decodes_with_the_threads_it_is_given(count, least, most):
         producer.close()
 
 
-def test_the_default_bounds_ffmpeg_to_two_decoding_threads():
-    assert SourceConfig(id="cam", uri="rtsp://camera.local/stream").decoder_threads == 2
+def test_the_default_bounds_ffmpeg_to_two_decoding_threads_in_the_daemon_and_one_in_a_decoding_process():
+    assert SourceConfig(id="cam", uri="rtsp://camera.local/stream").resolved_decoder_threads == 2
+    assert SourceConfig(id="cam", uri="rtsp://camera.local/stream", decode_process=True).resolved_decoder_threads == 1
+    assert SourceConfig(id="cam", uri="rtsp://camera.local/stream", decode_process=True, decoder_threads=2).resolved_decoder_threads == 2
