@@ -3,7 +3,9 @@ ratio; the GPU benchmark refuses a machine without a GPU in one line; a bad conf
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +15,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def bench(*args: str, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
-def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side():
-    done = bench("cpu", "--rounds", "1", "--frames", "24", "--batch", "4")
+def test_bench_cpu_measures_engine_only_and_the_pipeline_side_by_side(tmp_path):
+    """Beside a running daemon: a listener holds the default control socket (as the daemon under test in
+    another CI job once did), and the benchmark's own daemon takes a socket of its own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as running:
+        running.bind(str(run / "control.ipc"))
+        running.listen()
+        done = bench("cpu", "--rounds", "1", "--frames", "24", "--batch", "4", env={"RUNTIME_DIRECTORY": str(run)})
     assert done.returncode == 0, done.stderr[-2000:]
     engine = float(re.search(r"engine-only \(ready batches\)\s+([\d.]+)", done.stdout).group(1))
     pipeline = float(re.search(r"pipeline \(decode\.\.publish\)\s+([\d.]+)", done.stdout).group(1))
@@ -69,6 +79,22 @@ def test_bench_cpu_names_a_missing_config_in_one_line():
     done = bench("cpu", "--config", "no/such.toml")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no/such.toml" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_cpu_names_a_taken_metrics_port_in_one_line(tmp_path):
+    """The daemon under the benchmark cannot start (its config's metrics port is taken): one line naming
+    it, exit non-zero, no traceback from the daemon's thread."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "taken.toml"
+        text = (REPO / "configs" / "default.toml").read_text().replace('"../assets/', f'"{REPO}/assets/')
+        config.write_text(text + f"\n[metrics]\nenabled = true\nport = {port}\n")
+        done = bench("cpu", "--config", str(config), "--rounds", "1", "--frames", "8", "--batch", "4")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "bench: the daemon did not start" in done.stderr and str(port) in done.stderr, done.stderr[-2000:]
 
 
 def test_bench_gpu_without_a_gpu_says_so_in_one_line():

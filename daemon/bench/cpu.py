@@ -83,6 +83,7 @@ def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on
     config.engine.max_batch = batch
     config.publisher.endpoints = [f"ipc://{run_dir}/bench.ipc"]
     config.publisher.wait_for_subscribers = 0
+    config.control.endpoint = f"ipc://{run_dir}/control.ipc"  # never a running daemon's socket (it would refuse to start)
     if prepare is not None:
         prepare(config)
     daemon = Daemon(config)
@@ -96,13 +97,18 @@ def pipeline_fps(config, batch: int, count: int, video: str, *, prepare=None, on
     daemon._on_published = timed
 
     def run() -> None:
-        finished["code"] = daemon.run()
+        try:
+            finished["code"] = daemon.run()
+        except UserError as exc:  # a port or socket taken, a file it cannot read: one line, below
+            finished["error"] = exc
         finished["time"] = time.perf_counter()
 
     thread = threading.Thread(target=run)
     thread.start()
-    if not daemon.started.wait(120):
-        raise SystemExit("bench: the daemon did not start")
+    deadline = time.monotonic() + 120
+    while not daemon.started.wait(0.1):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise SystemExit(f"bench: the daemon did not start: {finished.get('error', 'not within 120 s')}")
     started = time.perf_counter()
     after = on_started(daemon) if on_started is not None else None
     thread.join()
