@@ -175,6 +175,8 @@ class SourceReader:
         paced_count = 0
         got_any = False
         skips = self.config.skip_when_full and self.queue.policy is DropPolicy.DROP_OLDEST
+        fps = producer.fps
+        self.queue.set_frame_interval(1.0 / fps if fps and 1.0 <= fps <= 240.0 else None)  # 90000 and the like: a stream's time base, not its rate
         while not self._stop.is_set():
             if self.config.max_frames is not None and self._next_index >= self.config.max_frames:
                 self._set_state(SourceState.ENDED)

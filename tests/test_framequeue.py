@@ -28,6 +28,44 @@ def test_drop_oldest_keeps_the_newest_frames_and_counts_drops():
     assert [f.index for f in batch.frames] == [7, 8, 9]
 
 
+def aged(source: str, index: int, seconds_ago: float) -> Frame:
+    return Frame(source, index, None, IMAGE, time.time() - seconds_ago, time.monotonic() - seconds_ago)
+
+
+def test_stale_frames_ahead_of_a_newer_one_are_dropped_at_the_batchers_turn():
+    """A 30 fps camera's queue, stale after 2 intervals (67 ms): frames captured 200 and 100 ms ago go (and
+    count as dropped) because newer ones are queued; 40 ms and 0 ms are inferred, in order. The newest is
+    kept however old it is: the camera's last frame is the freshest there is."""
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2)
+    queue.set_frame_interval(1 / 30)
+    for index, ago in enumerate((0.2, 0.1, 0.04, 0.0)):
+        assert queue.put(aged("cam", index, ago))
+    batch = mux.next_batch(8, 0, threading.Event())
+    assert [f.index for f in batch.frames] == [2, 3]
+    assert queue.dropped == 2
+    assert queue.put(aged("cam", 4, 5.0))
+    assert [f.index for f in mux.next_batch(8, 0, threading.Event()).frames] == [4]
+
+
+def test_nothing_is_stale_when_told_so_for_a_file_or_before_the_rate_is_known():
+    """``stale_after_frames = 0``, a blocking (file) queue, and a queue whose reader has not said its frame
+    rate: every frame, in order."""
+    mux = Multiplexer()
+    off = mux.add_queue("off", 4, DropPolicy.DROP_OLDEST, stale_after_frames=0)
+    blocking = mux.add_queue("file", 4, DropPolicy.BLOCK, stale_after_frames=2)
+    unknown = mux.add_queue("unknown", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2)
+    for queue in (off, blocking):
+        queue.set_frame_interval(1 / 30)
+    for queue in (off, blocking, unknown):
+        for index, ago in enumerate((0.3, 0.2, 0.0)):
+            assert queue.put(aged(queue.source_id, index, ago))
+    frames = mux.next_batch(16, 0, threading.Event()).frames
+    for queue in (off, blocking, unknown):
+        assert [f.index for f in frames if f.source_id == queue.source_id] == [0, 1, 2]
+        assert queue.dropped == 0
+
+
 def test_block_policy_loses_nothing_and_waits_for_room():
     mux = Multiplexer()
     queue = mux.add_queue("file", 2, DropPolicy.BLOCK)
