@@ -139,7 +139,8 @@ class _Hosts:
     def _stop(self, host: _Host) -> None:
         """End ``host`` without making the camera that left last wait for it: a process with a CUDA context
         and NVDEC decoders takes a while to exit (at a daemon's stop, a dozen of them one after another took
-        longer than the readers' 2 s), so it is reaped on the spawner's thread; :meth:`wait_stopped` waits."""
+        longer than the readers' 2 s), so it is reaped on the spawner's thread; :meth:`wait_stopped` waits
+        (the daemon's stop: ``service.DECODING_STOP_S``)."""
         host.stop()
         self._spawner.submit(host.reap)
 

@@ -57,6 +57,10 @@ EXIT_SOURCES_FAILED = 3  # every source failed for good (0 ok, 1 failure at star
 
 
 READER_STOP_S = 2.0  # at a stop, how long the readers together may take to return from a blocking read
+DECODING_STOP_S = 10.0
+"""At a stop, how long the decoding processes may take to be reaped after the readers: a dozen NVDEC processes
+tearing down their CUDA contexts took longer than the readers' 2 s at every 96-camera stop on the H200 (one
+warning each time, for an ordinary stop); one that ignores SIGTERM is killed after 2 s."""
 
 
 class Daemon:
@@ -520,8 +524,8 @@ class Daemon:
         for reader in readers:
             if not reader.join(max(0.0, deadline - time.monotonic())):
                 log.warning("source %s: reader did not stop in time (blocked in a read)", reader.config.id)
-        if not decoding_hosts.wait_stopped(READER_STOP_S):
-            log.warning("the decoding processes did not all end within %.0f s of their last camera", READER_STOP_S)
+        if not decoding_hosts.wait_stopped(DECODING_STOP_S):
+            log.warning("the decoding processes did not all end within %.0f s of their last camera", DECODING_STOP_S)
         publisher.stop()
         for sink in self._sinks:  # after the publisher: its final messages are in their outboxes
             sink.stop()
