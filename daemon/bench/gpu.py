@@ -278,7 +278,7 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     with ``analytics_processes`` in that many worker processes (daemon.analytics_processes).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
     accounting of its two threads (PipelineStats.batcher/completer) as shares of the measured time."""
-    from daemon.config import DropPolicy, PublisherConfig
+    from daemon.config import DropPolicy, PublisherConfig, SourceConfig
     from daemon.entities import Frame
     from daemon.framequeue import Multiplexer
     from daemon.publisher import Publisher
@@ -290,7 +290,10 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     unit = make_unit(backend, gpu_pre, frame_size)
     mux = Multiplexer()
     policy = DropPolicy.DROP_OLDEST if paced_fps else DropPolicy.BLOCK
-    queues = [mux.add_queue(f"cam{i}", 4 if paced_fps else batch * 2, policy) for i in range(sources)]
+    stale = SourceConfig.model_fields["stale_after_frames"].default if paced_fps else 0  # as the daemon's live sources
+    queues = [mux.add_queue(f"cam{i}", 4 if paced_fps else batch * 2, policy, stale) for i in range(sources)]
+    for queue in queues:
+        queue.set_frame_interval(1.0 / paced_fps if paced_fps else None)
     stats = {f"cam{i}": SourceStats(f"cam{i}", "memory", "synthetic") for i in range(sources)}
     run_dir = tempfile.mkdtemp(prefix="trtstream-gpu-bench-")
     publisher = Publisher(PublisherConfig(endpoints=[f"ipc://{run_dir}/bench.ipc"], send_hwm=1000, queue_size=100000), "0" * 32, {"id": "bench", "sha256": "0" * 64, "pipeline": "detection"}, stats, lambda: {})
