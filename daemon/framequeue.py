@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .config import DropPolicy
 from .entities import EndOfStream, Frame, release_image
+from .stats import SourceStats
 
 __all__ = ["FrameQueue", "Multiplexer", "Gathered"]
 
@@ -31,13 +32,18 @@ __all__ = ["FrameQueue", "Multiplexer", "Gathered"]
 class FrameQueue:
     """The bounded queue between one source's reader and the batcher."""
 
-    def __init__(self, mux: "Multiplexer", source_id: str, capacity: int, policy: DropPolicy, stale_after_frames: int = 0):
+    def __init__(self, mux: "Multiplexer", source_id: str, capacity: int, policy: DropPolicy, stale_after_frames: int = 0,
+                 stats: SourceStats | None = None):
+        """``stats``: the source's counters, whose ``frames_dropped`` this queue keeps (under the lock): frames
+        are dropped by the reader's puts and by the batcher's takes, and a count the reader copied would miss
+        the stale frames dropped after its last put (an end of stream would then not add up)."""
         if policy is DropPolicy.AUTO:
             raise ValueError("resolve DropPolicy.AUTO before building a queue")
         self.source_id = source_id
         self.capacity = capacity
         self.policy = policy
         self.dropped = 0  # frames discarded by drop_oldest (pushed out, gone past, or stale at the batcher's turn)
+        self._stats = stats
         self._stale_after_frames = stale_after_frames if policy is DropPolicy.DROP_OLDEST else 0
         self._stale_after_s: float | None = None  # set by the reader once it knows the frame rate
         self._mux = mux
@@ -60,10 +66,16 @@ class FrameQueue:
                     return False
             elif len(self._frames) >= self.capacity:
                 release_image(self._frames.popleft())
-                self.dropped += 1
+                self._count_dropped()
             self._frames.append(frame)
             self._mux.not_empty.notify()
             return True
+
+    def _count_dropped(self) -> None:
+        """One frame dropped (under the lock)."""
+        self.dropped += 1
+        if self._stats is not None:
+            self._stats.frames_dropped = self.dropped
 
     def set_frame_interval(self, seconds: float | None) -> None:
         """The source's frame interval (its reader, on each connect; None: unknown, nothing is stale)."""
@@ -78,7 +90,7 @@ class FrameQueue:
             oldest_kept = now - self._stale_after_s
             while len(frames) > 1 and frames[0].mono_captured < oldest_kept:
                 release_image(frames.popleft())
-                self.dropped += 1
+                self._count_dropped()
         return frames.popleft()
 
     def is_full(self) -> bool:
@@ -90,7 +102,7 @@ class FrameQueue:
         """A frame the reader went past without converting it (the queue was full): dropped like one
         pushed out, and counted with them."""
         with self._mux.lock:
-            self.dropped += 1
+            self._count_dropped()
 
     def close(self, reason: str, detail: str | None = None) -> None:
         """No more frames; the batcher reports the end once the queued frames are taken."""
@@ -124,9 +136,10 @@ class Multiplexer:
         self._queues: list[FrameQueue] = []
         self._next = 0
 
-    def add_queue(self, source_id: str, capacity: int, policy: DropPolicy, stale_after_frames: int = 0) -> FrameQueue:
+    def add_queue(self, source_id: str, capacity: int, policy: DropPolicy, stale_after_frames: int = 0,
+                  stats: SourceStats | None = None) -> FrameQueue:
         with self.lock:
-            queue = FrameQueue(self, source_id, capacity, policy, stale_after_frames)
+            queue = FrameQueue(self, source_id, capacity, policy, stale_after_frames, stats)
             self._queues.append(queue)
             return queue
 

@@ -301,7 +301,8 @@ class Daemon:
         self.source_stats[source.id] = SourceStats(source.id, mask_url(source.uri), source.resolved_kind.value)
         if self._publisher is not None:
             self._publisher.source_added(source.id)
-        queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy, source.stale_after_frames)
+        queue = self._mux.add_queue(source.id, source.queue_size, source.effective_drop_policy, source.stale_after_frames,
+                                    self.source_stats[source.id])
         pinned = self._pinned_frames_for(source)
         copy = self._publisher is None or self._publisher.config.thumbnail.enabled  # frames used after their batch: no pooled memory
         factory = functools.partial(open_producer, pinned_frames=pinned, copy_frames=copy)

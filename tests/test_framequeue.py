@@ -10,6 +10,7 @@ import numpy as np
 from daemon.config import DropPolicy
 from daemon.entities import Frame
 from daemon.framequeue import Multiplexer
+from daemon.stats import SourceStats
 
 IMAGE = np.zeros((2, 2, 3), np.uint8)
 
@@ -37,13 +38,15 @@ def test_stale_frames_ahead_of_a_newer_one_are_dropped_at_the_batchers_turn():
     count as dropped) because newer ones are queued; 40 ms and 0 ms are inferred, in order. The newest is
     kept however old it is: the camera's last frame is the freshest there is."""
     mux = Multiplexer()
-    queue = mux.add_queue("cam", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2)
+    stats = SourceStats("cam", "rtsp://camera/stream", "stream")
+    queue = mux.add_queue("cam", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2, stats=stats)
     queue.set_frame_interval(1 / 30)
     for index, ago in enumerate((0.2, 0.1, 0.04, 0.0)):
         assert queue.put(aged("cam", index, ago))
     batch = mux.next_batch(8, 0, threading.Event())
     assert [f.index for f in batch.frames] == [2, 3]
     assert queue.dropped == 2
+    assert stats.frames_dropped == 2, "the source's counters see drops at the batcher's turn (its end of stream adds up)"
     assert queue.put(aged("cam", 4, 5.0))
     assert [f.index for f in mux.next_batch(8, 0, threading.Event()).frames] == [4]
 
