@@ -211,14 +211,12 @@ class SourceReader:
                 self._next_index += 1  # it was captured (and dropped): indexes count what the camera sent
                 self.queue.count_skipped()
                 self.stats.frames_captured += 1
-                self.stats.frames_dropped = self.queue.dropped
                 continue
             frame = Frame(self.config.id, self._next_index, pts, image, time.time(), time.monotonic())
             self._next_index += 1
             if not self.queue.put(frame, self._stop):
                 release_image(frame)
                 break  # closed by stop(): this frame was never accepted, so it is not counted
-            self.stats.frames_captured += 1
-            self.stats.frames_dropped = self.queue.dropped
+            self.stats.frames_captured += 1  # its drops are counted by the queue, which also drops at the batcher's turn
         self._set_state(SourceState.STOPPED)
         return "shutdown", None

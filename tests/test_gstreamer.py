@@ -54,8 +54,9 @@ def test_a_finite_pipeline_delivers_every_frame_then_ends_once(gstreamer):
     ever (2640 frames in 90 s from a 60-frame pipeline)."""
     config = SourceConfig.model_validate({"id": "g", "uri": FINITE, "queue_size": 4})
     mux = Multiplexer()
-    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy)
-    reader = SourceReader(config, queue, SourceStats(config.id, config.uri, "gstreamer"))
+    stats = SourceStats(config.id, config.uri, "gstreamer")
+    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy, stats=stats)
+    reader = SourceReader(config, queue, stats)
     reader.start()
     frames, ends, stop = [], [], threading.Event()
     while not ends:

@@ -117,8 +117,9 @@ def test_reader_and_pinned_pool_follow_a_size_change(tmp_path, monkeypatch, capl
 
     config = SourceConfig.model_validate({"id": "seq", "uri": str(tmp_path / "frame_000.png"), "queue_size": 16})
     mux = Multiplexer()
-    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy)
-    reader = SourceReader(config, queue, SourceStats(config.id, config.uri, "file"), producer_factory=open_sequence)
+    stats = SourceStats(config.id, config.uri, "file")
+    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy, stats=stats)
+    reader = SourceReader(config, queue, stats, producer_factory=open_sequence)
     caplog.set_level(logging.INFO, logger="trtstream.sources")
     reader.start()
     frames, ends, stop, deadline = [], [], threading.Event(), time.monotonic() + 30

@@ -57,8 +57,8 @@ def _run_unconsumed(skip_when_full: bool, frames: int = 20):
     config = SourceConfig.model_validate({"id": "cam", "uri": str(asset("media/bikes.mp4")), "pace": True, "queue_size": 2,
                                           "skip_when_full": skip_when_full})  # fmt: skip
     mux = Multiplexer()
-    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy)
     stats = SourceStats(config.id, config.uri, "file")
+    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy, stats=stats)
     reader = SourceReader(config, queue, stats, producer_factory=counting_producer)
     reader.start()
     deadline = time.monotonic() + 30

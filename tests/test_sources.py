@@ -31,8 +31,9 @@ def drain(mux: Multiplexer, timeout: float = 60.0):
 def reader_for(**fields) -> tuple[SourceReader, Multiplexer]:
     config = SourceConfig.model_validate({"id": "s", **fields})
     mux = Multiplexer()
-    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy)
-    return SourceReader(config, queue, SourceStats(config.id, config.uri, config.resolved_kind.value)), mux
+    stats = SourceStats(config.id, config.uri, config.resolved_kind.value)
+    queue = mux.add_queue(config.id, config.queue_size, config.effective_drop_policy, stats=stats)
+    return SourceReader(config, queue, stats), mux
 
 
 def test_unpaced_file_delivers_every_frame_in_order_then_ends():
