@@ -198,10 +198,10 @@ class SourceConfig(StrictModel):
     )
     queue_size: int = Field(4, ge=1, le=4096, description="Frames buffered between this reader and the batcher.")
     stale_after_frames: int = Field(
-        2, ge=0, le=4096, description="Sources that drop (drop_oldest): when the batcher comes to this source, a queued "
-        "frame older than this many frame intervals is dropped (counted as dropped) while a newer one is queued, so an "
-        "overloaded daemon infers fresh frames instead of the ones that waited longest. A burst (frames read at once) "
-        "is kept whole; the newest frame is always kept. 0: every queued frame in order, however old.",
+        2, ge=0, le=4096, description="Sources that drop (drop_oldest): when more frames are queued than the next batch "
+        "holds, a queued frame older than this many frame intervals is dropped (counted as dropped) while a newer one "
+        "is queued, so an overloaded daemon infers fresh frames instead of the ones that waited longest. A burst "
+        "(frames read at once) is kept whole; the newest frame is always kept. 0: every queued frame in order, however old.",
     )
     max_frames: int | None = Field(None, ge=1, description="End the source after this many frames.")
     enabled: bool = True

@@ -11,8 +11,9 @@ source per round, so a fast source cannot starve a slow one, and each source's o
 A dropping queue also sheds stale frames when its turn comes (``stale_after_frames``): under overload the
 reader skips frames while its queue is full (``skip_when_full``), so what waits in a full queue was put
 there one batcher turn after another, and a queue of 4 served 7 times a second held frames 570 ms old
-(measured on ONNX Runtime with four cameras). Frames older than the bound are dropped while a newer one
-is queued; a burst, read at once, is all fresh and kept.
+(measured on ONNX Runtime with four cameras). When more frames are queued than the batch has room for,
+frames older than the bound are dropped while a newer one is queued; a burst, read at once, is all fresh
+and kept, and a daemon behind by less than a batch infers every frame.
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ class FrameQueue:
         with self._mux.lock:
             self._stale_after_s = seconds * self._stale_after_frames if seconds and self._stale_after_frames else None
 
-    def _take(self, now: float) -> Frame:
-        """The next frame for a batch (under the lock, queue not empty): stale ones ahead of a newer one are
-        dropped first."""
+    def _take(self, now: float, shed: bool) -> Frame:
+        """The next frame for a batch (under the lock, queue not empty). ``shed``: more frames are queued than
+        the batch has room for, so stale ones ahead of a newer one are dropped first; with room for all, a
+        daemon that fell behind for a moment infers them all in this batch."""
         frames = self._frames
-        if self._stale_after_s is not None:
+        if shed and self._stale_after_s is not None:
             oldest_kept = now - self._stale_after_s
             while len(frames) > 1 and frames[0].mono_captured < oldest_kept:
                 release_image(frames.popleft())
@@ -164,6 +166,7 @@ class Multiplexer:
         queues = self._queues
         count = len(queues)
         now = time.monotonic()
+        shed = sum(len(queue._frames) for queue in queues) > max_batch - len(into.frames)  # behind: not all fit
         progress = True
         while progress and len(into.frames) < max_batch:
             progress = False
@@ -173,7 +176,7 @@ class Multiplexer:
                 index = (self._next + offset) % count
                 queue = queues[index]
                 if queue._frames:
-                    into.frames.append(queue._take(now))
+                    into.frames.append(queue._take(now, shed))
                     progress = True
                     last = index
             if progress:

@@ -34,21 +34,34 @@ def aged(source: str, index: int, seconds_ago: float) -> Frame:
 
 
 def test_stale_frames_ahead_of_a_newer_one_are_dropped_at_the_batchers_turn():
-    """A 30 fps camera's queue, stale after 2 intervals (67 ms): frames captured 200 and 100 ms ago go (and
-    count as dropped) because newer ones are queued; 40 ms and 0 ms are inferred, in order. The newest is
-    kept however old it is: the camera's last frame is the freshest there is."""
+    """A 30 fps camera's queue, stale after 2 intervals (67 ms), four frames queued for a batch of two: frames
+    captured 200 and 100 ms ago go (and count as dropped) because newer ones are queued; 40 ms and 0 ms are
+    inferred, in order. The newest is kept however old it is: the camera's last frame is the freshest there is."""
     mux = Multiplexer()
     stats = SourceStats("cam", "rtsp://camera/stream", "stream")
     queue = mux.add_queue("cam", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2, stats=stats)
     queue.set_frame_interval(1 / 30)
     for index, ago in enumerate((0.2, 0.1, 0.04, 0.0)):
         assert queue.put(aged("cam", index, ago))
-    batch = mux.next_batch(8, 0, threading.Event())
+    batch = mux.next_batch(2, 0, threading.Event())
     assert [f.index for f in batch.frames] == [2, 3]
     assert queue.dropped == 2
     assert stats.frames_dropped == 2, "the source's counters see drops at the batcher's turn (its end of stream adds up)"
-    assert queue.put(aged("cam", 4, 5.0))
-    assert [f.index for f in mux.next_batch(8, 0, threading.Event()).frames] == [4]
+    for index, ago in ((4, 5.0), (5, 4.0), (6, 3.0)):
+        assert queue.put(aged("cam", index, ago))
+    assert [f.index for f in mux.next_batch(2, 0, threading.Event()).frames] == [6]
+
+
+def test_a_daemon_behind_by_less_than_a_batch_infers_every_queued_frame():
+    """The same old frames with room for all of them in the batch: nothing is dropped (shedding them would
+    only lose frames this batch can take)."""
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.DROP_OLDEST, stale_after_frames=2)
+    queue.set_frame_interval(1 / 30)
+    for index, ago in enumerate((0.2, 0.1, 0.04, 0.0)):
+        assert queue.put(aged("cam", index, ago))
+    assert [f.index for f in mux.next_batch(4, 0, threading.Event()).frames] == [0, 1, 2, 3]
+    assert queue.dropped == 0
 
 
 def test_nothing_is_stale_when_told_so_for_a_file_or_before_the_rate_is_known():
@@ -63,7 +76,9 @@ def test_nothing_is_stale_when_told_so_for_a_file_or_before_the_rate_is_known():
     for queue in (off, blocking, unknown):
         for index, ago in enumerate((0.3, 0.2, 0.0)):
             assert queue.put(aged(queue.source_id, index, ago))
-    frames = mux.next_batch(16, 0, threading.Event()).frames
+    frames = []
+    for _ in range(3):  # batches of 3 with 9 frames queued: behind, so stale frames would be shed
+        frames += mux.next_batch(3, 0, threading.Event()).frames
     for queue in (off, blocking, unknown):
         assert [f.index for f in frames if f.source_id == queue.source_id] == [0, 1, 2]
         assert queue.dropped == 0
