@@ -83,16 +83,19 @@ class FrameQueue:
         with self._mux.lock:
             self._stale_after_s = seconds * self._stale_after_frames if seconds and self._stale_after_frames else None
 
+    def _stale_ahead(self, now: float) -> bool:
+        """Whether the next frame is stale and a newer one is queued (under the lock)."""
+        frames = self._frames
+        return self._stale_after_s is not None and len(frames) > 1 and frames[0].mono_captured < now - self._stale_after_s
+
     def _take(self, now: float, shed: bool) -> Frame:
         """The next frame for a batch (under the lock, queue not empty). ``shed``: more frames are queued than
         the batch has room for, so stale ones ahead of a newer one are dropped first; with room for all, a
         daemon that fell behind for a moment infers them all in this batch."""
         frames = self._frames
-        if shed and self._stale_after_s is not None:
-            oldest_kept = now - self._stale_after_s
-            while len(frames) > 1 and frames[0].mono_captured < oldest_kept:
-                release_image(frames.popleft())
-                self._count_dropped()
+        while shed and self._stale_ahead(now):
+            release_image(frames.popleft())
+            self._count_dropped()
         return frames.popleft()
 
     def is_full(self) -> bool:
@@ -166,7 +169,8 @@ class Multiplexer:
         queues = self._queues
         count = len(queues)
         now = time.monotonic()
-        shed = sum(len(queue._frames) for queue in queues) > max_batch - len(into.frames)  # behind: not all fit
+        room, already = max_batch - len(into.frames), len(into.frames)
+        shed: bool | None = None  # behind (more queued than the batch has room for): counted once a frame is stale
         progress = True
         while progress and len(into.frames) < max_batch:
             progress = False
@@ -176,7 +180,9 @@ class Multiplexer:
                 index = (self._next + offset) % count
                 queue = queues[index]
                 if queue._frames:
-                    into.frames.append(queue._take(now, shed))
+                    if shed is None and queue._stale_ahead(now):  # the count over every queue, only when it matters
+                        shed = sum(len(q._frames) for q in queues) + len(into.frames) - already > room
+                    into.frames.append(queue._take(now, bool(shed)))
                     progress = True
                     last = index
             if progress:
