@@ -454,6 +454,12 @@ class TorchConfig(StrictModel):
         description="Weights and activations in NHWC memory order (the preprocessed input is converted inside the "
         "captured graph): faster convolutions on tensor-core GPUs.",
     )
+    compile: bool = Field(
+        False,
+        description="Compile the converted model with torch.compile (TorchInductor fuses the elementwise work between "
+        "the convolutions) before its CUDA graphs are captured. Costs compilation time at start (its kernels are "
+        "cached in engine.cache_dir/inductor); logged and served uncompiled when the model cannot be compiled.",
+    )
     device: int | None = Field(None, ge=0, description="Deprecated: use engine.device (still honoured when engine.device is not set).")
     cuda_graphs: bool | None = Field(None, description="Deprecated: use engine.cuda_graphs (still honoured when that is not set).")
 

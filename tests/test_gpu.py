@@ -212,6 +212,35 @@ def test_cuda_graph_replay_equals_eager_execution():
     eager.close()
 
 
+def test_a_compiled_model_replays_in_cuda_graphs_and_agrees_with_the_uncompiled_one(tmp_path, monkeypatch):
+    """``engine.torch.compile``: the converted model compiled by TorchInductor (its shape-reading modules
+    run eagerly between the compiled pieces), captured per batch size like the plain one, and its outputs
+    those of the uncompiled model within fp16 rounding (fused kernels round differently), for a full batch,
+    a padded one and one frame. Its kernels land in the cache directory it is given."""
+    from daemon.backends.torch import torch_backend
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the backend's directory, not one set before
+    model = asset("models/yolov3_tiny_416.onnx")
+    compiled = torch_backend(model, 8, 1, half=True, compile_model=True, compile_cache=tmp_path / "inductor")
+    plain = torch_backend(model, 8, 1, half=True)
+    assert compiled.info.details["compiled"] is True and plain.info.details["compiled"] is False
+    compiled_slot, plain_slot = compiled.create_slot(0), plain.create_slot(0)
+    assert sorted(compiled_slot.state.graphs) == [1, 2, 4, 8], "every batch size captured"
+    rng = np.random.default_rng(2)
+    for batch in (8, 3, 1):
+        x = rng.random((batch, 3, 416, 416), dtype=np.float32).astype(np.float16)
+        compiled_slot.inputs["images"][:batch] = x
+        plain_slot.inputs["images"][:batch] = x
+        compiled.submit(compiled_slot, batch)
+        plain.submit(plain_slot, batch)
+        ours, theirs = compiled.wait(compiled_slot)["output"], plain.wait(plain_slot)["output"]
+        assert np.abs(ours[..., 4] - theirs[..., 4]).max() < 2e-2, "objectness"
+        np.testing.assert_allclose(ours[..., :4], theirs[..., :4], rtol=1e-2, atol=0.5)  # boxes, input pixels
+    assert any((tmp_path / "inductor").iterdir()), "the compiled kernels are cached where the backend was told"
+    compiled.close()
+    plain.close()
+
+
 def test_a_captured_cuda_graph_replays_a_kernel_on_new_input():
     """daemon.cuda.capture_graph (what the TensorRT executor captures execute_async_v3 with): the
     preprocessing kernel captured once, replayed after the input changed, writes the new frame."""

@@ -75,12 +75,14 @@ def create_backend(model: ModelConfig, engine: EngineConfig) -> InferenceBackend
 
         return OnnxRuntimeBackend(model.path, engine.max_batch, engine.streams_for(name), engine.onnxruntime)
     if name == "torch":
+        from ..engine.cache import default_cache_dir
         from .torch import torch_backend
 
         return torch_backend(
             model.path, engine.max_batch, engine.streams_for(name), half=engine.torch.half, device=engine.device,
             cuda_graphs=engine.cuda_graphs, channels_last=engine.torch.channels_last, frame_transfer=engine.frame_transfer,
-            hold_gil=engine.hold_gil_for_enqueues,
+            hold_gil=engine.hold_gil_for_enqueues, compile_model=engine.torch.compile,
+            compile_cache=(engine.cache_dir or default_cache_dir()) / "inductor",
         )  # fmt: skip
     if name == "tensorrt":
         import tempfile

@@ -12,6 +12,8 @@ memory pool keeps the graphs' blocks away from other streams).
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,19 @@ def _keep_shape_constants_on_host(module) -> int:
     return moved
 
 
+def _run_host_argument_modules_eagerly(module, torch) -> int:
+    """Leave onnx2torch's shape-reading modules out of torch.compile's graphs: dynamo traces their host
+    constants as fake tensors and fails in ``torch.Size(...)``. Each becomes a graph break, run eagerly
+    between compiled pieces; the Python cost of a break is paid once, at CUDA graph capture, since the
+    serving path replays the captured graph. Returns how many modules were marked."""
+    marked = 0
+    for sub in module.modules():
+        if type(sub).__name__ in _HOST_ARGUMENT_MODULES:
+            sub.forward = torch.compiler.disable(sub.forward, recursive=True)
+            marked += 1
+    return marked
+
+
 def _to_channels_last(module, torch) -> None:
     """The 4-D weights (convolutions) in NHWC order; other parameters and buffers stay as they are
     (``Module.to(memory_format=...)`` refuses a model holding any tensor of another rank)."""
@@ -105,7 +120,8 @@ class TorchExecutor:
     """An ONNX model converted to torch, run on the runtime's streams and buffers (device input in the
     compute dtype, float32 outputs: what the host decodes)."""
 
-    def __init__(self, model_path: Path, max_batch: int, *, half: bool = True, device: int = 0, channels_last: bool = True):
+    def __init__(self, model_path: Path, max_batch: int, *, half: bool = True, device: int = 0, channels_last: bool = True,
+                 compile_model: bool = False, compile_cache: Path | None = None):
         import onnx2torch
         import torch
 
@@ -128,6 +144,11 @@ class TorchExecutor:
         _keep_shape_constants_on_host(module)
         self.module = module
         self._compute_dtype = torch.float16 if half else torch.float32
+        self._inputs = inputs
+        self._run_module = module
+        compiled = self._compiled(module, max_batch, compile_cache) if compile_model else None
+        if compiled is not None:
+            self._run_module = compiled
         self._streams: dict[int, Any] = {}
         name = torch.cuda.get_device_name(device)
         self.info = ExecutorInfo(
@@ -138,14 +159,49 @@ class TorchExecutor:
             inputs=tuple(TensorSpec(s.name, np.dtype(np.float16) if half else s.dtype, s.shape) for s in inputs),
             outputs=tuple(TensorSpec(s.name, np.dtype(np.float32), s.shape) for s in outputs),
             max_batch=max_batch,
-            details={"half": half, "channels_last": self._channels_last},
+            details={"half": half, "channels_last": self._channels_last, "compiled": compiled is not None},
         )
+
+    def _compiled(self, module, max_batch: int, cache: Path | None):
+        """``module`` compiled by TorchInductor (fused elementwise work between the convolutions), or None
+        (logged) when it cannot be: the converted model then runs as it is. Compiled here, on batches of
+        batches of ``max_batch``, 2 and 1 (the batch dimension dynamic: every captured size is served), so that no
+        compilation happens during graph capture and the start-up cost shows at start-up. Its kernels are
+        cached on disk (``cache``: in the engine cache, so a restart compiles in seconds)."""
+        torch = self._torch
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        started = time.perf_counter()
+        try:
+            _run_host_argument_modules_eagerly(module, torch)
+            compiled = torch.compile(module)
+            spec = self._inputs[0]
+            with torch.inference_mode():
+                # max_batch with its batch dimension dynamic; then 2, at which the pieces between graph breaks
+                # (first compiled at max_batch's size) recompile dynamic too; then 1, which torch specialises.
+                for batch in sorted({max_batch, min(2, max_batch), 1}, reverse=True):
+                    x = torch.zeros((batch, *spec.shape[1:]), dtype=self._compute_dtype, device=self._device)
+                    if self._channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if batch > 1:
+                        torch._dynamo.mark_dynamic(x, 0)  # the batch only: kernels keep the model's fixed image size
+                    compiled(x)
+            torch.cuda.synchronize()
+        except Exception as exc:  # a model dynamo or inductor cannot take: serve it uncompiled
+            torch._dynamo.reset()
+            log.warning("torch.compile failed (%s: %s): running the converted model uncompiled",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return None
+        log.info("torch.compile: the model compiled in %.1f s (kernels cached in %s)", time.perf_counter() - started,
+                 os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default cache"))
+        return compiled
 
     def forward(self, x):
         """The model on a batch in device memory (NCHW); returns its outputs as a tuple."""
         if self._channels_last:
             x = x.contiguous(memory_format=self._torch.channels_last)
-        outputs = self.module(x)
+        outputs = self._run_module(x)
         return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
     def view(self, ptr: int, spec: TensorSpec, batch: int):
@@ -239,9 +295,10 @@ class _TorchGraph:
 
 def torch_backend(
     model_path: Path, max_batch: int, streams: int, *, half: bool = True, device: int = 0, cuda_graphs: bool = True, channels_last: bool = True,
-    frame_transfer: str = "auto", hold_gil: bool = True,
+    frame_transfer: str = "auto", hold_gil: bool = True, compile_model: bool = False, compile_cache: Path | None = None,
 ) -> DeviceRuntime:
     """The torch backend: the GPU runtime around a :class:`TorchExecutor`."""
-    executor = TorchExecutor(model_path, max_batch, half=half, device=device, channels_last=channels_last)
+    executor = TorchExecutor(model_path, max_batch, half=half, device=device, channels_last=channels_last, compile_model=compile_model,
+                             compile_cache=compile_cache)
     return DeviceRuntime(executor, streams=streams, device=device, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer_for(frame_transfer),
                          hold_gil=hold_gil)

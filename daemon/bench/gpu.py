@@ -114,6 +114,7 @@ def make_pipeline():
     return DetectionPipeline(input_name, input_size, output_name, output_shape, labels, PreprocessConfig(), DetectionConfig(pad_value=127))
 
 
+TORCH_COMPILE = False  # --torch-compile: every torch backend of this run with engine.torch.compile
 BACKENDS = ("torch", "tensorrt")  # tensorrt: the adapter on tests/doubles/gpu_tensorrt.py (a TEST DOUBLE: torch computes)
 
 
@@ -122,16 +123,19 @@ def tensorrt_double_available() -> bool:
     return (REPO / "tests" / "doubles" / "gpu_tensorrt.py").is_file()
 
 
-def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, frame_transfer: str = "auto", hold_gil: bool = True):
+def make_backend(kind: str, batch: int, streams: int, cuda_graphs: bool = True, frame_transfer: str = "auto", hold_gil: bool = True,
+                 compile_model: bool | None = None):
     """A backend as the daemon makes it: ``torch``, or ``tensorrt`` — the real TensorRT adapter and GPU
     runtime on the GPU test double of the ``tensorrt`` module (TensorRT 10.16 surface, fp16: its engine
-    runs the model in torch at ``execute_async_v3``; stated in every row's name)."""
+    runs the model in torch at ``execute_async_v3``; stated in every row's name). ``compile_model``
+    (torch; default ``--torch-compile``): engine.torch.compile."""
     from daemon.config import EngineConfig, ModelConfig, TensorRTConfig
 
     if kind == "torch":
         from daemon.backends.torch import torch_backend
 
-        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer, hold_gil=hold_gil)
+        return torch_backend(MODEL, batch, streams, half=True, cuda_graphs=cuda_graphs, frame_transfer=frame_transfer, hold_gil=hold_gil,
+                             compile_model=TORCH_COMPILE if compile_model is None else compile_model)
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     if str(REPO) not in sys.path:
@@ -157,12 +161,15 @@ def make_unit(backend, gpu_pre: bool, frame_size: tuple[int, int]):
     return build_unit(model, EngineConfig(preprocess="gpu" if gpu_pre else "cpu", max_frame_size=frame_size), backend)
 
 
-def engine_only(kind: str, batch: int, streams: int, seconds: float, graphs: bool = True) -> float:
+def engine_only(kind: str, batch: int, streams: int, seconds: float, graphs: bool = True, compile_model: bool | None = None) -> float:
     """The model alone on inputs already on the device: the backend's own slots, one per stream, each
     replaying its captured graph (``graphs``, what the pipeline replays) or enqueuing eagerly
     (DeviceRuntime.run_engine: no copies, no preprocessing, no decoding). The pipeline's ceiling, with
     the same engine settings."""
-    backend = make_backend(kind, batch, streams, cuda_graphs=graphs)
+    backend = make_backend(kind, batch, streams, cuda_graphs=graphs, compile_model=compile_model)
+    if compile_model and not backend.info.details.get("compiled"):
+        backend.close()
+        raise RuntimeError("torch.compile failed (logged above)")
     slots = [backend.create_slot(index) for index in range(streams)]
     rng = np.random.default_rng(0)
     for slot in slots:  # realistic input values on the device, once
@@ -543,7 +550,7 @@ def nvdec_mode(clip: Path, batch: int, decoders: int, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MODEL, VIDEO, LABELS  # the modes read them (set from --model, --video, --labels)
+    global MODEL, VIDEO, LABELS, TORCH_COMPILE  # the modes read them (set from --model, --video, --labels, --torch-compile)
     parser = argparse.ArgumentParser(prog="trtstream bench gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--streams", type=int, default=3, help="CUDA streams (the daemon's engine.streams = auto on a GPU)")
@@ -563,9 +570,12 @@ def main(argv: list[str] | None = None) -> int:
                         "pipeline-gpu-prefilled-tracked (every source tracked: ByteTrack on the completer), "
                         "pipeline-gpu-prefilled-32sources and pipeline-gpu-prefilled-32sources-tracked (32 sources), "
                         "pipeline-gpu-prefilled-tracked-4workers and pipeline-gpu-prefilled-32sources-tracked-4workers "
-                        "(tracked in 4 analytics worker processes)")
+                        "(tracked in 4 analytics worker processes), engine-compiled (torch: engine-only with "
+                        "engine.torch.compile, beside the plain one)")
     parser.add_argument("--backends", default="torch,tensorrt",
                         help="comma-separated: torch, tensorrt (the real adapter and GPU runtime on the GPU test double of TensorRT)")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="every torch backend of this run (its engine-only too) with engine.torch.compile = true")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run (the daemon's default is used otherwise)")
     parser.add_argument("--model", type=Path, default=MODEL, help="a YOLO detector's ONNX, input and output read from it: YOLOv3-tiny 416 "
                         "(default, scripts/fetch-assets) or the YOLOv8m-class assets/models/yolov8m_bench_640.onnx (scripts/fetch-assets --bench-models)")
@@ -578,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch_usable():
         print("trtstream bench gpu: needs an NVIDIA GPU with PyTorch and onnx2torch (on a CPU machine: trtstream bench cpu)", file=sys.stderr)
         return 2
-    MODEL, VIDEO, LABELS = args.model, args.video, args.labels
+    MODEL, VIDEO, LABELS, TORCH_COMPILE = args.model, args.video, args.labels, args.torch_compile
     for what, path in (("--model", MODEL), ("--video", VIDEO), ("--labels", LABELS), ("--nvdec", args.nvdec)):
         if path is not None and not path.is_file():
             print(f"trtstream bench gpu: {what} {path}: no such file (scripts/fetch-assets, scripts/make-test-clips)", file=sys.stderr)
@@ -627,7 +637,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag}: engine-only, plain enqueues {eager:9.1f} img/s (for reference)", flush=True)
         base = engine_only(kind, args.batch, args.streams, args.seconds)
         rows.append((f"engine-only [{tag}]", base, None, base))
-        print(f"{tag}: engine-only (CUDA graphs) {base:9.1f} img/s", flush=True)
+        print(f"{tag}: engine-only (CUDA graphs{', compiled' if TORCH_COMPILE and kind == 'torch' else ''}) {base:9.1f} img/s", flush=True)
+        if "engine-compiled" in modes and kind == "torch":
+            other = not TORCH_COMPILE
+            started = time.perf_counter()
+            try:
+                fps = engine_only(kind, args.batch, args.streams, args.seconds, compile_model=other)
+            except Exception as exc:  # report and go on with the other modes
+                print(f"{tag}: engine-only with compile={other} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+            else:
+                rows.append((f"engine-only, compile={other} [{tag}]", fps, None, base))
+                print(f"{tag}: engine-only (CUDA graphs, compile={other}) {fps:9.1f} img/s ({fps / base:.3f} x the other; "
+                      f"{time.perf_counter() - started:.0f} s with compilation)", flush=True)
         if kind == "torch":
             naive_fps = naive(frames, args.seconds) if "naive" in modes else float("nan")
             rows.append(("naive [torch]", naive_fps, None, base))
