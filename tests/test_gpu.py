@@ -5,6 +5,9 @@ machines without an NVIDIA GPU. Run them on a GPU machine with ``scripts/gpu-che
 from __future__ import annotations
 
 import ctypes
+import os
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -236,7 +239,11 @@ def test_a_compiled_model_replays_in_cuda_graphs_and_agrees_with_the_uncompiled_
         ours, theirs = compiled.wait(compiled_slot)["output"], plain.wait(plain_slot)["output"]
         assert np.abs(ours[..., 4] - theirs[..., 4]).max() < 2e-2, "objectness"
         np.testing.assert_allclose(ours[..., :4], theirs[..., :4], rtol=1e-2, atol=0.5)  # boxes, input pixels
-    assert any((tmp_path / "inductor").iterdir()), "the compiled kernels are cached where the backend was told"
+    cached = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "inductor").rglob("*"))[:5]
+    default = Path(tempfile.gettempdir())
+    assert cached, (f"the compiled kernels are cached where the backend was told (TORCHINDUCTOR_CACHE_DIR="
+                    f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR')}, TRITON_CACHE_DIR={os.environ.get('TRITON_CACHE_DIR')}; "
+                    f"in {default}: {sorted(p.name for p in default.glob('torchinductor*'))})")
     compiled.close()
     plain.close()
 
