@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import BackendError
@@ -14,6 +15,11 @@ __all__ = ["BackendInfo", "Capabilities", "DeviceWork", "InferenceBackend", "Slo
 log = logging.getLogger("trtstream.backends")
 
 AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
+
+# TorchInductor's cache directories as the user's environment set them, read when the daemon first imports
+# its backends, before torch can: torch writes its default (under /tmp) into the environment the first time
+# it looks. engine.torch.compile caches in the engine cache unless the user chose otherwise.
+USER_COMPILER_CACHE_DIRS = {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
 
 
 def _tensorrt_usable() -> bool:

@@ -169,9 +169,13 @@ class TorchExecutor:
         compilation happens during graph capture and the start-up cost shows at start-up. Its kernels are
         cached on disk (``cache``: in the engine cache, so a restart compiles in seconds)."""
         torch = self._torch
-        if cache is not None:
+        from . import USER_COMPILER_CACHE_DIRS as users
+
+        if cache is not None and users["TORCHINDUCTOR_CACHE_DIR"] is None:
             cache.mkdir(parents=True, exist_ok=True)
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # inductor reads it at each use
+            if users["TRITON_CACHE_DIR"] is None:
+                os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
         started = time.perf_counter()
         try:
             _run_host_argument_modules_eagerly(module, torch)
