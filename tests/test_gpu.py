@@ -227,7 +227,7 @@ def test_a_compiled_model_replays_in_cuda_graphs_and_agrees_with_the_uncompiled_
     # As if the user had set neither directory (whatever torch has written into the environment since).
     monkeypatch.setattr(daemon.backends, "USER_COMPILER_CACHE_DIRS", {"TORCHINDUCTOR_CACHE_DIR": None, "TRITON_CACHE_DIR": None})
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+        monkeypatch.delenv(name, raising=False)  # restored after the test
     model = asset("models/yolov3_tiny_416.onnx")
     compiled = torch_backend(model, 8, 1, half=True, compile_model=True, compile_cache=tmp_path / "inductor")
     plain = torch_backend(model, 8, 1, half=True)
