@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 from .analytics.stage import AnalyticsMessage, AnalyticsStage
 from .backends.base import InferenceBackend, Slot
 from .entities import EndOfStream, Frame, FrameResult, drop_pixels, release_image
@@ -33,6 +35,10 @@ from .threadname import name_this_thread
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("trtstream.scheduler")
+
+# Outputs up to this size are copied off their slot so it is free before postprocessing (a batch of 32
+# device-decoded frames is 48 KB; YOLOv3-tiny's raw outputs for 32 frames are 58 MB, not worth a copy).
+_EARLY_RELEASE_COPY_BYTES = 4 << 20
 
 ResultSink = Callable[[FrameResult | EndOfStream], None]
 BatchSink = Callable[[list[FrameResult]], None]
@@ -95,12 +101,15 @@ class Scheduler:
         analytics: AnalyticsStage | None = None,
         sink_events: EventSink | None = None,
         view: FrameTap | None = None,
+        early_slot_release: bool = True,
     ):
         """``analytics``: trackers, zones and lines, run on each batch's results before they are handed
         over; their event and track messages go to ``sink_events``. When they run elsewhere (worker
         processes, ``analytics.runs_elsewhere``), a third thread, the **hand-over** thread, takes each
         batch's analytics back and hands it over, in completion order, while the completer goes on with
-        the next batch; otherwise the completer hands over itself."""
+        the next batch; otherwise the completer hands over itself. ``early_slot_release`` (False only for
+        the benchmarks' side-by-side row): a batch's slot is freed once its outputs are copied off it,
+        not after its postprocessing."""
         self._mux = mux
         self._unit = unit
         self._backend = backend = unit.backend
@@ -116,6 +125,7 @@ class Scheduler:
         self._source_stats = source_stats
         self._max_batch = min(max_batch, backend.info.max_batch)
         self._max_wait_s = max_wait_s
+        self._early_release = early_slot_release
         self.stats = PipelineStats()
         # SimpleQueues (C): no Python-level lock that a thread switched out by the GIL could hold while
         # the other side waits on it (queue.Queue's mutex is taken in Python code).
@@ -330,6 +340,8 @@ class Scheduler:
         try:
             try:
                 outputs = item.backend.wait(slot)
+                if self._early_release:
+                    outputs = self._release_early(item, outputs)
             except BackendError as exc:
                 log.error("inference failed for a batch of %d: %s", len(item.frames), exc)
                 self.stats.inference_errors += 1
@@ -372,8 +384,24 @@ class Scheduler:
             if not held:
                 for frame in item.frames:  # the batch has completed: device images can be reused
                     release_image(frame)
-            self._free.put(slot)
+            if item.slot is not None:
+                self._free.put(slot)
+                item.slot = None
             self.stats.busy_slots = self._slot_count - self._free.qsize()
+
+    def _release_early(self, item: _InFlight, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Give the slot back as soon as the batch's outputs are the completer's own, so the batcher can
+        refill its stream while this batch is postprocessed (the GPU would otherwise idle behind the
+        host's postprocessing; one completer serves every stream). Outputs that are views of the slot's
+        buffers are copied when that is cheap (device-decoded candidates: ~3 KB a frame); large raw
+        outputs keep the slot until postprocessing is done instead."""
+        if not item.backend.info.owns_outputs:
+            if sum(array.nbytes for array in outputs.values()) > _EARLY_RELEASE_COPY_BYTES:
+                return outputs
+            outputs = {name: array.copy() for name, array in outputs.items()}
+        self._free.put(item.slot)
+        item.slot = None
+        return outputs
 
     def _merge(self, item: _InFlight, inferred: list[FrameResult | None], t_inferred: float, backend: str,
                artifact: str | None) -> list[FrameResult]:

@@ -3,11 +3,13 @@ frames), and one staging call whatever the backend was configured for."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import cv2
 import numpy as np
+import pytest
 
 from daemon.config import DropPolicy
 from daemon.entities import Frame
@@ -56,8 +58,50 @@ class HeldBackend:
         self._backend.close()
 
 
-def _bikes_frame() -> np.ndarray:
+class SlotBufferBackend(HeldBackend):
+    """HeldBackend whose outputs are views of per-slot buffers that the slot's next submit overwrites,
+    as the GPU runtime's pinned outputs are (``owns_outputs`` False): a test instrument around ONNX
+    Runtime for the copy the scheduler makes before it frees a slot early."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.info = dataclasses.replace(backend.info, owns_outputs=False)
+        self._buffers: dict[int, dict[str, np.ndarray]] = {}
+
+    def submit(self, slot, batch_size):
+        for array in self._buffers.get(slot.index, {}).values():
+            array.fill(np.nan)  # the next batch's outputs land where the last one's were
+        super().submit(slot, batch_size)
+
+    def wait(self, slot, timeout=None):
+        outputs = super().wait(slot, timeout)
+        kept = self._buffers.setdefault(slot.index, {})
+        for name, array in outputs.items():
+            if name not in kept or kept[name].shape != array.shape:
+                kept[name] = np.empty_like(array)
+            np.copyto(kept[name], array)
+        return dict(kept)
+
+
+class GatedPostprocessing:
+    """The real pipeline, whose batch postprocessing first waits (with a deadline) until ``ready`` is
+    set: holds the completer inside postprocessing while the test looks at what the batcher does."""
+
+    def __init__(self, pipeline, ready: threading.Event):
+        self._pipeline, self._ready = pipeline, ready
+        self.saw_ready: list[bool] = []
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def postprocess_batch(self, outputs, metas, decoded=False):
+        self.saw_ready.append(self._ready.wait(10))
+        return self._pipeline.postprocess_batch(outputs, metas, decoded)
+
+
+def _bikes_frame(index: int = 0) -> np.ndarray:
     capture = cv2.VideoCapture(str(asset("media/bikes.mp4")))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
     ok, image = capture.read()
     assert ok
     return image
@@ -210,3 +254,49 @@ def test_the_scheduler_accounts_where_its_threads_wait():
     assert sum(vars(batcher).values()) <= wall and sum(vars(completer).values()) <= wall, (batcher, completer, wall)
     snapshot = scheduler.stats.snapshot()["seconds"]
     assert snapshot["completer"]["waiting_for_device"] >= held * 0.9
+
+
+@pytest.mark.parametrize("wrapper", [HeldBackend, SlotBufferBackend], ids=["outputs-owned", "outputs-in-slot-buffers"])
+def test_a_slot_takes_the_next_batch_while_its_last_batch_is_postprocessed(wrapper):
+    """One slot: batch 1 is submitted on it while batch 0 is still being postprocessed (the completer
+    frees the slot once the outputs are its own), so the device is not idle behind the host's
+    postprocessing. Outputs in the slot's buffers are copied first: batch 0's detections are intact
+    although batch 1 overwrote those buffers, and equal batch 1's (the same image)."""
+    real, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    backend = wrapper(real)
+    second_submitted = threading.Event()
+    submit = backend.submit
+
+    def counting_submit(slot, batch_size):
+        submit(slot, batch_size)
+        if len(backend.submitted) == 2:
+            second_submitted.set()
+
+    backend.submit = counting_submit
+    gated = GatedPostprocessing(pipeline, second_submitted)
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    published: dict[int, list] = {}
+    both = threading.Event()
+
+    def sink(item):
+        if hasattr(item, "frame"):
+            published[item.frame.index] = item.results["detections"]
+            if len(published) == 2:
+                both.set()
+
+    scheduler = Scheduler(mux, ServingUnit(backend, gated, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1)
+    scheduler.start()
+    image = _bikes_frame(120)  # cyclists in view
+    queue.put(Frame("cam", 0, None, image.copy(), 0.0, 0.0))
+    assert backend.submitted_event.wait(30), "frame 0 was never submitted"
+    queue.put(Frame("cam", 1, None, image.copy(), 0.0, 0.0))
+    backend.release()
+    backend.release()
+    assert both.wait(60), published
+    queue.close("end_of_file")
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    backend.close()
+    assert gated.saw_ready[0], "batch 1 was not submitted while batch 0 was postprocessed: the slot was held"
+    assert published[0] and published[0] == published[1], published

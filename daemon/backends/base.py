@@ -99,6 +99,9 @@ class BackendInfo:
     details: dict[str, Any] = field(default_factory=dict)
     capabilities: Capabilities = Capabilities()
     work: DeviceWork = DeviceWork()
+    # True when wait() returns arrays of the caller's own (ONNX Runtime allocates its outputs per run):
+    # the slot is free at once. False: views of the slot's buffers, which its next batch overwrites.
+    owns_outputs: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "device": self.device, "max_batch": self.max_batch}
@@ -149,7 +152,8 @@ class InferenceBackend(Protocol):
 
     def wait(self, slot: Slot, timeout: float | None = None) -> dict[str, np.ndarray]:
         """Wait for the submitted batch; returns outputs with ``batch_size`` rows: views of the slot's own
-        buffers, valid until the slot is submitted again or the backend closed. Raises BackendError."""
+        buffers, valid until the slot is submitted again or the backend closed, unless ``info.owns_outputs``
+        (then the caller's). Raises BackendError."""
 
     def close(self) -> None: ...
 

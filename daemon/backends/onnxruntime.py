@@ -111,6 +111,7 @@ class OnnxRuntimeBackend:
             outputs=outputs,
             max_batch=batch_limit,
             details={"intra_op_threads": options.intra_op_threads},
+            owns_outputs=True,  # session.run allocates them
         )
         self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="onnxruntime")
 

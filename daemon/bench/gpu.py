@@ -271,7 +271,8 @@ def naive(frames: list[np.ndarray], seconds: float) -> float:
 def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: float, gpu_pre: bool,
                   sources: int = 4, paced_fps: float | None = None, sample_memory: bool = False, pinned: bool = True,
                   nvdec_clip: Path | None = None, kind: str = "torch", frame_transfer: str = "auto", prefilled: bool = False,
-                  hold_gil: bool = True, slots_per_stream: int = 2, tracking: bool = False, analytics_processes: int = 0) -> dict:
+                  hold_gil: bool = True, slots_per_stream: int = 2, tracking: bool = False, analytics_processes: int = 0,
+                  early_slot_release: bool = True) -> dict:
     """The daemon's own scheduler, slots and publisher over an in-memory source of decoded frames.
     ``paced_fps``: each of ``sources`` delivers at that rate like a live camera (drop-oldest queues);
     otherwise every source delivers as fast as the pipeline takes frames (blocking queues).
@@ -281,6 +282,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
     pools' buffers are filled once and handed out as they are (no copy on the sources' threads: what the
     host-path benchmark does). ``hold_gil``: the backend's enqueues keep the GIL (engine.hold_gil_for_enqueues).
     ``slots_per_stream``: the scheduler's slots per CUDA stream (the daemon's: 2, double buffering).
+    ``early_slot_release`` False: each slot is held until its batch is postprocessed (before the daemon
+    freed it once the outputs were copied off; the side-by-side row of that change).
     ``tracking``: every source tracked (ByteTrack, default [tracking]) on the completer, as the daemon does;
     with ``analytics_processes`` in that many worker processes (daemon.analytics_processes).
     Also reports where the time went: each thread's CPU time per result and the scheduler's own
@@ -314,7 +317,8 @@ def pipeline_mode(frames: list[np.ndarray], batch: int, streams: int, seconds: f
         settings = AnalyticsSettings(TrackingConfig(), {f"cam{i}": 1 for i in range(sources)}, {}, {}, tuple(unit.pipeline.labels))
         analytics = make_analytics(settings, analytics_processes)
     scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=streams * slots_per_stream,
-                          sink_many=publisher.submit_many, analytics=analytics, sink_events=publisher.submit_events)
+                          sink_many=publisher.submit_many, analytics=analytics, sink_events=publisher.submit_events,
+                          early_slot_release=early_slot_release)
     scheduler.warm_up()
     stop = threading.Event()
     from daemon.pinned import PinnedImagePool
@@ -566,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
                         "GPU ms per step), pipeline-gpu-batched, pipeline-gpu-mapped (the other frame transfers), "
                         "pipeline-gpu-prefilled (no copy on the sources' threads), pipeline-gpu-gil-releasing and "
                         "pipeline-gpu-prefilled-gil-releasing (engine.hold_gil_for_enqueues = false), pipeline-gpu-prefilled-batched, "
-                        "pipeline-gpu-prefilled-3slots (three scheduler slots per stream), pipeline-gpu-tracked and "
+                        "pipeline-gpu-prefilled-3slots (three scheduler slots per stream), pipeline-gpu-laterelease and "
+                        "pipeline-gpu-prefilled-laterelease (slots held until their batch is postprocessed, as before), pipeline-gpu-tracked and "
                         "pipeline-gpu-prefilled-tracked (every source tracked: ByteTrack on the completer), "
                         "pipeline-gpu-prefilled-32sources and pipeline-gpu-prefilled-32sources-tracked (32 sources), "
                         "pipeline-gpu-prefilled-tracked-4workers and pipeline-gpu-prefilled-32sources-tracked-4workers "
@@ -668,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline-gpu, prefilled", dict(gpu_pre=True, pinned=True, prefilled=True)),
             ("pipeline-gpu, prefilled, batched", dict(gpu_pre=True, pinned=True, prefilled=True, frame_transfer="batched")),
             ("pipeline-gpu, prefilled, 3 slots", dict(gpu_pre=True, pinned=True, prefilled=True, slots_per_stream=3)),
+            ("pipeline-gpu, late release", dict(gpu_pre=True, pinned=True, early_slot_release=False)),
+            ("pipeline-gpu, prefilled, late release", dict(gpu_pre=True, pinned=True, prefilled=True, early_slot_release=False)),
             ("pipeline-gpu, tracked", dict(gpu_pre=True, pinned=True, tracking=True)),
             ("pipeline-gpu, prefilled, tracked", dict(gpu_pre=True, pinned=True, prefilled=True, tracking=True)),
             ("pipeline-gpu, prefilled, 32 sources", dict(gpu_pre=True, pinned=True, prefilled=True, sources=32)),
@@ -682,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             mode = name.replace(", ", "-").replace(" ", "")
             if mode not in modes or (kind != "torch" and name not in ("pipeline-gpu", "pipeline-gpu, prefilled", "pipeline-gpu, gil-releasing",
                                                                  "pipeline-gpu, prefilled, batched", "pipeline-gpu, prefilled, 3 slots",
+                                                                 "pipeline-gpu, late release", "pipeline-gpu, prefilled, late release",
                                                                  "pipeline-gpu, tracked", "pipeline-gpu, prefilled, tracked",
                                                                  "pipeline-gpu, prefilled, 32 sources", "pipeline-gpu, prefilled, 32 sources, tracked",
                                                                  "pipeline-gpu, prefilled, tracked, 4 workers",
