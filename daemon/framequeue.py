@@ -44,6 +44,7 @@ class FrameQueue:
         self.capacity = capacity
         self.policy = policy
         self.dropped = 0  # frames discarded by drop_oldest (pushed out, gone past, or stale at the batcher's turn)
+        self.stale = 0  # of those, stale at the batcher's turn
         self._stats = stats
         self._stale_after_frames = stale_after_frames if policy is DropPolicy.DROP_OLDEST else 0
         self._stale_after_s: float | None = None  # set by the reader once it knows the frame rate
@@ -72,11 +73,15 @@ class FrameQueue:
             self._mux.not_empty.notify()
             return True
 
-    def _count_dropped(self) -> None:
-        """One frame dropped (under the lock)."""
+    def _count_dropped(self, stale: bool = False) -> None:
+        """One frame dropped (under the lock); ``stale``: shed at the batcher's turn, not pushed out or
+        gone past (the two say different things: a stale drop is overload, a full queue a burst or overload)."""
         self.dropped += 1
+        if stale:
+            self.stale += 1
         if self._stats is not None:
             self._stats.frames_dropped = self.dropped
+            self._stats.frames_stale = self.stale
 
     def set_frame_interval(self, seconds: float | None) -> None:
         """The source's frame interval (its reader, on each connect; None: unknown, nothing is stale)."""
@@ -95,7 +100,7 @@ class FrameQueue:
         frames = self._frames
         while shed and self._stale_ahead(now):
             release_image(frames.popleft())
-            self._count_dropped()
+            self._count_dropped(stale=True)
         return frames.popleft()
 
     def is_full(self) -> bool:

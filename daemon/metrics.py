@@ -163,6 +163,7 @@ class StatsCollector(Collector):
             state,
             counter("trtstream_frames_captured", "Frames read from the source and queued.", "frames_captured"),
             counter("trtstream_frames_dropped", "Frames discarded by the source queue (drop_oldest).", "frames_dropped"),
+            counter("trtstream_frames_stale", "Of the frames dropped, those shed as stale at the batcher's turn (stale_after_frames).", "frames_stale"),
             counter("trtstream_frames_inferred", "Frames with a decoded result.", "frames_inferred"),
             counter("trtstream_frames_published", "Results sent to subscribers.", "frames_published"),
             counter("trtstream_inference_errors", "Frames that failed preprocessing, inference or postprocessing.", "inference_errors"),

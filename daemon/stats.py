@@ -101,6 +101,7 @@ class SourceStats:
     state: str = "starting"
     frames_captured: int = 0
     frames_dropped: int = 0  # by the queue's drop policy
+    frames_stale: int = 0  # of those, stale at the batcher's turn (the rest: pushed out of a full queue or gone past)
     frames_inferred: int = 0
     frames_published: int = 0
     inference_errors: int = 0
@@ -117,6 +118,7 @@ class SourceStats:
             "state": self.state,
             "frames_captured": self.frames_captured,
             "frames_dropped": self.frames_dropped,
+            "frames_stale": self.frames_stale,
             "frames_inferred": self.frames_inferred,
             "frames_published": self.frames_published,
             "inference_errors": self.inference_errors,

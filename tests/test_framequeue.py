@@ -47,9 +47,13 @@ def test_stale_frames_ahead_of_a_newer_one_are_dropped_at_the_batchers_turn():
     assert [f.index for f in batch.frames] == [2, 3]
     assert queue.dropped == 2
     assert stats.frames_dropped == 2, "the source's counters see drops at the batcher's turn (its end of stream adds up)"
+    assert stats.frames_stale == 2, "and say why: stale, not a full queue"
     for index, ago in ((4, 5.0), (5, 4.0), (6, 3.0)):
         assert queue.put(aged("cam", index, ago))
     assert [f.index for f in mux.next_batch(2, 0, threading.Event()).frames] == [6]
+    for index in range(7, 12):  # five fresh frames into a queue of four: one pushed out, not stale
+        assert queue.put(aged("cam", index, 0.0))
+    assert (stats.frames_dropped, stats.frames_stale) == (5, 4), (stats.frames_dropped, stats.frames_stale)
 
 
 def test_a_daemon_behind_by_less_than_a_batch_infers_every_queued_frame():

@@ -25,7 +25,7 @@ class FakeClock:
 @pytest.fixture
 def daemon_stats():
     sources = {
-        "cam1": SourceStats("cam1", "rtsp://u:***@cam", "stream", state="running", frames_captured=120, frames_dropped=7, frames_inferred=110, frames_published=100, inference_errors=3, reconnects=2),
+        "cam1": SourceStats("cam1", "rtsp://u:***@cam", "stream", state="running", frames_captured=120, frames_dropped=7, frames_stale=4, frames_inferred=110, frames_published=100, inference_errors=3, reconnects=2),
         "door": SourceStats("door", "/v/door.mp4", "file", state="backoff"),
     }
     pipeline = PipelineStats(batches=30, frames=110, inference_errors=1, busy_slots=2, queued_frames=5,
@@ -74,6 +74,7 @@ def test_scrape_reads_the_stats_objects(served, daemon_stats):
     samples = scrape(port)
     assert value(samples, "trtstream_frames_captured_total", source="cam1") == 120
     assert value(samples, "trtstream_frames_dropped_total", source="cam1") == 7
+    assert value(samples, "trtstream_frames_stale_total", source="cam1") == 4
     assert value(samples, "trtstream_frames_inferred_total", source="cam1") == 110
     assert value(samples, "trtstream_frames_published_total", source="cam1") == 100
     assert value(samples, "trtstream_inference_errors_total", source="cam1") == 3
