@@ -22,6 +22,7 @@ Not modelled: the CUDA calls of the real ``submit`` (a few per batch, not per fr
 GPU takes (``wait`` never blocks), so results/s here is the host path's ceiling on this machine.
 
 Usage: python -m daemon.bench.host [--batch 32] [--sources 4] [--seconds 4] [--rounds 3] [--profile DIR]
+       [--compare-tracking [--analytics-processes N]] [--compare-sends] [--contenders N]
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ VIDEO = REPO / "assets" / "media" / "bikes.mp4"
 LABELS = REPO / "assets" / "labels" / "coco.txt"
 CANDIDATES = 128
 FRAMES = 250  # as many bikes.mp4 frames as the GPU benchmark decodes (their detections, 0 to 5 a frame)
-THREADS = ("batcher", "completer", "publisher")
+THREADS = ("batcher", "completer", "handover", "publisher")
 
 
 # -- canned device output -------------------------------------------------------------------------------
@@ -267,7 +268,9 @@ def contending(count: int) -> Callable[[], None]:
 
 
 def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path | None,
-        hold_gil_for_sends: bool = True) -> list[dict[str, float]]:  # fmt: skip
+        hold_gil_for_sends: bool = True, tracking: bool = False, analytics_processes: int = 0) -> list[dict[str, float]]:  # fmt: skip
+    """``tracking``: every source tracked (ByteTrack at the default [tracking]), on the completer or, with
+    ``analytics_processes``, in that many worker processes (daemon.analytics_processes), as the daemon does."""
     frames = decode_frames(FRAMES)
     model = ModelConfig(path=MODEL, pipeline="detection", labels=LABELS.read_text().split("\n")[:80], detection=DetectionConfig(pad_value=127))
     engine = EngineConfig(preprocess="gpu", max_batch=batch, max_frame_size=(frames[0].shape[1], frames[0].shape[0]))
@@ -289,10 +292,21 @@ def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path
                         hold_gil_for_sends=hold_gil_for_sends), "0" * 32,
         unit.model_info, stats, lambda: {},
     )  # fmt: skip
-    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=6, sink_many=publisher.submit_many)
+    analytics = None
+    if tracking:
+        from daemon.analytics.stage import AnalyticsSettings
+        from daemon.analytics.workers import make_analytics
+        from daemon.analyticsconfig import TrackingConfig
+
+        analytics = make_analytics(AnalyticsSettings(TrackingConfig(), {source_id: 1 for source_id in ids}, {}, {}, tuple(unit.pipeline.labels)),
+                                   analytics_processes)
+    scheduler = Scheduler(mux, unit, publisher.submit, stats, max_batch=batch, max_wait_s=0.002, slots=6, sink_many=publisher.submit_many,
+                          analytics=analytics, sink_events=publisher.submit_events)
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-        for thread in (scheduler._batcher, scheduler._completer, publisher._thread):
+        for thread in (scheduler._batcher, scheduler._completer, scheduler._handover, publisher._thread):
+            if thread is None:
+                continue
             thread._target = profiled(thread._target, thread.name, profile_dir)
 
     context = multiprocessing.get_context("spawn")
@@ -338,6 +352,8 @@ def run(batch: int, sources: int, seconds: float, rounds: int, profile_dir: Path
     stop.set()
     scheduler.close_when_drained()
     scheduler.join(30)
+    if analytics is not None:
+        analytics.close()
     publisher.stop()
     stop_consumer.set()
     consumer.join(10)
@@ -362,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, help="write one cProfile pstats file per thread here (slows it down)")
     parser.add_argument("--contenders", type=int, default=0,
                         help="threads that release and retake the GIL without pause beside the pipeline (camera readers' stand-ins)")
+    parser.add_argument("--compare-tracking", action="store_true",
+                        help="run it twice: untracked, then every source tracked (ByteTrack), in --analytics-processes workers")
+    parser.add_argument("--analytics-processes", type=int, default=0, help="with --compare-tracking: worker processes (0: on the completer)")
     parser.add_argument("--compare-sends", action="store_true",
                         help="run it twice: publisher sends holding the GIL (the default) and pyzmq's, which release it")
     args = parser.parse_args(argv)
@@ -371,16 +390,25 @@ def main(argv: list[str] | None = None) -> int:
     end_contention = contending(args.contenders)
     try:
         medians = {}
-        for hold in (True, False) if args.compare_sends else (True,):
-            if args.compare_sends:
-                print(f"-- publisher sends {'holding the GIL' if hold else 'releasing the GIL (pyzmq)'}")
-            measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile, hold_gil_for_sends=hold)
-            medians[hold] = {key: statistics.median(row[key] for row in measured) for key in measured[0]}
-            print("median  " + format_row(medians[hold]))
+        if args.compare_tracking:
+            variants = [("untracked", {}), (f"tracked, {args.analytics_processes} analytics processes",
+                                            {"tracking": True, "analytics_processes": args.analytics_processes})]
+        elif args.compare_sends:
+            variants = [("publisher sends holding the GIL", {}), ("publisher sends releasing the GIL (pyzmq)", {"hold_gil_for_sends": False})]
+        else:
+            variants = [("", {})]
+        for name, options in variants:
+            if name:
+                print(f"-- {name}")
+            measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile, **options)
+            medians[name] = {key: statistics.median(row[key] for row in measured) for key in measured[0]}
+            print("median  " + format_row(medians[name]))
     finally:
         end_contention()
-    if args.compare_sends:
-        print(f"results/s holding / releasing: {medians[True]['results_s'] / medians[False]['results_s']:.3f}")
+    if len(variants) == 2:
+        (first, _), (second, _) = variants
+        over, under = (second, first) if args.compare_tracking else (first, second)  # tracked / untracked; holding / releasing
+        print(f"results/s {over} / {under}: {medians[over]['results_s'] / medians[under]['results_s']:.3f}")
     return 0
 
 
