@@ -67,6 +67,7 @@ class MetricsInputs:
     backend: Callable[[], Mapping[str, Any] | None] = _none  # BackendInfo.describe()
     gpu_memory: Callable[[], GpuMemory | None] = _none  # None on the CPU
     analytics: Callable[[], Mapping[str, Any] | None] = _none  # daemon.analytics.stage.Analytics.snapshot()
+    gc: Callable[[], Mapping[str, Any] | None] = _none  # daemon.gcpolicy.GcPauses.snapshot()
 
 
 @dataclass
@@ -101,7 +102,7 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metrics: list[Metric] = []
-        for part in (self._sources, self._pipeline, self._publisher, self._backend, self._gpu, self._analytics):
+        for part in (self._sources, self._pipeline, self._publisher, self._backend, self._gpu, self._analytics, self._gc):
             try:
                 metrics.extend(part())
             except Exception:
@@ -114,6 +115,23 @@ class StatsCollector(Collector):
         build.add_metric([], {"version": __version__})
         metrics.append(build)
         yield from metrics
+
+    def _gc(self) -> list[Metric]:
+        """Python's garbage collections and what they cost (every thread waits while one runs)."""
+        snapshot = self._inputs.gc()
+        if not snapshot:
+            return []
+        collections = CounterMetricFamily("trtstream_gc_collections", "Python garbage collections.", labels=["generation"])
+        pauses = CounterMetricFamily("trtstream_gc_pause_seconds", "Time spent in Python garbage collections (all threads wait).",
+                                     labels=["generation"])
+        longest = GaugeMetricFamily("trtstream_gc_longest_pause_seconds", "The longest collection since start.", labels=["generation"])
+        for generation in range(3):
+            collections.add_metric([str(generation)], snapshot["collections"][generation])
+            pauses.add_metric([str(generation)], snapshot["pause_s"][generation])
+            longest.add_metric([str(generation)], snapshot["longest_pause_ms"][generation] / 1000)
+        frozen = GaugeMetricFamily("trtstream_gc_frozen_objects", "Objects kept out of collections (daemon.gc_freeze).")
+        frozen.add_metric([], snapshot["frozen"])
+        return [collections, pauses, longest, frozen]
 
     def _analytics(self) -> list[Metric]:
         """Tracks, zone occupancy and event counters, and line crossings per tracked source."""

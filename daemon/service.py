@@ -14,6 +14,7 @@ waiting for subscribers) is honoured at the next step that returns to Python: no
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from .errors import TrtstreamError
 from .redact import mask_text, mask_url
 from .analytics.stage import AnalyticsSettings, AnalyticsStage
 from .analytics.workers import make_analytics
+from .gcpolicy import GcPauses, freeze_heap, refreeze
 from .scheduler import Scheduler, warm_up
 from .serving import ServingUnit, build_unit
 from .capture import AutoDecoderFactory, open_producer, resolve_decoder
@@ -81,6 +83,8 @@ class Daemon:
         self._publisher: Publisher | None = None
         self._analytics: AnalyticsStage | None = None
         self._overload = OverloadMeter()  # read by the heartbeat's builder only (the publisher thread)
+        self._gc = GcPauses()  # written by gc.callbacks (whichever thread collects), read by heartbeats and metrics
+        self._froze = False
         self._mux = Multiplexer()
         self._readers: dict[str, SourceReader] = {}
         self.source_stats: dict[str, SourceStats] = {}  # written by the main thread only; other threads copy before iterating
@@ -105,6 +109,15 @@ class Daemon:
         self._reload.set()
 
     def run(self) -> int:
+        self._gc.install()
+        try:
+            return self._run()
+        finally:
+            self._gc.uninstall()
+            if self._froze:  # a process that runs more than one service (the tests) gets its collector back whole
+                gc.unfreeze()
+
+    def _run(self) -> int:
         config = self.config
         apply_switch_interval(config.daemon.switch_interval_ms)
         log.info("GIL switch interval %g ms (daemon.switch_interval_ms)", config.daemon.switch_interval_ms)
@@ -165,6 +178,9 @@ class Daemon:
             if not self._wait_for_subscribers(publisher):
                 publisher.stop()  # its final heartbeat tells subscribers this instance is gone
                 return 0
+            if config.daemon.gc_freeze:  # the model, its graphs and the libraries are loaded: they stay
+                freeze_heap("serving")
+                self._froze = True
             scheduler.start()
             provider.set_on_ready(functools.partial(self._engine_ready, provider))
             for source in config.enabled_sources:
@@ -236,6 +252,7 @@ class Daemon:
                 publisher=lambda: self._publisher.stats if self._publisher else None,
                 backend=lambda: self._scheduler.backend.info.describe() if self._scheduler else None,
                 analytics=lambda: self._analytics.snapshot() if self._analytics else None,
+                gc=self._gc.snapshot,
             ))
             self._metrics.start(config.metrics.port, config.metrics.address, allow_remote=config.metrics.allow_remote)
         for sink in self._sinks:  # a missing certificate fails here; an absent broker is retried in the background
@@ -503,6 +520,8 @@ class Daemon:
         provider = self._provider
         if provider is not None:
             provider.mark_switched(backend)
+        if self._froze:  # the old engine's objects were frozen: let the collector have them, keep the new one's out
+            refreeze("engine switched")
 
     def _shutdown(self, scheduler: Scheduler, publisher: Publisher) -> None:
         log.info("stopping: draining in-flight frames")
@@ -553,6 +572,7 @@ class Daemon:
             "pipeline": scheduler.stats.snapshot() if scheduler else None,
             "sources": [stats.snapshot() for stats in sources],
             "overload": self._overload.reading(sources),
+            "gc": self._gc.snapshot(),
             "reload": dict(self.reload_status),
             "analytics": self._analytics.snapshot() if self._analytics is not None else {},
             **({"analytics_workers": workers} if self._analytics is not None and (workers := self._analytics.status()) else {}),

@@ -136,6 +136,9 @@ def test_a_subscriber_that_never_reads_does_not_hold_the_pipeline_back(start_dae
         assert len(results(messages)) == 250 and reader.missed == {}
         final = [m for m in messages if m.type == "heartbeat" and m.header["final"]]
         assert final and final[0].header["sources"][0]["frames_dropped"] == 0
+        gc_counts = final[0].header["gc"]
+        assert gc_counts["frozen"] > 10000, gc_counts  # daemon.gc_freeze: the libraries and the model are out of collections
+        assert sum(gc_counts["collections"]) > 0 and len(gc_counts["longest_pause_ms"]) == 3, gc_counts
         # Now read what the stalled subscriber kept: far fewer than 250, with gaps.
         kept = []
         while stalled.poll(500):

@@ -45,6 +45,7 @@ def served(daemon_stats, free_port):
         publisher=lambda: publisher,
         backend=lambda: {"name": "tensorrt", "version": "10.3.0", "device": "Orin", "max_batch": 8},
         gpu_memory=lambda: gpu["memory"],
+        gc=lambda: {"collections": [900, 80, 3], "pause_s": [0.05, 0.02, 0.12], "longest_pause_ms": [0.4, 1.5, 61.0], "frozen": 74000},
     )
     metrics = Metrics(inputs, clock=clock)
     port = metrics.start(free_port)
@@ -75,6 +76,10 @@ def test_scrape_reads_the_stats_objects(served, daemon_stats):
     assert value(samples, "trtstream_frames_captured_total", source="cam1") == 120
     assert value(samples, "trtstream_frames_dropped_total", source="cam1") == 7
     assert value(samples, "trtstream_frames_stale_total", source="cam1") == 4
+    assert value(samples, "trtstream_gc_collections_total", generation="2") == 3
+    assert value(samples, "trtstream_gc_pause_seconds_total", generation="2") == 0.12
+    assert value(samples, "trtstream_gc_longest_pause_seconds", generation="2") == 0.061
+    assert value(samples, "trtstream_gc_frozen_objects") == 74000
     assert value(samples, "trtstream_frames_inferred_total", source="cam1") == 110
     assert value(samples, "trtstream_frames_published_total", source="cam1") == 100
     assert value(samples, "trtstream_inference_errors_total", source="cam1") == 3

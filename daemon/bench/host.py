@@ -22,13 +22,15 @@ Not modelled: the CUDA calls of the real ``submit`` (a few per batch, not per fr
 GPU takes (``wait`` never blocks), so results/s here is the host path's ceiling on this machine.
 
 Usage: python -m daemon.bench.host [--batch 32] [--sources 4] [--seconds 4] [--rounds 3] [--profile DIR]
-       [--compare-tracking [--analytics-processes N]] [--compare-sends] [--contenders N]
+       [--compare-tracking [--analytics-processes N]] [--compare-gc-freeze [--import-torch]] [--compare-sends] [--contenders N]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
+import importlib
 import multiprocessing
 import os
 import statistics
@@ -47,6 +49,7 @@ from daemon.bufferpool import BufferPool
 from daemon.config import DetectionConfig, DropPolicy, EngineConfig, ModelConfig, PublisherConfig
 from daemon.entities import Frame
 from daemon.framequeue import Multiplexer
+from daemon.gcpolicy import GcPauses, freeze_heap
 from daemon.gil import apply_switch_interval
 from daemon.gpu.runtime import _align, _SlotState, stage_frame
 from daemon.pinned import PinnedImage
@@ -381,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-tracking", action="store_true",
                         help="run it twice: untracked, then every source tracked (ByteTrack), in --analytics-processes workers")
     parser.add_argument("--analytics-processes", type=int, default=0, help="with --compare-tracking: worker processes (0: on the completer)")
+    parser.add_argument("--compare-gc-freeze", action="store_true",
+                        help="run it twice, tracked on the completer (many objects per result): Python's default garbage "
+                        "collection, then with the heap frozen first (daemon.gc_freeze); prints each run's collections and pauses")
+    parser.add_argument("--import-torch", action="store_true", help="import torch first (a GPU daemon's heap), where installed")
     parser.add_argument("--compare-sends", action="store_true",
                         help="run it twice: publisher sends holding the GIL (the default) and pyzmq's, which release it")
     args = parser.parse_args(argv)
@@ -390,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     end_contention = contending(args.contenders)
     try:
         medians = {}
-        if args.compare_tracking:
+        if args.import_torch:  # its objects are what a full collection walks on a GPU machine
+            importlib.import_module("torch")
+        if args.compare_gc_freeze:
+            variants = [("Python's garbage collection", {"tracking": True}), ("heap frozen first (daemon.gc_freeze)", {"tracking": True, "freeze": True})]
+        elif args.compare_tracking:
             variants = [("untracked", {}), (f"tracked, {args.analytics_processes} analytics processes",
                                             {"tracking": True, "analytics_processes": args.analytics_processes})]
         elif args.compare_sends:
@@ -400,14 +411,31 @@ def main(argv: list[str] | None = None) -> int:
         for name, options in variants:
             if name:
                 print(f"-- {name}")
-            measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile, **options)
+            freeze = options.pop("freeze", False)
+            pauses = GcPauses().install()
+            if freeze:
+                freeze_heap("bench")
+            before = pauses.snapshot()
+            try:
+                measured = run(args.batch, args.sources, args.seconds, args.rounds, args.profile, **options)
+                if args.compare_gc_freeze:
+                    after = pauses.snapshot()
+                    counts = [b - a for a, b in zip(before["collections"], after["collections"])]
+                    paused = [round(b - a, 3) for a, b in zip(before["pause_s"], after["pause_s"])]
+                    print(f"garbage collections during the run (generations 0/1/2): {counts}, paused {paused} s; "
+                          f"objects a full collection walks {len(gc.get_objects())}, frozen {after['frozen']}")
+            finally:
+                pauses.uninstall()
+                if freeze:
+                    gc.unfreeze()
             medians[name] = {key: statistics.median(row[key] for row in measured) for key in measured[0]}
             print("median  " + format_row(medians[name]))
     finally:
         end_contention()
     if len(variants) == 2:
         (first, _), (second, _) = variants
-        over, under = (second, first) if args.compare_tracking else (first, second)  # tracked / untracked; holding / releasing
+        # tracked / untracked, frozen / not; holding / releasing
+        over, under = (second, first) if args.compare_tracking or args.compare_gc_freeze else (first, second)
         print(f"results/s {over} / {under}: {medians[over]['results_s'] / medians[under]['results_s']:.3f}")
     return 0
 
