@@ -68,6 +68,9 @@ class _InFlight:
     # frames the model skips (sources[].infer_every), each with the number of inferred frames before it in
     # this batch: published in their place, the tracker predicting them
     skipped: list[tuple[int, Frame]] = field(default_factory=list)
+    # the pipeline that staged these frames: a unit switch can happen while this batch is postprocessed
+    # (its slot is free by then), and the new unit's pipeline may read another model's outputs
+    pipeline: Any = None
 
 
 @dataclass(slots=True)
@@ -290,7 +293,7 @@ class Scheduler:
             except Exception as exc:  # one bad frame must not sink the batch
                 release_image(frame)
                 errors.append((frame.source_id, f"preprocessing failed: {exc}"))
-        item = _InFlight(backend, slot, kept, metas, ends, time.time(), errors, skipped)
+        item = _InFlight(backend, slot, kept, metas, ends, time.time(), errors, skipped, pipeline)
         t1 = time.perf_counter()
         if not kept:
             self._free.put(slot)
@@ -357,12 +360,12 @@ class Scheduler:
             self.stats.frames += len(item.frames)
             decoded = info.decodes_on_device
             try:
-                results = self._pipeline.postprocess_batch(outputs, item.metas, decoded)
+                results = item.pipeline.postprocess_batch(outputs, item.metas, decoded)
             except Exception:  # find the frame(s) at fault: one bad row must not sink the batch
                 results = []
                 for row, (frame, meta) in enumerate(zip(item.frames, item.metas)):
                     try:
-                        results.append(self._pipeline.postprocess(outputs, row, meta, decoded))
+                        results.append(item.pipeline.postprocess(outputs, row, meta, decoded))
                     except Exception as exc:
                         results.append(None)
                         self._count_error(frame.source_id, f"postprocessing failed: {exc}")

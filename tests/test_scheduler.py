@@ -300,3 +300,60 @@ def test_a_slot_takes_the_next_batch_while_its_last_batch_is_postprocessed(wrapp
     backend.close()
     assert gated.saw_ready[0], "batch 1 was not submitted while batch 0 was postprocessed: the slot was held"
     assert published[0] and published[0] == published[1], published
+
+
+class TaggingPipeline(GatedPostprocessing):
+    """GatedPostprocessing that marks each result with ``tag``: which pipeline postprocessed it."""
+
+    def __init__(self, pipeline, ready: threading.Event, tag: str):
+        super().__init__(pipeline, ready)
+        self.tag = tag
+
+    def postprocess_batch(self, outputs, metas, decoded=False):
+        return [{**result, "tag": self.tag} for result in super().postprocess_batch(outputs, metas, decoded)]
+
+
+def test_a_batch_postprocessed_across_a_unit_switch_keeps_the_pipeline_that_staged_it():
+    """The slot is free while batch 0 is postprocessed, so a new unit can be switched in meanwhile: batch
+    0's results are the pipeline's that staged it (the new one may read another model's outputs), the
+    next batch's the new one's. (The switch lands while batch 0 is inside its postprocessing; the
+    narrower moment between freeing the slot and calling the pipeline is not forced here: the batch
+    carries its pipeline, so no moment differs.)"""
+    from daemon.backends.onnxruntime import OnnxRuntimeBackend
+    from daemon.config import OnnxRuntimeConfig
+
+    real, pipeline = real_pipeline("models/yolov3_tiny_416.onnx", "detection", "labels/coco.txt", detection={"pad_value": 127})
+    held = HeldBackend(real)
+    switched = threading.Event()
+    always = threading.Event()
+    always.set()
+    old = TaggingPipeline(pipeline, switched, "old")  # batch 0's postprocessing waits for the switch
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    tags: dict[int, str] = {}
+    both = threading.Event()
+
+    def sink(item):
+        if hasattr(item, "frame"):
+            tags[item.frame.index] = item.results["tag"]
+            if len(tags) == 2:
+                both.set()
+
+    scheduler = Scheduler(mux, ServingUnit(held, old, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1)
+    scheduler.on_backend_switched = lambda backend: switched.set()
+    scheduler.start()
+    image = _bikes_frame(120)
+    queue.put(Frame("cam", 0, None, image.copy(), 0.0, 0.0))
+    assert held.submitted_event.wait(30), "frame 0 was never submitted"
+    held.release()  # batch 0 completes on the device; its postprocessing waits for the switch
+    new_backend = OnnxRuntimeBackend(asset("models/yolov3_tiny_416.onnx"), 1, 1, OnnxRuntimeConfig())
+    scheduler.replace_unit(ServingUnit(new_backend, TaggingPipeline(pipeline, always, "new"), {}))
+    assert switched.wait(30), "the switch never happened while batch 0 was postprocessed"
+    queue.put(Frame("cam", 1, None, image.copy(), 0.0, 0.0))
+    assert both.wait(60), tags
+    queue.close("end_of_file")
+    scheduler.close_when_drained()
+    assert scheduler.join(30)
+    new_backend.close()
+    assert old.saw_ready == [True], old.saw_ready
+    assert tags == {0: "old", 1: "new"}, tags
