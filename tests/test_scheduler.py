@@ -256,6 +256,27 @@ def test_the_scheduler_accounts_where_its_threads_wait():
     assert snapshot["completer"]["waiting_for_device"] >= held * 0.9
 
 
+def _two_results(field):
+    """A sink keeping ``field(result)`` per frame index, and the event it sets at the second result."""
+    kept: dict[int, object] = {}
+    both = threading.Event()
+
+    def sink(item):
+        if hasattr(item, "frame"):
+            kept[item.frame.index] = field(item)
+            if len(kept) == 2:
+                both.set()
+
+    return sink, kept, both
+
+
+def _one_slot(unit, sink):
+    """A scheduler with one slot and batches of one over a blocking queue "cam"."""
+    mux = Multiplexer()
+    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
+    return Scheduler(mux, unit, sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1), queue
+
+
 @pytest.mark.parametrize("wrapper", [HeldBackend, SlotBufferBackend], ids=["outputs-owned", "outputs-in-slot-buffers"])
 def test_a_slot_takes_the_next_batch_while_its_last_batch_is_postprocessed(wrapper):
     """One slot: batch 1 is submitted on it while batch 0 is still being postprocessed (the completer
@@ -274,18 +295,8 @@ def test_a_slot_takes_the_next_batch_while_its_last_batch_is_postprocessed(wrapp
 
     backend.submit = counting_submit
     gated = GatedPostprocessing(pipeline, second_submitted)
-    mux = Multiplexer()
-    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
-    published: dict[int, list] = {}
-    both = threading.Event()
-
-    def sink(item):
-        if hasattr(item, "frame"):
-            published[item.frame.index] = item.results["detections"]
-            if len(published) == 2:
-                both.set()
-
-    scheduler = Scheduler(mux, ServingUnit(backend, gated, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1)
+    sink, published, both = _two_results(lambda result: result.results["detections"])
+    scheduler, queue = _one_slot(ServingUnit(backend, gated, {}), sink)
     scheduler.start()
     image = _bikes_frame(120)  # cyclists in view
     queue.put(Frame("cam", 0, None, image.copy(), 0.0, 0.0))
@@ -328,18 +339,8 @@ def test_a_batch_postprocessed_across_a_unit_switch_keeps_the_pipeline_that_stag
     always = threading.Event()
     always.set()
     old = TaggingPipeline(pipeline, switched, "old")  # batch 0's postprocessing waits for the switch
-    mux = Multiplexer()
-    queue = mux.add_queue("cam", 4, DropPolicy.BLOCK)
-    tags: dict[int, str] = {}
-    both = threading.Event()
-
-    def sink(item):
-        if hasattr(item, "frame"):
-            tags[item.frame.index] = item.results["tag"]
-            if len(tags) == 2:
-                both.set()
-
-    scheduler = Scheduler(mux, ServingUnit(held, old, {}), sink, {"cam": SourceStats("cam", "x", "file")}, max_batch=1, max_wait_s=0.0, slots=1)
+    sink, tags, both = _two_results(lambda result: result.results["tag"])
+    scheduler, queue = _one_slot(ServingUnit(held, old, {}), sink)
     scheduler.on_backend_switched = lambda backend: switched.set()
     scheduler.start()
     image = _bikes_frame(120)
